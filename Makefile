@@ -1,0 +1,30 @@
+# Two commands on a fresh machine:  `make demo` (the main job) and `make test`.
+# Both create .venv and install supemb into it on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup test demo bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# Pin torch first: an unpinned install pulls the CUDA build (gigabytes).
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	$(VENV)/bin/supemb demo
+
+bench: setup
+	$(PY) benchmarks/losses.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,5 @@
+import sys
+
+from supemb.cli import main
+
+sys.exit(main())

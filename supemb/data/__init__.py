@@ -1,0 +1,1 @@
+"""supemb.data — see docs/DESIGN.md for the planned contents."""

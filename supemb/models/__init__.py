@@ -1,0 +1,1 @@
+"""supemb.models — see docs/DESIGN.md for the planned contents."""

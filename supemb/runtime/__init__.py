@@ -1,0 +1,1 @@
+"""supemb.runtime — see docs/DESIGN.md for the planned contents."""

@@ -1,0 +1,1 @@
+"""supemb.train — see docs/DESIGN.md for the planned contents."""
