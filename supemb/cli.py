@@ -16,26 +16,8 @@ from supemb.errors import UsageError, UserError
 
 # name -> (help, function that adds arguments and returns the handler)
 Handler = Callable[[argparse.Namespace], int]
+# Each command module contributes one entry; only commands that work are listed.
 _SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Handler]]] = {}
-
-
-def _bench_parser(p: argparse.ArgumentParser) -> Handler:
-    p.add_argument("what", choices=["losses"], help="which benchmark to run")
-    p.add_argument("--sizes", type=int, nargs="+", default=None,
-                   help="batch sizes 2N to time (default: 64 256 512 1024)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--json", dest="json_out", default=None, help="write the results here as JSON")
-
-    def run(args: argparse.Namespace) -> int:
-        from supemb.bench import run_loss_benchmark
-
-        run_loss_benchmark(sizes=args.sizes, device=args.device, json_out=args.json_out)
-        return 0
-
-    return run
-
-
-_SUBCOMMANDS["bench"] = ("time the losses (see benchmarks/ for all benchmarks)", _bench_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -326,5 +326,45 @@ def test_losses_reject_bad_inputs(tmp_path, monkeypatch) -> None:
         TargetedSupConLoss(3, 16)(x, torch.tensor([0, 1, 2, 3]))
     with pytest.raises(ValueError, match="dim"):
         TargetedSupConLoss(3, 8)(x, torch.tensor([0, 1, 2, 0]))
+    tsc = TargetedSupConLoss(3, 16).train()
+    before = {k: v.clone() for k, v in tsc.state_dict().items()}
+    with pytest.raises(ValueError, match="NaN"):
+        tsc(nan, torch.tensor([0, 1, 2, 0]))
+    for key, value in tsc.state_dict().items():  # a rejected batch leaves no trace
+        assert torch.equal(value, before[key]), key
     with pytest.raises(ValueError, match="temperature"):
         SupConLoss(temperature=0.0)
+
+
+@pytest.mark.parametrize("similarity", ["l2", "cosine"])
+def test_rnc_log_space_fallback_matches_bruteforce(similarity: str, monkeypatch) -> None:
+    # Force the path taken when exp() sums underflow (features very far apart).
+    import supemb.losses.rnc as rnc
+
+    monkeypatch.setattr(rnc, "_tiny", lambda dtype: float("inf"))
+    x = _feats(6, 2, 3, seed=18)
+    targets = [2.0, 0.0, 2.0, 5.0, 1.0, 0.0]
+    ours = RnCLoss(temperature=0.8, similarity=similarity)(x, torch.tensor(targets))
+    _assert_matches(ours, rnc_reference(x, targets, 0.8, "l1", similarity), x)
+
+
+def test_rnc_far_apart_float32_matches_float64() -> None:
+    # Logit spread ~ 2e4: the float32 fast path underflows and hands over.
+    g = torch.Generator().manual_seed(19)
+    x = torch.randn(12, 2, 4, generator=g, dtype=torch.float64) * 1e3
+    y = torch.randint(0, 5, (12,), generator=g).to(torch.float64)
+    loss = RnCLoss(temperature=0.1)
+    ref = loss(x, y)
+    got = loss(x.float(), y)
+    assert torch.isfinite(got)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_supcon_general_path_agrees_with_fused_mean() -> None:
+    x = _feats(7, 2, 5, seed=20)
+    y = torch.tensor([0, 1, 0, 2, 1, 3, 0])
+    for mode in ("all", "one"):
+        fused = SupConLoss(contrast_mode=mode)(x, y)
+        per_anchor = SupConLoss(contrast_mode=mode, reduction="none")(x, y)
+        n_valid = (per_anchor != 0).sum()
+        assert fused.item() == pytest.approx((per_anchor.sum() / n_valid).item(), abs=1e-12)

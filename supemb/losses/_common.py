@@ -18,7 +18,9 @@ from torch import Tensor
 def check_features(features: Tensor, name: str = "features") -> Tensor:
     """Validate `[B, V, D]` features (a `[B, D]` tensor is taken as V = 1).
 
-    Raises ValueError on a wrong rank, an empty batch, or non-finite values.
+    Raises ValueError on a wrong rank or an empty batch. Values are checked
+    after the loss is computed (`finite_or_raise`): a NaN/Inf input always
+    makes the loss non-finite, so the common case costs no extra pass.
     """
     if not isinstance(features, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(features).__name__}")
@@ -32,9 +34,14 @@ def check_features(features: Tensor, name: str = "features") -> Tensor:
         raise ValueError(f"{name} is empty: shape {tuple(features.shape)}")
     if not features.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {features.dtype}")
-    if not bool(torch.isfinite(features).all()):
-        raise ValueError(f"{name} contains NaN or Inf values")
     return features
+
+
+def finite_or_raise(loss: Tensor, features: Tensor, name: str = "features") -> Tensor:
+    """Return `loss`; if it is not finite because `features` is not, say so."""
+    if not bool(torch.isfinite(loss).all()) and not bool(torch.isfinite(features).all()):
+        raise ValueError(f"{name} contains NaN or Inf values")
+    return loss
 
 
 def check_batch_labels(labels: Tensor, batch: int, name: str = "labels") -> Tensor:

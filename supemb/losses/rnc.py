@@ -11,12 +11,22 @@ in label space as j is (ties included, so j itself is one):
     L       = 1 / (n (n-1)) Σ_i Σ_{j ≠ i} ℓ(i, j)
 
 The paper's reference code loops over j and builds an n x n mask per step:
-O(n^3) time and memory. Here each row's items are sorted once by label
-distance; the denominator for every j is then a suffix log-sum-exp of the
-sorted logits (one `logcumsumexp`), taken at the first position of j's tie
-group so that ties are all included. That is O(n^2 log n) time and O(n^2)
-memory with no Python loop, and stable for features far apart (log-sum-exp,
-never log of a sum of underflowed exps).
+O(n^3) time and memory. Here nothing loops over pairs and memory is O(n^2):
+
+- Targets are per sample, so the label structure is computed on the B x B
+  sample matrix: each row's samples sorted by label distance, and the tie
+  groups (first and last position of each group of equal distance).
+- For anchor i, the exp-logits of each sample's V views are summed (i itself
+  excluded); the denominator for every j is then a suffix sum over the sorted
+  samples taken at the start of j's tie group, so ties are all included.
+- The gradient is analytic (a custom autograd Function): for k in sample c,
+  dL/dl_ik is e_ik * (prefix sum of mult/denominator up to the end of c's tie
+  group) - 1, scaled by 1 / (n (n-1)).
+
+Sums run in float64 on exp(l - row max). Should a denominator underflow
+(features so far apart that exp differences pass 1e-250), the loss switches
+to a log-space path (`logcumsumexp`, autograd) that is stable for any input;
+both paths give the same values.
 
 Features are used as they are (``normalize=False``), as in the paper, where
 the similarity is the negative L2 distance and τ = 2; ``similarity="cosine"``
@@ -25,7 +35,7 @@ normalises and uses dot products instead.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +43,9 @@ from torch import Tensor, nn
 
 from supemb.losses._common import (
     check_features,
+    finite_or_raise,
     flatten_views,
     full_precision,
-    off_diagonal,
     pairwise_sq_l2,
     promote,
     safe_sqrt,
@@ -81,17 +91,13 @@ class RnCLoss(nn.Module):
             raise ValueError("RnCLoss needs at least 2 items (samples x views) in a batch")
         with full_precision(features.device.type):
             z = flatten_views(promote(features))  # [n, D]
-            logits = self._similarity(z) / self.temperature  # [n, n]
-            dist = label_distances(y.repeat(views, 1), self.label_distance)  # [n, n]
-            return rnc_from_matrices(logits, dist)
-
-    def _similarity(self, z: Tensor) -> Tensor:
-        if self.similarity == "cosine":
-            z = F.normalize(z, dim=-1)
-            return z @ z.T
-        if self.normalize:
-            z = F.normalize(z, dim=-1)
-        return -safe_sqrt(pairwise_sq_l2(z))
+            structure = rank_structure(label_distances(y, self.label_distance), views)
+            if self.similarity == "cosine":
+                zn = F.normalize(z, dim=-1)
+                loss = rnc_from_logits(zn @ zn.T / self.temperature, structure)
+            else:
+                loss = rnc_l2(F.normalize(z, dim=-1) if self.normalize else z, structure, self.temperature)
+            return finite_or_raise(loss, features)
 
 
 def _check_targets(targets: Tensor, batch: int) -> Tensor:
@@ -111,26 +117,170 @@ def _check_targets(targets: Tensor, batch: int) -> Tensor:
 
 
 def label_distances(y: Tensor, kind: str) -> Tensor:
-    """y: `[n, T]` -> `[n, n]` L1 or L2 distances between target vectors."""
+    """y: `[B, T]` -> `[B, B]` L1 or L2 distances between target vectors."""
     diff = y[:, None, :] - y[None, :, :]
     if kind == "l1":
         return diff.abs().sum(-1)
     return diff.pow(2).sum(-1).sqrt()
 
 
-def rnc_from_matrices(logits: Tensor, dist: Tensor) -> Tensor:
-    """The RnC loss from the similarity logits `[n, n]` (s / τ) and label distances `[n, n]`."""
-    n = logits.shape[0]
-    logits = off_diagonal(logits)  # [n, n-1]: k ≠ i
-    dist = off_diagonal(dist)
-    # Ascending label distance: for the item at sorted position p, its
-    # negatives {k : d_ik >= d_ij} are the positions from the start of its tie group on.
-    dist_sorted, order = dist.sort(dim=1)
-    logits_sorted = logits.gather(1, order)
-    suffix_lse = torch.logcumsumexp(logits_sorted.flip(1), dim=1).flip(1)  # [n, n-1]
-    new_group = torch.ones_like(dist_sorted, dtype=torch.bool)
-    new_group[:, 1:] = dist_sorted[:, 1:] != dist_sorted[:, :-1]
-    positions = torch.arange(n - 1, device=logits.device).expand(n, n - 1)
+class RankStructure(NamedTuple):
+    """What the labels fix about an RnC batch (no gradient), per sample row `[B, B]`.
+
+    Row b describes anchors from sample b (any view); columns are positions
+    q = 0..B-1 of the samples sorted by ascending label distance from b.
+    """
+
+    order: Tensor  # sample at sorted position q
+    group_start: Tensor  # first position of q's tie group
+    group_end_of: Tensor  # [b, c]: last position of the tie group holding sample c
+    mult: Tensor  # float64: views of order[q] paired with an anchor (V, or V - 1 for b itself)
+    views: int
+
+
+def rank_structure(dist: Tensor, views: int) -> RankStructure:
+    """dist: `[B, B]` sample label distances -> the structure for V views per sample."""
+    batch = dist.shape[0]
+    # Distances are >= 0 doubles, whose bit patterns sort like the values;
+    # an integer sort is faster than a float one.
+    bits_sorted, order = dist.to(torch.float64).contiguous().view(torch.int64).sort(dim=1)
+    positions = torch.arange(batch, device=dist.device).expand(batch, batch)
+    new_group = torch.ones_like(bits_sorted, dtype=torch.bool)
+    new_group[:, 1:] = bits_sorted[:, 1:] != bits_sorted[:, :-1]
     group_start = torch.where(new_group, positions, 0).cummax(dim=1).values
-    log_denom = suffix_lse.gather(1, group_start)
-    return (log_denom - logits_sorted).mean()
+    group_end = (
+        torch.zeros_like(group_start).scatter_reduce_(1, group_start, positions, "amax").gather(1, group_start)
+    )
+    position = torch.empty_like(order).scatter_(1, order, positions)  # inverse of order
+    own = order == torch.arange(batch, device=dist.device)[:, None]
+    mult = views - own.to(torch.float64)
+    return RankStructure(order, group_start, group_end.gather(1, position), mult, views)
+
+
+def _tiny(dtype: torch.dtype) -> float:
+    """Smallest safe denominator relative to its row's largest term.
+
+    exp() terms below ~1e-38 (float32) or ~1e-308 (float64) are lost to
+    underflow; above these bounds, the n lost terms change a denominator by
+    less than 1e-10 relative. Below them, the log-space path takes over.
+    """
+    return 1e-250 if dtype == torch.float64 else 1e-25
+
+
+class _Core(NamedTuple):
+    loss: Tensor  # float64 scalar
+    e: Tensor  # [n, n] exp(l - row max), 0 on the diagonal, in the logits' dtype
+    denom: Tensor  # float64 [V, B, B] denominators at sorted positions, relative to the row max
+
+
+def _core(lg: Tensor, s: RankStructure) -> _Core | None:
+    """Loss from logits `[n, n]` (overwritten); None if a denominator underflows.
+
+    Elementwise work runs in the logits' dtype, sums and logs in float64.
+    """
+    n = lg.shape[0]
+    views, batch = s.views, n // s.views
+    f64 = torch.float64
+    pair_sum = lg.sum(dtype=f64) - lg.diagonal().sum(dtype=f64)  # Σ_{i, j≠i} l_ij
+    lg.diagonal().fill_(float("-inf"))  # k ≠ i: exp gives exactly 0
+    row_max = lg.amax(1)
+    e = lg.sub_(row_max[:, None]).exp_()  # [n, n], <= 1
+    per_sample = e.view(n, views, batch).sum(1, dtype=f64).view(views, batch, batch)  # anchor x sample
+    shape = (views, batch, batch)
+    suffix = per_sample.gather(2, s.order.expand(shape)).flip(2).cumsum(2).flip(2)
+    denom = suffix.gather(2, s.group_start.expand(shape))
+    if not bool((denom > _tiny(e.dtype)).all()):
+        return None
+    # log in the work dtype: float32 logs of float64 sums are exact to float32 precision.
+    log_denoms = (s.mult * denom.to(e.dtype).log()).sum(dtype=f64) + (n - 1) * row_max.sum(dtype=f64)
+    return _Core((log_denoms - pair_sum) / (n * (n - 1)), e, denom)
+
+
+def _grad_logits(core: _Core, s: RankStructure, scale: float) -> Tensor:
+    """scale * dLoss/dlogits, `[n, n]` in the logits' dtype (0 on the diagonal)."""
+    e, denom = core.e, core.denom
+    n = e.shape[0]
+    views, batch = s.views, n // s.views
+    # weight[(v,b), c] = Σ over positions up to the end of c's tie group of
+    # mult / denom: all pairs of anchor (v,b) whose negatives include sample c.
+    weight = (s.mult / denom).cumsum(2).gather(2, s.group_end_of.expand(views, batch, batch))
+    grad = (e.view(n, views, batch) * weight.to(e.dtype).view(n, 1, batch)).view(n, n).sub_(1.0)
+    grad.diagonal().zero_()
+    return grad.mul_(scale / (n * (n - 1)))
+
+
+class _RnCFromLogits(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: Tensor, core: _Core, s: RankStructure) -> Tensor:
+        ctx.core, ctx.s = core, s
+        return core.loss.to(logits.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        return _grad_logits(ctx.core, ctx.s, float(grad_out)).to(grad_out.dtype), None, None
+
+
+class _RnCL2(torch.autograd.Function):
+    """Logits -||z_i - z_j|| / τ fused in: one matmul backward instead of two."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, dist: Tensor, core: _Core, s: RankStructure, temperature: float) -> Tensor:
+        ctx.save_for_backward(z, dist)
+        ctx.core, ctx.s, ctx.temperature = core, s, temperature
+        return core.loss.to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        z, dist = ctx.saved_tensors
+        # logits = -dist / τ, d(dist)/d(d2) = 1 / (2 dist); 0 where dist = 0
+        # (the diagonal, duplicate points), where the distance has no gradient.
+        g = _grad_logits(ctx.core, ctx.s, float(grad_out) / (-2.0 * ctx.temperature))
+        g_d2 = g.div_(dist).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0).to(z.dtype)
+        g_sym = g_d2 + g_d2.T
+        # d2_ij = |z_i|^2 + |z_j|^2 - 2 z_i·z_j
+        grad_z = 2.0 * (g_sym.sum(1, keepdim=True) * z - g_sym @ z)
+        return grad_z, None, None, None, None
+
+
+def _raise_if_nonfinite(x: Tensor) -> None:
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("features contains NaN or Inf values")
+
+
+def rnc_from_logits(logits: Tensor, s: RankStructure) -> Tensor:
+    """The RnC loss from similarity logits `[n, n]` (s / τ; the diagonal is ignored)."""
+    with torch.no_grad():
+        core = _core(logits.detach().clone(), s)
+    if core is None:  # underflow, or NaN/Inf (every comparison with NaN fails)
+        _raise_if_nonfinite(logits)
+        return _rnc_log_space(logits, s)
+    return _RnCFromLogits.apply(logits, core, s)
+
+
+def rnc_l2(z: Tensor, s: RankStructure, temperature: float) -> Tensor:
+    """The RnC loss with similarity -||z_i - z_j||; z: `[n, D]`."""
+    with torch.no_grad():
+        zd = z.detach()
+        sq = zd.pow(2).sum(1)
+        dist = torch.addmm(sq[:, None] + sq[None, :], zd, zd.T, alpha=-2.0).clamp_min_(0.0).sqrt_()
+        core = _core(dist.mul(-1.0 / temperature), s)
+    if core is None:  # underflow, or NaN/Inf (every comparison with NaN fails)
+        _raise_if_nonfinite(z)
+        return _rnc_log_space(-safe_sqrt(pairwise_sq_l2(z)) / temperature, s)
+    return _RnCL2.apply(z, dist, core, s, temperature)
+
+
+def _rnc_log_space(logits: Tensor, s: RankStructure) -> Tensor:
+    """The same loss in log space (logcumsumexp, autograd): slower, stable for any logits."""
+    n = logits.shape[0]
+    views, batch = s.views, n // s.views
+    shape = (views, batch, batch)
+    # A finite stand-in for -inf on the diagonal keeps gradients finite; it is
+    # far below every other logit, so it adds exactly 0 to the sums.
+    low = logits.detach().min()
+    masked = logits.masked_fill(torch.eye(n, dtype=torch.bool, device=logits.device), low - low.abs() - 1e3)
+    log_per_sample = torch.logsumexp(masked.view(n, views, batch), dim=1).view(shape)
+    log_suffix = torch.logcumsumexp(log_per_sample.gather(2, s.order.expand(shape)).flip(2), dim=2).flip(2)
+    log_denom = log_suffix.gather(2, s.group_start.expand(shape))
+    pair_sum = logits.sum() - logits.diagonal().sum()
+    return ((s.mult.to(logits.dtype) * log_denom).sum() - pair_sum) / (n * (n - 1))

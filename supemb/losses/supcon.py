@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from supemb.losses._common import (
     check_batch_labels,
     check_features,
+    finite_or_raise,
     flatten_views,
     full_precision,
     promote,
@@ -96,18 +97,66 @@ class SupConLoss(nn.Module):
             groups = check_batch_labels(labels, batch).to(features.device)
         with full_precision(features.device.type):
             z = flatten_views(promote(features))  # [n, D], n = V * B
-            if self.normalize:
-                z = F.normalize(z, dim=-1)
-            per_anchor, has_pos = supcon_terms(
-                z, groups.repeat(views), self.temperature, self.variant,
-                n_anchors=batch if self.contrast_mode == "one" else z.shape[0],
-            )
+            n_anchors = batch if self.contrast_mode == "one" else z.shape[0]
+            if self.variant == "out" and self.reduction == "mean":
+                loss = _SupConOutMean.apply(z, groups.repeat(views), n_anchors, self.temperature, self.normalize)
+            else:
+                if self.normalize:
+                    z = F.normalize(z, dim=-1)
+                per_anchor, has_pos = supcon_terms(z, groups.repeat(views), self.temperature, self.variant, n_anchors)
+                if self.reduction == "none":
+                    loss = per_anchor
+                else:  # mean over anchors with a positive; none at all -> 0, graph kept
+                    loss = per_anchor.sum() / has_pos.sum().clamp_min(1)
             if self.base_temperature is not None:
-                per_anchor = per_anchor * (self.temperature / self.base_temperature)
-            if self.reduction == "none":
-                return per_anchor
-            # Mean over anchors with a positive; none at all -> 0 with the graph kept.
-            return per_anchor.sum() / has_pos.sum().clamp_min(1)
+                loss = loss * (self.temperature / self.base_temperature)
+            return finite_or_raise(loss, features)
+
+
+class _SupConOutMean(torch.autograd.Function):
+    """L_out averaged over anchors with a positive, with an analytic gradient.
+
+    x: `[n, D]` items (L2-normalised inside when `normalize`); groups: `[n]` class of each item; anchors are the
+    first A items. Forward and backward share one `[A, n]` softmax and one
+    boolean positive mask; the gradient wrt the logits is
+    w_a (softmax_ak - [k ∈ P(a)] / |P(a)|), then two matmuls.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, groups: Tensor, n_anchors: int, temperature: float, normalize: bool) -> Tensor:
+        norm = x.norm(dim=1, keepdim=True).clamp_min_(1e-12) if normalize else None
+        z = x / norm if normalize else x
+        anchors = z[:n_anchors]
+        logits = torch.mm(anchors, z.T).mul_(1.0 / temperature)  # [A, n]
+        pos = groups[:n_anchors, None] == groups[None, :]
+        pos.diagonal().fill_(False)  # an anchor is not its own positive
+        n_pos = pos.sum(1).to(z.dtype)
+        pos_sum = torch.where(pos, logits, 0.0).sum(1)
+        logits.diagonal().fill_(float("-inf"))  # no self-contrast
+        row_max = logits.amax(1, keepdim=True)
+        e = logits.sub_(row_max).exp_()
+        denom = e.sum(1, keepdim=True)
+        log_denom = denom.log().add_(row_max).squeeze(1)  # [A]
+        has_pos = n_pos > 0
+        # weight of each anchor in the mean; 0 for anchors without a positive
+        w = has_pos.to(z.dtype) / has_pos.sum().clamp_min(1)
+        loss = (w * (log_denom - pos_sum / n_pos.clamp_min(1))).sum()
+        ctx.save_for_backward(z, pos, e, denom, w, n_pos, norm)
+        ctx.n_anchors, ctx.temperature = n_anchors, temperature
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        z, pos, e, denom, w, n_pos, norm = ctx.saved_tensors
+        a = ctx.n_anchors
+        k = w * (grad_out / ctx.temperature)  # [A]
+        soft = e * (k[:, None] / denom)
+        g = torch.where(pos, soft - (k / n_pos.clamp_min(1))[:, None], soft)  # dL/d(z_a·z_k)
+        grad = g.T @ z[:a]  # contrast side
+        grad[:a] += g @ z  # anchor side
+        if norm is not None:  # through z = x / |x|: drop the radial part, divide by |x|
+            grad = (grad - (grad * z).sum(1, keepdim=True) * z) / norm
+        return grad, None, None, None, None
 
 
 def supcon_terms(

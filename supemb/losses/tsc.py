@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from supemb.losses._common import (
     check_batch_labels,
     check_features,
+    finite_or_raise,
     flatten_views,
     full_precision,
     promote,
@@ -190,8 +191,11 @@ class TargetedSupConLoss(nn.Module):
             z = F.normalize(flatten_views(promote(features)), dim=-1)  # [n, D]
             y = labels.repeat(views)
             if self.training:
+                # Checked before the update: a bad batch must not corrupt the centroids.
+                finite_or_raise(z.sum(), features)
                 self.update_assignment(z, y)
-            return tsc_loss(z, y, self.class_targets().to(z.dtype), self.temperature, self.target_weight)
+            loss = tsc_loss(z, y, self.class_targets().to(z.dtype), self.temperature, self.target_weight)
+            return finite_or_raise(loss, features)
 
 
 def tsc_loss(z: Tensor, y: Tensor, class_targets: Tensor, temperature: float, weight: float) -> Tensor:
