@@ -21,7 +21,12 @@ test: setup
 	$(PY) -m pytest -q tests
 
 demo: setup
-	$(VENV)/bin/supemb demo
+	@if $(VENV)/bin/supemb demo --help >/dev/null 2>&1; then \
+		$(VENV)/bin/supemb demo; \
+	else \
+		echo "supemb demo is not available yet: the web demo is still being built (see README, Status)."; \
+		exit 1; \
+	fi
 
 bench: setup
 	$(PY) benchmarks/losses.py

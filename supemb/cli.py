@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"supemb {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.set_defaults(command=None)
+    if not _SUBCOMMANDS:
+        return parser
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, add) in _SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -1,0 +1,28 @@
+"""The benchmark's baseline formulations compute the same losses as ours,
+so benchmarks/losses.py compares like with like."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+_spec = importlib.util.spec_from_file_location(
+    "bench_losses", Path(__file__).resolve().parents[1] / "benchmarks" / "losses.py"
+)
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+@pytest.mark.parametrize("loss_name", ["rnc", "supcon"])
+def test_baselines_agree_with_ours(loss_name: str) -> None:
+    assert bench.check_values(loss_name, 16, "cpu") < 1e-9
+
+
+def test_peak_memory_grows_cubically_for_the_loop_only() -> None:
+    ours = [bench.peak_memory_mb("rnc", "ours", n, "cpu") for n in (64, 128)]
+    loop = [bench.peak_memory_mb("rnc", "loop_gram", n, "cpu") for n in (64, 128)]
+    assert loop[1] / loop[0] > 6.0  # ~8x per doubling: O(N^3)
+    assert ours[1] / ours[0] < 5.0  # ~4x per doubling: O(N^2)

@@ -1,0 +1,44 @@
+"""The `supemb` entry point: help, version, exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from supemb import __version__
+from supemb.cli import _SUBCOMMANDS, main
+
+
+def test_help_exits_zero_and_lists_every_subcommand(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: supemb" in out
+    for name in _SUBCOMMANDS:
+        assert name in out
+
+
+def test_version(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"supemb {__version__}"
+
+
+def test_no_command_prints_help_and_is_a_usage_error(capsys) -> None:
+    assert main([]) == 2
+    assert "usage: supemb" in capsys.readouterr().out
+
+
+def test_unknown_option_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--no-such-flag"])
+    assert exc.value.code == 2
+
+
+def test_module_entry_point_runs() -> None:
+    out = subprocess.run([sys.executable, "-m", "supemb", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and __version__ in out.stdout
