@@ -1,0 +1,155 @@
+"""Augmentations for EEG windows, and the two-view wrapper contrastive training uses.
+
+Every function takes x: [C, W] or a batch [B, C, W] (each sample gets its own
+random draw), returns the same shape and dtype, and draws its randomness
+from `generator` when one is given (same generator state -> same output).
+Random numbers are drawn on the generator's device and then moved to x's,
+so a CPU generator works for CUDA tensors too.
+
+In DataLoader workers pass no generator: a torch.Generator object copied
+into each worker would repeat the same draws in every worker, while torch's
+global RNG is seeded per worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def _batched(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    if x.dim() == 2:
+        return x.unsqueeze(0), True
+    if x.dim() == 3:
+        return x, False
+    raise ValueError(f"expected [C, W] or [B, C, W], got shape {tuple(x.shape)}")
+
+
+def _rand(shape: tuple[int, ...], x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """U(0, 1) of `shape`, drawn on the generator's device, returned float32 on x's device."""
+    dev = generator.device if generator is not None else x.device
+    return torch.rand(shape, generator=generator, device=dev).to(x.device)
+
+
+def _randint(high: int, shape: tuple[int, ...], x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    dev = generator.device if generator is not None else x.device
+    return torch.randint(high, shape, generator=generator, device=dev).to(x.device)
+
+
+def random_crop(x: torch.Tensor, length: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Crop `length` samples at a uniform random offset: [.., C, W] -> [.., C, length].
+
+    Use with windows longer than the model's (crop-from-longer) for a time
+    shift without wrap-around.
+    """
+    xb, single = _batched(x)
+    b, c, w = xb.shape
+    if not 1 <= length <= w:
+        raise ValueError(f"crop length {length} must be in [1, {w}]")
+    start = _randint(w - length + 1, (b,), xb, generator)  # [B]
+    idx = (start[:, None] + torch.arange(length, device=xb.device)[None, :])[:, None, :].expand(b, c, length)
+    out = torch.gather(xb, 2, idx)
+    return out[0] if single else out
+
+
+def time_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Circular shift along time by a uniform integer in [-max_shift, max_shift].
+
+    All channels of a sample move together. The wrap point joins the window's
+    end to its start: one discontinuity, which a band-passed signal tolerates.
+    """
+    xb, single = _batched(x)
+    b, c, w = xb.shape
+    if max_shift < 0:
+        raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+    shift = _randint(2 * max_shift + 1, (b,), xb, generator) - max_shift  # [B]
+    idx = (torch.arange(w, device=xb.device)[None, :] - shift[:, None]) % w  # [B, W]
+    out = torch.gather(xb, 2, idx[:, None, :].expand(b, c, w))
+    return out[0] if single else out
+
+
+def amplitude_scale(
+    x: torch.Tensor, low: float = 0.8, high: float = 1.2, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Multiply each sample by one factor ~ U(low, high) (electrode impedance, skull thickness)."""
+    xb, single = _batched(x)
+    if not 0 <= low <= high:
+        raise ValueError(f"need 0 <= low <= high, got {low}, {high}")
+    f = low + (high - low) * _rand((xb.shape[0], 1, 1), xb, generator)
+    out = xb * f.to(xb.dtype)
+    return out[0] if single else out
+
+
+def gaussian_noise(x: torch.Tensor, rel_std: float = 0.1, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Add N(0, (rel_std * channel std)^2) noise; the std is each channel's over the window.
+
+    Relative, so the noise level is the same for any scaling of the signal;
+    a zero (dropped, flat) channel stays zero.
+    """
+    xb, single = _batched(x)
+    if rel_std < 0:
+        raise ValueError(f"rel_std must be >= 0, got {rel_std}")
+    dev = generator.device if generator is not None else xb.device
+    noise = torch.randn(xb.shape, generator=generator, device=dev).to(device=xb.device, dtype=xb.dtype)
+    std = xb.std(dim=-1, keepdim=True, correction=0)  # [B, C, 1]
+    out = xb + rel_std * std * noise
+    return out[0] if single else out
+
+
+def channel_dropout(x: torch.Tensor, p: float = 0.1, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Zero each channel with probability p (a bad or missing electrode).
+
+    No 1/(1-p) rescaling: a dropped electrode carries nothing, the others are
+    unchanged. At least one channel of every sample is kept.
+    """
+    xb, single = _batched(x)
+    if not 0 <= p <= 1:
+        raise ValueError(f"p must be in [0, 1], got {p}")
+    b, c, _ = xb.shape
+    keep = _rand((b, c), xb, generator) >= p  # [B, C]
+    rescue = _randint(c, (b,), xb, generator)  # drawn always: the draw count never depends on the data
+    gone = ~keep.any(dim=1)
+    keep[gone, rescue[gone]] = True
+    out = xb * keep[:, :, None].to(xb.dtype)
+    return out[0] if single else out
+
+
+@dataclass(frozen=True)
+class EEGAugment:
+    """The default EEG view: time shift -> amplitude scale -> noise -> channel dropout.
+
+    max_shift_frac: largest circular shift as a fraction of the window.
+    Dropout comes last so dropped channels are exactly zero.
+    Call: aug(x [C, W] or [B, C, W], generator=None) -> same shape and dtype.
+    """
+
+    max_shift_frac: float = 0.5
+    scale_low: float = 0.8
+    scale_high: float = 1.2
+    noise_rel_std: float = 0.1
+    channel_drop_p: float = 0.1
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        w = x.shape[-1]
+        y = time_shift(x, int(self.max_shift_frac * w), generator)
+        y = amplitude_scale(y, self.scale_low, self.scale_high, generator)
+        y = gaussian_noise(y, self.noise_rel_std, generator)
+        return channel_dropout(y, self.channel_drop_p, generator)
+
+
+class TwoViews:
+    """Two independent augmentations of one window, stacked on a view axis.
+
+    x [C, W] -> [2, C, W] (so a DataLoader batch is [B, 2, C, W], the
+    [B, V, ...] layout the contrastive losses take); x [B, C, W] -> [B, 2, C, W].
+    """
+
+    def __init__(self, augment: EEGAugment | None = None, generator: torch.Generator | None = None) -> None:
+        self.augment = augment if augment is not None else EEGAugment()
+        self.generator = generator
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        v1 = self.augment(x, self.generator)
+        v2 = self.augment(x, self.generator)
+        return torch.stack([v1, v2], dim=0 if x.dim() == 2 else 1)
