@@ -81,20 +81,6 @@ def promote(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def off_diagonal(x: Tensor) -> Tensor:
-    """`[n, n]` -> `[n, n - 1]`: row i without its diagonal entry, order kept.
-
-    Uses the strided-view trick (the flattened matrix minus its first element,
-    seen as rows of n + 1, drops exactly one diagonal entry per row), so it
-    costs one copy and no mask.
-    """
-    n = x.shape[0]
-    if x.shape[:2] != (n, n):
-        raise ValueError(f"off_diagonal needs a square matrix, got {tuple(x.shape)}")
-    rest = x.shape[2:]
-    return x.flatten(0, 1)[1:].view(n - 1, n + 1, *rest)[:, :-1].reshape(n, n - 1, *rest)
-
-
 def safe_sqrt(x: Tensor) -> Tensor:
     """sqrt with gradient 0 (not inf/NaN) at 0; negative rounding noise -> 0."""
     positive = x > 0
