@@ -1,0 +1,464 @@
+"""Image decoding, dataset layouts, bad rows, splits and the image dataset."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from supemb.data.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageDataset,
+    ImageRecord,
+    ImageTable,
+    assign_splits,
+    detect_format,
+    load_image,
+    load_image_table,
+    read_agedb_table,
+    read_csv_table,
+    read_folder_table,
+    read_utkface_table,
+    split_labels,
+    to_rgb,
+    verify_images,
+)
+from supemb.errors import UserError
+
+
+def _png(path: Path, color: tuple[int, int, int] = (10, 20, 30), size: tuple[int, int] = (8, 6)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+def _write_csv(path: Path, text: str) -> Path:
+    path.write_text(text.strip() + "\n", encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------ decoding
+
+
+def test_load_rgb_png_roundtrip(tmp_path: Path) -> None:
+    arr = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    img = load_image(tmp_path / "a.png")
+    assert img.mode == "RGB" and img.size == (7, 5)
+    np.testing.assert_array_equal(np.asarray(img), arr)
+
+
+def test_greyscale_becomes_rgb(tmp_path: Path) -> None:
+    Image.new("L", (4, 3), 77).save(tmp_path / "g.png")
+    a = np.asarray(load_image(tmp_path / "g.png"))
+    assert a.shape == (3, 4, 3) and (a == 77).all()
+
+
+def test_rgba_is_composited_on_white(tmp_path: Path) -> None:
+    img = Image.new("RGBA", (2, 1))
+    img.putpixel((0, 0), (255, 0, 0, 0))  # fully transparent red -> white
+    img.putpixel((1, 0), (0, 0, 255, 255))  # opaque blue stays blue
+    img.save(tmp_path / "a.png")
+    a = np.asarray(load_image(tmp_path / "a.png"))
+    assert a[0, 0].tolist() == [255, 255, 255]
+    assert a[0, 1].tolist() == [0, 0, 255]
+
+
+def test_half_transparent_blends(tmp_path: Path) -> None:
+    Image.new("RGBA", (1, 1), (0, 0, 0, 128)).save(tmp_path / "a.png")
+    v = np.asarray(load_image(tmp_path / "a.png"))[0, 0]
+    assert 120 <= v[0] <= 135 and v[0] == v[1] == v[2]
+
+
+def test_palette_with_transparency(tmp_path: Path) -> None:
+    img = Image.new("P", (2, 1))
+    img.putpalette([0, 255, 0] + [0, 0, 0] * 255)
+    img.info["transparency"] = 0
+    img.save(tmp_path / "p.png", transparency=0)
+    a = np.asarray(load_image(tmp_path / "p.png"))
+    assert a[0, 0].tolist() == [255, 255, 255]  # index 0 is transparent
+
+
+def test_16_bit_greyscale_scaled_to_8_bit(tmp_path: Path) -> None:
+    arr = np.array([[0, 65535, 257 * 100]], dtype=np.uint16)
+    Image.fromarray(arr).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I;16")
+    a = np.asarray(load_image(tmp_path / "g16.png"))
+    assert a[0, :, 0].tolist() == [0, 255, 100]
+
+
+def test_32_bit_integer_modes() -> None:
+    eight = Image.fromarray(np.array([[0, 200]], dtype=np.int32))
+    assert eight.mode == "I"
+    assert np.asarray(to_rgb(eight))[0, :, 0].tolist() == [0, 200]
+    sixteen = Image.fromarray(np.array([[0, 65535]], dtype=np.int32))
+    assert np.asarray(to_rgb(sixteen))[0, :, 0].tolist() == [0, 255]
+    flt = Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32))
+    assert np.asarray(to_rgb(flt))[0, :, 0].tolist() == [0, 128, 255]
+
+
+def test_cmyk_jpeg(tmp_path: Path) -> None:
+    Image.new("CMYK", (4, 4), (0, 0, 0, 0)).save(tmp_path / "c.jpg")
+    a = np.asarray(load_image(tmp_path / "c.jpg"))
+    assert a.shape == (4, 4, 3) and a.min() > 240  # no ink = white
+
+
+def test_exif_orientation_applied(tmp_path: Path) -> None:
+    # Stored 32 wide x 16 high with a red left band; orientation 6 means
+    # "rotate 90 degrees clockwise to display": upright it is 16 wide x 32
+    # high with the red band on top.
+    arr = np.zeros((16, 32, 3), np.uint8)
+    arr[:, :8] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(arr).save(tmp_path / "r.jpg", exif=exif.tobytes(), quality=100, subsampling=0)
+    up = load_image(tmp_path / "r.jpg")
+    assert up.size == (16, 32)
+    a = np.asarray(up).astype(int)
+    assert a[:4, :, 0].mean() > 230 and a[-8:, :, 0].mean() < 25
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"nope\.jpg: file not found"):
+        load_image(tmp_path / "nope.jpg")
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    (tmp_path / "e.jpg").write_bytes(b"")
+    with pytest.raises(UserError, match=r"e\.jpg: empty file"):
+        load_image(tmp_path / "e.jpg")
+
+
+def test_not_an_image(tmp_path: Path) -> None:
+    (tmp_path / "photo.jpg").write_text("hello, I am text")
+    with pytest.raises(UserError, match=r"photo\.jpg: not an image file \(cannot identify image format\)"):
+        load_image(tmp_path / "photo.jpg")
+
+
+def test_folder_is_not_an_image(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="is a folder"):
+        load_image(tmp_path)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_truncated_image(tmp_path: Path, suffix: str) -> None:
+    arr = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG" if suffix == ".jpg" else "PNG")
+    data = buf.getvalue()
+    path = tmp_path / f"cut{suffix}"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError) as e:
+        load_image(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: truncated image") and "\n" not in msg
+
+
+def test_decompression_bomb_limit(tmp_path: Path) -> None:
+    Image.new("L", (100, 100)).save(tmp_path / "big.png")
+    assert load_image(tmp_path / "big.png", max_pixels=10_000).size == (100, 100)
+    with pytest.raises(UserError, match=r"big\.png: image is 100x100 .*over the limit"):
+        load_image(tmp_path / "big.png", max_pixels=9_999)
+    assert DEFAULT_MAX_PIXELS >= 50_000_000  # phone photos pass by default
+
+
+def test_verify_images_skips_broken(tmp_path: Path) -> None:
+    good = _png(tmp_path / "good.png")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"junk")
+    recs = [ImageRecord(good, 1.0), ImageRecord(bad, 2.0)]
+    ok, skipped = verify_images(recs, on_error="skip")
+    assert [r.path for r in ok] == [good]
+    assert len(skipped) == 1 and skipped[0].where == str(bad) and "not an image" in skipped[0].reason
+    with pytest.raises(UserError, match="bad.png: not an image"):
+        verify_images(recs)
+
+
+# --------------------------------------------------------------- csv layout
+
+
+def _csv_dataset(tmp_path: Path, split: bool) -> Path:
+    for i in range(10):
+        _png(tmp_path / "img" / f"{i}.png", (i, i, i))
+    header = "path,age,gender" + (",split" if split else "")
+    splits = ["train"] * 6 + ["val"] * 2 + ["test"] * 2
+    lines = [f"img/{i}.png,{20 + i},{'mf'[i % 2]}" + (f",{splits[i]}" if split else "") for i in range(10)]
+    return _write_csv(tmp_path / "labels.csv", "\n".join([header, *lines]))
+
+
+def test_csv_with_split_column(tmp_path: Path) -> None:
+    csv_path = _csv_dataset(tmp_path, split=True)
+    table = load_image_table(csv_path, "age")
+    assert table.task == "regression" and table.layout == "csv" and table.classes == ()
+    assert len(table) == 10
+    assert [r.split for r in table.records] == ["train"] * 6 + ["val"] * 2 + ["test"] * 2
+    assert table.records[3].target == 23.0 and table.records[3].path == tmp_path / "img" / "3.png"
+    assert table.targets().dtype == np.float32
+    assert len(table.split("val")) == 2
+
+
+def test_csv_folder_with_labels_csv_and_seeded_split(tmp_path: Path) -> None:
+    _csv_dataset(tmp_path, split=False)
+    assert detect_format(tmp_path) == "csv"
+    t1 = load_image_table(tmp_path, "age", seed=3)
+    t2 = load_image_table(tmp_path, "age", seed=3)
+    assert [r.split for r in t1.records] == [r.split for r in t2.records]
+    counts = t1.summary()["splits"]
+    assert counts == {"train": 8, "val": 1, "test": 1, "unsplit": 0}
+
+
+def test_csv_text_column_is_classification(tmp_path: Path) -> None:
+    _csv_dataset(tmp_path, split=True)
+    table = load_image_table(tmp_path, "gender")
+    assert table.task == "classification" and table.classes == ("f", "m")
+    assert table.targets().tolist() == [1, 0] * 5
+
+
+def test_csv_forced_classification_orders_numeric_classes(tmp_path: Path) -> None:
+    _png(tmp_path / "a.png")
+    _write_csv(tmp_path / "labels.csv", "path,grade\na.png,10\na.png,2\na.png,1")
+    table = load_image_table(tmp_path, "grade", task="classification")
+    assert table.task == "classification" and table.classes == ("1", "2", "10")
+
+
+def test_csv_target_defaults_to_only_column_and_bom(tmp_path: Path) -> None:
+    _png(tmp_path / "a.png")
+    (tmp_path / "labels.csv").write_bytes("\ufeffpath,temperature\na.png,3.5\n".encode())
+    table = read_csv_table(tmp_path)
+    assert table.target == "temperature" and table.records[0].target == 3.5
+
+
+def test_csv_missing_columns(tmp_path: Path) -> None:
+    _write_csv(tmp_path / "x.csv", "file,age\na.png,3")
+    with pytest.raises(UserError, match=r"x\.csv: no 'path' column"):
+        read_csv_table(tmp_path / "x.csv", "age")
+    _write_csv(tmp_path / "y.csv", "path,age\na.png,3")
+    with pytest.raises(UserError, match=r"y\.csv: no column 'weight'"):
+        read_csv_table(tmp_path / "y.csv", "weight")
+
+
+def _bad_rows_csv(tmp_path: Path) -> Path:
+    for i in range(5):
+        _png(tmp_path / f"{i}.png")
+    return _write_csv(
+        tmp_path / "labels.csv",
+        "\n".join(
+            [
+                "path,age,split",
+                "0.png,30,train",  # line 2: fine
+                "gone.png,31,train",  # line 3: missing file
+                "1.png,old,train",  # line 4: non-numeric
+                "2.png,nan,train",  # line 5: NaN
+                "3.png,,train",  # line 6: empty
+                "4.png,33,holdout",  # line 7: unknown split
+                "0.png,34,",  # line 8: fine, no split
+            ]
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        (3, "file not found: gone.png"),
+        (4, "'age' value 'old' is not a number"),
+        (5, "'age' value 'nan' is NaN"),
+        (6, "empty 'age'"),
+        (7, "split 'holdout' is not one of train, val, test"),
+    ],
+)
+def test_bad_row_raises_with_file_and_line(tmp_path: Path, line: int, problem: str) -> None:
+    csv_path = _bad_rows_csv(tmp_path)
+    lines = csv_path.read_text().splitlines()
+    # Keep the header, the good row and bad rows from `line` on: the first bad row is the one named.
+    _write_csv(csv_path, "\n".join(lines[:2] + lines[line - 1 :]))
+    with pytest.raises(UserError) as e:
+        read_csv_table(csv_path, "age")
+    assert str(e.value) == f"{csv_path}: line 3: {problem}"
+
+
+def test_bad_rows_skipped_with_count_and_reasons(tmp_path: Path) -> None:
+    csv_path = _bad_rows_csv(tmp_path)
+    table = load_image_table(csv_path, "age", on_error="skip")
+    assert [r.target for r in table.records] == [30.0, 34.0]
+    assert table.summary()["n_skipped"] == 5
+    assert [s.where for s in table.skipped] == [f"{csv_path}: line {n}" for n in (3, 4, 5, 6, 7)]
+    assert "not a number" in table.skipped[1].reason
+    assert str(table.skipped[0]) == f"{csv_path}: line 3: file not found: gone.png"
+
+
+def test_mostly_numeric_column_is_regression_with_bad_rows(tmp_path: Path) -> None:
+    _png(tmp_path / "a.png")
+    _write_csv(tmp_path / "labels.csv", "path,age\na.png,30\na.png,31\na.png,thirty")
+    with pytest.raises(UserError, match=r"line 4: 'age' value 'thirty' is not a number"):
+        read_csv_table(tmp_path, "age")
+
+
+def test_all_rows_bad_is_an_error_even_when_skipping(tmp_path: Path) -> None:
+    _write_csv(tmp_path / "labels.csv", "path,age\ngone.png,30")
+    with pytest.raises(UserError, match=r"no usable images \(1 skipped; first problem: .*gone\.png"):
+        read_csv_table(tmp_path, "age", on_error="skip")
+
+
+# ------------------------------------------------------------ folder layout
+
+
+def test_folder_per_class(tmp_path: Path) -> None:
+    for cls, n in (("cat", 3), ("dog", 2)):
+        for i in range(n):
+            _png(tmp_path / cls / f"{i}.png")
+    _png(tmp_path / "dog" / "nested" / "deep.jpg")
+    (tmp_path / "dog" / "notes.txt").write_text("not an image")
+    _png(tmp_path / "cat" / ".hidden.png")
+    (tmp_path / "empty").mkdir()
+    assert detect_format(tmp_path) == "folder"
+    table = load_image_table(tmp_path)
+    assert table.task == "classification" and table.layout == "folder"
+    assert table.classes == ("cat", "dog")
+    assert sorted(table.targets().tolist()) == [0, 0, 0, 1, 1, 1]
+    assert all(r.split is not None for r in table.records)
+
+
+def test_folder_with_split_folders(tmp_path: Path) -> None:
+    _png(tmp_path / "train" / "a" / "1.png")
+    _png(tmp_path / "train" / "b" / "1.png")
+    _png(tmp_path / "val" / "a" / "2.png")
+    table = read_folder_table(tmp_path)
+    assert table.classes == ("a", "b")
+    assert sorted((r.split, r.target) for r in table.records) == [("train", "a"), ("train", "b"), ("val", "a")]
+
+
+def test_folder_without_classes(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no images in class sub-folders"):
+        read_folder_table(tmp_path)
+
+
+# ------------------------------------------------------- named conventions
+
+
+def test_utkface(tmp_path: Path) -> None:
+    _png(tmp_path / "25_0_2_20170116174525125.jpg.chip.jpg")
+    _png(tmp_path / "61_1_0_20170109142408075.jpg")
+    _png(tmp_path / "3_1_4_20161219140623097.jpg")
+    assert detect_format(tmp_path) == "utkface"
+    ages = load_image_table(tmp_path, format="utkface")
+    assert ages.task == "regression" and ages.target == "age"
+    assert sorted(r.target for r in ages.records) == [3.0, 25.0, 61.0]
+    gender = read_utkface_table(tmp_path, "gender")
+    assert gender.task == "classification" and gender.classes == ("female", "male")
+    race = read_utkface_table(tmp_path, "race")
+    assert {r.path.name.split("_")[0]: r.target for r in race.records} == {"25": "asian", "61": "white", "3": "other"}
+
+
+def test_utkface_bad_names(tmp_path: Path) -> None:
+    _png(tmp_path / "25_0_2_20170116174525125.jpg")
+    bad = _png(tmp_path / "39_1_20170116174525125.jpg")  # the real data set has such names
+    with pytest.raises(UserError, match=r"39_1_20170116174525125\.jpg: file name does not follow the utkface"):
+        read_utkface_table(tmp_path)
+    table = read_utkface_table(tmp_path, on_error="skip")
+    assert len(table) == 1 and table.skipped[0].where == str(bad)
+    with pytest.raises(UserError, match="utkface targets are age, gender, race"):
+        read_utkface_table(tmp_path, "name")
+
+
+def test_agedb(tmp_path: Path) -> None:
+    _png(tmp_path / "0_MariaCallas_35_f.jpg")
+    _png(tmp_path / "1_Jean_Paul_Sartre_60_m.jpg")  # underscores inside the name
+    _png(tmp_path / "2_MariaCallas_50_f.jpg")
+    assert detect_format(tmp_path) == "agedb"
+    table = load_image_table(tmp_path, "age", format="agedb")
+    assert sorted(r.target for r in table.records) == [35.0, 50.0, 60.0]
+    names = read_agedb_table(tmp_path, "name")
+    assert names.classes == ("Jean_Paul_Sartre", "MariaCallas")
+    assert read_agedb_table(tmp_path, "gender").classes == ("female", "male")
+
+
+def test_agedb_bad_name_skipped(tmp_path: Path) -> None:
+    _png(tmp_path / "0_MariaCallas_35_f.jpg")
+    _png(tmp_path / "MariaCallas_x.jpg")
+    table = read_agedb_table(tmp_path, on_error="skip")
+    assert len(table) == 1 and len(table.skipped) == 1
+
+
+def test_unknown_layout_and_format(tmp_path: Path) -> None:
+    _png(tmp_path / "holiday.png")
+    with pytest.raises(UserError, match="cannot tell the dataset layout"):
+        load_image_table(tmp_path)
+    with pytest.raises(UserError, match="unknown format 'coco'"):
+        load_image_table(tmp_path, format="coco")
+    with pytest.raises(UserError, match="no such file or folder"):
+        load_image_table(tmp_path / "missing")
+
+
+# ------------------------------------------------------------------- splits
+
+
+def test_split_labels_counts_and_determinism() -> None:
+    a = split_labels(100, val_frac=0.1, test_frac=0.2, seed=7)
+    assert (a.count("train"), a.count("val"), a.count("test")) == (70, 10, 20)
+    assert a == split_labels(100, val_frac=0.1, test_frac=0.2, seed=7)
+    assert a != split_labels(100, val_frac=0.1, test_frac=0.2, seed=8)
+    assert split_labels(1, seed=0) == ["train"]  # tiny data keeps a training item
+    with pytest.raises(UserError, match="sum to < 1"):
+        split_labels(10, val_frac=0.5, test_frac=0.5)
+
+
+def test_assign_splits_is_disjoint_order_independent_and_keeps_given() -> None:
+    recs = [ImageRecord(Path(f"{i:03d}.png"), float(i)) for i in range(200)]
+    recs[5] = ImageRecord(recs[5].path, 5.0, "test")
+    out = assign_splits(recs, seed=1)
+    assert out[5].split == "test"
+    by_split = {s: {r.path for r in out if r.split == s} for s in ("train", "val", "test")}
+    assert sum(len(v) for v in by_split.values()) == 200  # every record in exactly one split
+    assert not (by_split["train"] & by_split["val"]) and not (by_split["val"] & by_split["test"])
+    shuffled = assign_splits(list(reversed(recs)), seed=1)
+    assert {r.path: r.split for r in shuffled} == {r.path: r.split for r in out}
+
+
+def test_stratified_split_reaches_every_class() -> None:
+    recs = [ImageRecord(Path(f"{i}.png"), "rare" if i < 10 else "common") for i in range(100)]
+    out = assign_splits(recs, seed=0, stratify=True)
+    rare = [r.split for r in out if r.target == "rare"]
+    assert rare.count("val") == 1 and rare.count("test") == 1
+
+
+# ------------------------------------------------------------------ dataset
+
+
+def test_image_dataset_regression_and_classification(tmp_path: Path) -> None:
+    for i in range(4):
+        _png(tmp_path / f"{i}.png", (i * 60, 0, 0), size=(5, 3))
+    lines = "\n".join(f"{i}.png,{i * 1.5},{'ab'[i % 2]},train" for i in range(4))
+    _write_csv(tmp_path / "labels.csv", "path,value,kind,split\n" + lines)
+
+    def to_tensor(img: Image.Image) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+
+    reg = ImageDataset.from_table(load_image_table(tmp_path, "value"), "train", to_tensor)
+    x, y = reg[2]
+    assert x.shape == (3, 3, 5) and int(x[0, 0, 0]) == 120
+    assert y.dtype == torch.float32 and y.item() == pytest.approx(3.0)
+    cls_table = load_image_table(tmp_path, "kind")
+    cls = ImageDataset.from_table(cls_table, "train", to_tensor)
+    assert cls.classes == ("a", "b")
+    assert cls[1][1].dtype == torch.int64 and cls[1][1].item() == 1
+    batch = next(iter(torch.utils.data.DataLoader(cls, batch_size=4)))
+    assert batch[0].shape == (4, 3, 3, 5) and batch[1].tolist() == [0, 1, 0, 1]
+
+
+def test_image_dataset_reports_broken_file(tmp_path: Path) -> None:
+    (tmp_path / "x.png").write_bytes(b"\x89PNG broken")
+    ds = ImageDataset([ImageRecord(tmp_path / "x.png", 1.0)], lambda im: im)
+    with pytest.raises(UserError, match=r"x\.png: "):
+        ds[0]
+
+
+def test_table_rejects_unknown_classes() -> None:
+    with pytest.raises(ValueError):
+        ImageTable((ImageRecord(Path("a"), "x"),), "t", "classification", classes=("y",))
+    assert math.isclose(ImageTable((ImageRecord(Path("a"), 2.5),), "t", "regression").encode(2.5), 2.5)
