@@ -1,0 +1,263 @@
+"""EEG window encoders: ShallowConvNet- and Deep4-style (Schirrmeister et al. 2017).
+
+Both take windows `[B, n_chans, n_times]` and return `[B, embed_dim]`. They
+are built from the signal contract (n_chans, n_times, sfreq): kernel and
+pooling lengths are set in seconds and converted to samples at `sfreq`, so
+the same architecture sees the same time scales at 100 Hz and at 256 Hz
+(the paper's numbers are for 250 Hz). `eeg_signal_kwargs(spec)` turns an
+`EEGSpec` into those three arguments.
+
+Differences from the paper's networks, on purpose:
+
+- Both end in flatten + Linear(embed_dim) instead of a class-score
+  convolution: they are encoders, the heads come later.
+- Deep4's convolutions are zero-padded to keep their length ("same"), so four
+  /3 poolings fit windows down to 81 samples (2 s at 100 Hz has 200); with
+  unpadded convolutions a 2 s window at 100 Hz would shrink to nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from supemb.errors import UserError
+
+# Time constants in seconds; the paper's sample counts at 250 Hz in brackets.
+SHALLOW_CONV_S = 0.1  # temporal filter (25)
+SHALLOW_POOL_S = 0.3  # mean-pool window (75)
+SHALLOW_STRIDE_S = 0.06  # mean-pool stride (15)
+DEEP4_CONV_S = 0.04  # every temporal filter (10); odd-rounded for "same" padding
+DEEP4_POOL = 3  # max-pool size and stride in samples, as in the paper
+DEEP4_N_POOLS = 4
+LOG_EPS = 1e-6  # floor before log: pooled power can be 0 on flat or clipped signals
+
+
+class _SignalSpec(Protocol):
+    """What `eeg_signal_kwargs` reads (supemb.data.eeg.EEGSpec has it)."""
+
+    n_channels: int
+    window_samples: int
+    sfreq: float
+
+
+def eeg_signal_kwargs(spec: _SignalSpec) -> dict[str, Any]:
+    """The (n_chans, n_times, sfreq) keyword arguments for an EEG encoder."""
+    return {"n_chans": int(spec.n_channels), "n_times": int(spec.window_samples), "sfreq": float(spec.sfreq)}
+
+
+def _samples(seconds: float, sfreq: float, minimum: int = 1) -> int:
+    return max(minimum, int(round(seconds * sfreq)))
+
+
+def _odd_samples(seconds: float, sfreq: float) -> int:
+    n = _samples(seconds, sfreq, minimum=3)
+    return n if n % 2 else n + 1
+
+
+class _EEGEncoder(nn.Module):
+    """Shared signal-contract checks for the EEG encoders."""
+
+    modality = "eeg"
+    name = "eeg"
+
+    def __init__(self, n_chans: int, n_times: int, sfreq: float, embed_dim: int) -> None:
+        super().__init__()
+        if n_chans < 1 or n_times < 1 or embed_dim < 1:
+            raise UserError(
+                f"{self.name}: n_chans, n_times and embed_dim must be >= 1, "
+                f"got {n_chans}, {n_times}, {embed_dim}"
+            )
+        if not sfreq > 0:
+            raise UserError(f"{self.name}: sfreq must be > 0 Hz, got {sfreq}")
+        self.n_chans = int(n_chans)
+        self.n_times = int(n_times)
+        self.sfreq = float(sfreq)
+        self.embed_dim: int = int(embed_dim)
+
+    def _too_short(self, minimum: int) -> UserError:
+        return UserError(
+            f"{self.name}: a window of {self.n_times} samples ({self.n_times / self.sfreq:g} s "
+            f"at {self.sfreq:g} Hz) is too short; it needs at least {minimum} samples "
+            f"({minimum / self.sfreq:g} s): use a longer window_s"
+        )
+
+    def _check_input(self, x: Tensor) -> None:
+        # Turns a deep shape-mismatch error into a clear one. Skipped while
+        # tracing for ONNX: there the shape is fixed in the graph anyway.
+        if torch.jit.is_tracing():
+            return
+        if x.dim() != 3 or x.shape[1] != self.n_chans or x.shape[2] != self.n_times:
+            raise UserError(
+                f"{self.name}: expected EEG windows [B, {self.n_chans} channels, "
+                f"{self.n_times} samples], got {list(x.shape)}; the recording must be "
+                f"picked and windowed with the model's channel list and window length"
+            )
+
+    def _init_weights(self) -> None:
+        # Glorot init for conv/linear as in the paper's code; BN starts at identity.
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+
+class ShallowConvNet(_EEGEncoder):
+    """ShallowConvNet-style encoder: band power in learned spatial filters.
+
+    temporal conv -> spatial conv (all channels) -> BN -> square -> mean-pool
+    -> log -> dropout -> flatten -> Linear. Square, mean and log make each
+    feature a log band-power, the FBCSP recipe in network form.
+
+    Args:
+        n_chans, n_times, sfreq: the signal contract of the windows.
+        embed_dim: output size.
+        n_filters: temporal and spatial filters (40 in the paper).
+        dropout: dropout before the final Linear.
+
+    Forward: `x: [B, n_chans, n_times]` -> `[B, embed_dim]`.
+    """
+
+    name = "shallow"
+
+    def __init__(
+        self,
+        *,
+        n_chans: int,
+        n_times: int,
+        sfreq: float,
+        embed_dim: int = 128,
+        n_filters: int = 40,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__(n_chans, n_times, sfreq, embed_dim)
+        k = _samples(SHALLOW_CONV_S, sfreq, minimum=2)
+        pool = _samples(SHALLOW_POOL_S, sfreq)
+        stride = _samples(SHALLOW_STRIDE_S, sfreq)
+        if n_times < k + pool - 1:
+            raise self._too_short(k + pool - 1)
+        n_pooled = (n_times - k + 1 - pool) // stride + 1
+        self.conv_time = nn.Conv2d(1, n_filters, (1, k))
+        # No bias: BN right after removes it anyway.
+        self.conv_spat = nn.Conv2d(n_filters, n_filters, (n_chans, 1), bias=False)
+        self.bn = nn.BatchNorm2d(n_filters)
+        self.pool = nn.AvgPool2d((1, pool), stride=(1, stride))
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(n_filters * n_pooled, embed_dim)
+        self._init_weights()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """`x: [B, n_chans, n_times]` -> `[B, embed_dim]`."""
+        self._check_input(x)
+        h = self.conv_time(x.unsqueeze(1))  # [B, F, C, T - k + 1]
+        h = self.bn(self.conv_spat(h))  # [B, F, 1, T - k + 1]
+        h = self.pool(h * h)  # [B, F, 1, P]
+        # Clamp: log(0) = -inf on a flat window; Clip + Log export to ONNX.
+        h = torch.log(torch.clamp(h, min=LOG_EPS))
+        return self.fc(self.drop(h).flatten(1))
+
+
+class Deep4Net(_EEGEncoder):
+    """Deep4-style encoder: four conv + max-pool blocks.
+
+    Block 1: temporal conv -> spatial conv (all channels) -> BN -> ELU ->
+    max-pool 3. Blocks 2-4: dropout -> temporal conv -> BN -> ELU -> max-pool
+    3. Then flatten -> Linear. Temporal kernels span ~40 ms at `sfreq` (odd, so
+    "same" padding keeps the length); each pool divides the length by 3.
+
+    Args:
+        n_chans, n_times, sfreq: the signal contract of the windows.
+        embed_dim: output size.
+        n_filters: filters of the four blocks (25, 50, 100, 200 in the paper).
+        dropout: dropout before blocks 2-4.
+
+    Forward: `x: [B, n_chans, n_times]` -> `[B, embed_dim]`.
+    """
+
+    name = "deep4"
+
+    def __init__(
+        self,
+        *,
+        n_chans: int,
+        n_times: int,
+        sfreq: float,
+        embed_dim: int = 128,
+        n_filters: tuple[int, int, int, int] = (25, 50, 100, 200),
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__(n_chans, n_times, sfreq, embed_dim)
+        try:
+            filters = tuple(int(f) for f in n_filters)  # YAML gives lists
+        except (TypeError, ValueError):
+            filters = ()
+        if len(filters) != DEEP4_N_POOLS or min(filters) < 1:
+            raise UserError(f"deep4: n_filters must be 4 positive ints, got {n_filters!r}")
+        minimum = DEEP4_POOL**DEEP4_N_POOLS
+        if n_times < minimum:
+            raise self._too_short(minimum)
+        k = _odd_samples(DEEP4_CONV_S, sfreq)
+        pad = (0, k // 2)
+        f0 = filters[0]
+        blocks: list[nn.Module] = [
+            nn.Conv2d(1, f0, (1, k), padding=pad),
+            nn.Conv2d(f0, f0, (n_chans, 1), bias=False),
+            nn.BatchNorm2d(f0),
+            nn.ELU(),
+            nn.MaxPool2d((1, DEEP4_POOL), stride=(1, DEEP4_POOL)),
+        ]
+        for f_in, f_out in zip(filters[:-1], filters[1:]):
+            blocks += [
+                nn.Dropout(dropout),
+                nn.Conv2d(f_in, f_out, (1, k), padding=pad, bias=False),
+                nn.BatchNorm2d(f_out),
+                nn.ELU(),
+                nn.MaxPool2d((1, DEEP4_POOL), stride=(1, DEEP4_POOL)),
+            ]
+        self.features = nn.Sequential(*blocks)
+        t = n_times
+        for _ in range(DEEP4_N_POOLS):
+            t //= DEEP4_POOL
+        self.fc = nn.Linear(filters[-1] * t, embed_dim)
+        self._init_weights()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """`x: [B, n_chans, n_times]` -> `[B, embed_dim]`."""
+        self._check_input(x)
+        h = self.features(x.unsqueeze(1))  # [B, F4, 1, n_times // 81]
+        return self.fc(h.flatten(1))
+
+
+def shallow(
+    *,
+    n_chans: int,
+    n_times: int,
+    sfreq: float,
+    embed_dim: int = 128,
+    n_filters: int = 40,
+    dropout: float = 0.5,
+) -> ShallowConvNet:
+    """ShallowConvNet-style encoder for `[B, n_chans, n_times]` windows at `sfreq` Hz."""
+    return ShallowConvNet(
+        n_chans=n_chans, n_times=n_times, sfreq=sfreq, embed_dim=embed_dim,
+        n_filters=n_filters, dropout=dropout,
+    )
+
+
+def deep4(
+    *,
+    n_chans: int,
+    n_times: int,
+    sfreq: float,
+    embed_dim: int = 128,
+    n_filters: tuple[int, int, int, int] = (25, 50, 100, 200),
+    dropout: float = 0.5,
+) -> Deep4Net:
+    """Deep4-style encoder for `[B, n_chans, n_times]` windows at `sfreq` Hz."""
+    return Deep4Net(
+        n_chans=n_chans, n_times=n_times, sfreq=sfreq, embed_dim=embed_dim,
+        n_filters=n_filters, dropout=dropout,
+    )
