@@ -1,0 +1,594 @@
+"""Evaluation metrics for label-aware embeddings: plain prediction metrics,
+kNN prediction from embeddings, retrieval and ordinality.
+
+Everything here is numpy/scipy and computes in float64. Conventions:
+
+- Embeddings are `[N, D]` float arrays. kNN and retrieval use the cosine
+  similarity: rows are L2-normalised first (a zero row stays zero and is
+  similar to nothing), so the numbers match a FAISS `IndexFlatIP` over the
+  normalised vectors that serving uses.
+- Neighbours are ranked by similarity, ties broken by the lower gallery index,
+  so every result is deterministic.
+- `exclude_self=True` means the query set *is* the gallery (row i of the
+  query is item i of the gallery): item i is never its own neighbour, while an
+  exact duplicate stored at another index still is.
+- Class labels are integer-valued arrays with values in [0, C).
+- Mismatched lengths, empty inputs, NaN/Inf and bad options raise ValueError.
+  A metric that is undefined for the data (e.g. MAP@R when no query has a
+  relevant item) is NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from scipy.stats import spearmanr
+
+# Similarity blocks are computed a few query rows at a time, so memory stays
+# bounded (about 32 MB of float64) whatever the gallery size.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+# ------------------------------------------------------------------ checks
+
+
+def _as_float_1d(x: npt.ArrayLike, name: str) -> np.ndarray:
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim == 2 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim != 1:
+        raise ValueError(f"{name} must have shape [N], got {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"{name} is empty")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or Inf values")
+    return a
+
+
+def _as_labels(x: npt.ArrayLike, name: str) -> np.ndarray:
+    a = np.asarray(x)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must have shape [N], got {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"{name} is empty")
+    if a.dtype.kind == "b":
+        a = a.astype(np.int64)
+    if a.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must hold integer class ids, got dtype {a.dtype}")
+    if a.dtype.kind == "f" and not (np.isfinite(a).all() and (a == np.round(a)).all()):
+        raise ValueError(f"{name} must hold integer class ids, got non-integer values")
+    a = a.astype(np.int64)
+    if a.min() < 0:
+        raise ValueError(f"{name} must hold class ids >= 0, got {a.min()}")
+    return a
+
+
+def _as_embeddings(x: npt.ArrayLike, name: str) -> np.ndarray:
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must have shape [N, D], got {a.shape}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or Inf values")
+    return a
+
+
+def _same_length(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
+    if len(a) != len(b):
+        raise ValueError(f"{name_a} has {len(a)} rows but {name_b} has {len(b)}")
+
+
+def l2_normalize(emb: npt.ArrayLike, eps: float = 1e-12) -> np.ndarray:
+    """Rows scaled to unit L2 norm. emb: [N, D] -> [N, D] float64.
+
+    Rows with norm below `eps` are left as they are (all zeros stays zeros).
+    """
+    e = _as_embeddings(emb, "emb")
+    norms = np.linalg.norm(e, axis=1, keepdims=True)
+    return e / np.maximum(norms, eps)
+
+
+# ------------------------------------------------------------ regression
+
+
+def regression_metrics(pred: npt.ArrayLike, target: npt.ArrayLike) -> dict[str, float]:
+    """Mean absolute error, root mean squared error and R^2.
+
+    pred, target: [N].
+
+        mae  = mean |pred - target|
+        rmse = sqrt(mean (pred - target)^2)
+        r2   = 1 - SS_res / SS_tot,  SS_res = sum (target - pred)^2,
+                                     SS_tot = sum (target - mean(target))^2
+
+    R^2 is 1 for a perfect prediction, 0 for predicting the mean, negative
+    for worse. With a constant target (SS_tot = 0) it is defined as 1.0 when
+    the prediction is exact and 0.0 otherwise (scikit-learn's convention).
+    """
+    p = _as_float_1d(pred, "pred")
+    t = _as_float_1d(target, "target")
+    _same_length(p, t, "pred", "target")
+    err = p - t
+    ss_res = float(np.sum(err**2))
+    ss_tot = float(np.sum((t - t.mean()) ** 2))
+    if ss_tot > 0.0:
+        r2 = 1.0 - ss_res / ss_tot
+    else:
+        r2 = 1.0 if ss_res == 0.0 else 0.0
+    return {
+        "mae": float(np.mean(np.abs(err))),
+        "rmse": float(np.sqrt(ss_res / len(t))),
+        "r2": float(r2),
+    }
+
+
+# -------------------------------------------------------- classification
+
+
+def accuracy(pred: npt.ArrayLike, target: npt.ArrayLike) -> float:
+    """Fraction of exact matches. pred, target: [N] integer class ids."""
+    p = _as_labels(pred, "pred")
+    t = _as_labels(target, "target")
+    _same_length(p, t, "pred", "target")
+    return float(np.mean(p == t))
+
+
+def balanced_accuracy(pred: npt.ArrayLike, target: npt.ArrayLike) -> float:
+    """Mean per-class recall over the classes present in `target`.
+
+    pred, target: [N] integer class ids.
+
+        bacc = 1/|C| sum_{c in C} #{i: target_i = c, pred_i = c} / #{i: target_i = c}
+
+    with C the set of classes that occur in `target` (a class that is only
+    predicted has no recall and is not averaged). On a long-tailed set,
+    predicting the head class everywhere scores high accuracy but
+    1/|C| balanced accuracy.
+    """
+    p = _as_labels(pred, "pred")
+    t = _as_labels(target, "target")
+    _same_length(p, t, "pred", "target")
+    classes, inv = np.unique(t, return_inverse=True)
+    support = np.bincount(inv, minlength=len(classes))
+    hits = np.bincount(inv, weights=(p == t).astype(np.float64), minlength=len(classes))
+    return float(np.mean(hits / support))
+
+
+# -------------------------------------------------------------------- kNN
+
+
+def _top_k(sim: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top k of a similarity block. sim: [n, G] -> (idx [n, k], sim [n, k]),
+    sorted by decreasing similarity, ties by increasing index."""
+    g = sim.shape[1]
+    if k < g:
+        idx = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        idx.sort(axis=1)  # ascending index, so the stable sort below breaks ties by index
+    else:
+        idx = np.broadcast_to(np.arange(g), sim.shape).copy()
+    top = np.take_along_axis(sim, idx, axis=1)
+    order = np.argsort(-top, axis=1, kind="stable")
+    return np.take_along_axis(idx, order, axis=1), np.take_along_axis(top, order, axis=1)
+
+
+def _similarity_blocks(
+    query: np.ndarray, gallery: np.ndarray, self_index: np.ndarray | None
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """Cosine similarities, a block of query rows at a time.
+
+    query: [N, D], gallery: [G, D], both L2-normalised. self_index: [N]
+    gallery index of each query to mask with -inf (leave-one-out), or None.
+    Yields (rows, sim [n, G] float64).
+    """
+    n, g = len(query), len(gallery)
+    step = max(1, _BLOCK_ELEMENTS // max(g, 1))
+    for start in range(0, n, step):
+        rows = slice(start, min(start + step, n))
+        sim = query[rows] @ gallery.T
+        if self_index is not None:
+            sim[np.arange(rows.stop - rows.start), self_index[rows]] = -np.inf
+        yield rows, sim
+
+
+def nearest_neighbours(
+    query_emb: npt.ArrayLike,
+    gallery_emb: npt.ArrayLike,
+    k: int,
+    exclude_self: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k most cosine-similar gallery items of each query.
+
+    query_emb: [N, D], gallery_emb: [G, D] (normalised here).
+    exclude_self: the query set is the gallery (N == G); item i is not its
+    own neighbour. k must be at most G (G - 1 with exclude_self).
+    Returns (indices [N, k] int64, similarities [N, k] float64), each row
+    sorted by decreasing similarity, ties by increasing index.
+    """
+    q = l2_normalize(_as_embeddings(query_emb, "query_emb"))
+    g = l2_normalize(_as_embeddings(gallery_emb, "gallery_emb"))
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(f"query_emb has dimension {q.shape[1]} but gallery_emb has {g.shape[1]}")
+    if exclude_self and len(q) != len(g):
+        raise ValueError(
+            f"exclude_self needs the query set to be the gallery, got {len(q)} queries and {len(g)} gallery items"
+        )
+    available = len(g) - int(exclude_self)
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if k > available:
+        raise ValueError(f"k = {k} but only {available} gallery items can be neighbours")
+    idx = np.empty((len(q), k), dtype=np.int64)
+    sim = np.empty((len(q), k), dtype=np.float64)
+    self_index = np.arange(len(q)) if exclude_self else None
+    for rows, block in _similarity_blocks(q, g, self_index):
+        idx[rows], sim[rows] = _top_k(block, int(k))
+    return idx, sim
+
+
+def _check_temperature(temperature: float) -> float:
+    t = float(temperature)
+    if not (np.isfinite(t) and t > 0):
+        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+    return t
+
+
+def _softmax_weights(sim: np.ndarray, temperature: float) -> np.ndarray:
+    """exp(sim / t) per row, normalised to sum 1. sim: [N, k] -> [N, k]."""
+    w = np.exp((sim - sim[:, :1]) / temperature)  # rows are sorted: column 0 is the max
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def knn_classify(
+    query_emb: npt.ArrayLike,
+    gallery_emb: npt.ArrayLike,
+    gallery_labels: npt.ArrayLike,
+    k: int,
+    n_classes: int | None = None,
+    temperature: float = 0.07,
+    exclude_self: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Similarity-weighted kNN vote over cosine similarities.
+
+    query_emb: [N, D], gallery_emb: [G, D], gallery_labels: [G] class ids.
+    Each of the k nearest neighbours j votes for its class with weight
+    exp(s_j / temperature) (s_j the cosine similarity; the weighted kNN of
+    Wu et al. 2018, with their temperature 0.07 as default):
+
+        probs[i, c] = sum_{j in kNN(i), y_j = c} exp(s_ij / t) / sum_{j in kNN(i)} exp(s_ij / t)
+
+    A large temperature tends to a plain majority vote, a small one to 1-NN.
+    n_classes: C, defaults to max(gallery_labels) + 1.
+    Returns (pred [N] int64 = argmax of probs, lowest class on ties;
+    probs [N, C] float64, rows summing to 1).
+    """
+    labels = _as_labels(gallery_labels, "gallery_labels")
+    g = _as_embeddings(gallery_emb, "gallery_emb")
+    _same_length(labels, g, "gallery_labels", "gallery_emb")
+    t = _check_temperature(temperature)
+    c = int(labels.max()) + 1 if n_classes is None else int(n_classes)
+    if c < int(labels.max()) + 1:
+        raise ValueError(f"n_classes = {c} but gallery_labels go up to {labels.max()}")
+    idx, sim = nearest_neighbours(query_emb, g, k, exclude_self)
+    w = _softmax_weights(sim, t)
+    probs = np.zeros((len(idx), c), dtype=np.float64)
+    np.add.at(probs, (np.arange(len(idx))[:, None], labels[idx]), w)
+    return probs.argmax(axis=1).astype(np.int64), probs
+
+
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Row-wise weighted median. values, weights: [N, k] (weights sum to 1).
+
+    The first sorted value whose cumulative weight reaches 1/2; when it hits
+    exactly 1/2 the mean with the next value (so equal weights give
+    np.median).
+    """
+    order = np.argsort(values, axis=1, kind="stable")
+    v = np.take_along_axis(values, order, axis=1)
+    cw = np.cumsum(np.take_along_axis(weights, order, axis=1), axis=1)
+    tol = 1e-12
+    i = np.argmax(cw >= 0.5 - tol, axis=1)
+    rows = np.arange(len(v))
+    nxt = np.minimum(i + 1, v.shape[1] - 1)
+    half = np.abs(cw[rows, i] - 0.5) <= tol
+    return np.where(half, 0.5 * (v[rows, i] + v[rows, nxt]), v[rows, i])
+
+
+def knn_regress(
+    query_emb: npt.ArrayLike,
+    gallery_emb: npt.ArrayLike,
+    gallery_targets: npt.ArrayLike,
+    k: int,
+    weighting: Literal["softmax", "uniform"] = "softmax",
+    temperature: float = 0.1,
+    reduce: Literal["mean", "median"] = "mean",
+    exclude_self: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """kNN regression over cosine similarities, with an uncertainty.
+
+    query_emb: [N, D], gallery_emb: [G, D], gallery_targets: [G].
+    Weights of the k nearest neighbours: "softmax" w_j ∝ exp(s_ij / t),
+    "uniform" w_j = 1/k. Prediction: the weighted mean ("mean") or the
+    weighted median ("median", robust to a stray neighbour; see
+    `_weighted_median`) of the neighbours' targets.
+    spread: the weighted standard deviation of the neighbours' targets
+    around their weighted mean, sqrt(sum_j w_j (y_j - ybar)^2); 0 when the
+    neighbours agree.
+    Returns (pred [N] float64, spread [N] float64).
+    """
+    y = _as_float_1d(gallery_targets, "gallery_targets")
+    if weighting not in ("softmax", "uniform"):
+        raise ValueError(f"weighting must be 'softmax' or 'uniform', got {weighting!r}")
+    if reduce not in ("mean", "median"):
+        raise ValueError(f"reduce must be 'mean' or 'median', got {reduce!r}")
+    t = _check_temperature(temperature)
+    g = _as_embeddings(gallery_emb, "gallery_emb")
+    _same_length(y, g, "gallery_targets", "gallery_emb")
+    idx, sim = nearest_neighbours(query_emb, g, k, exclude_self)
+    w = _softmax_weights(sim, t) if weighting == "softmax" else np.full(sim.shape, 1.0 / sim.shape[1])
+    yk = y[idx]  # [N, k]
+    mean = np.sum(w * yk, axis=1)
+    spread = np.sqrt(np.maximum(np.sum(w * (yk - mean[:, None]) ** 2, axis=1), 0.0))
+    pred = mean if reduce == "mean" else _weighted_median(yk, w)
+    return pred, spread
+
+
+# -------------------------------------------------------------- retrieval
+
+
+def _retrieval_setup(
+    query_emb: npt.ArrayLike,
+    query_labels: npt.ArrayLike,
+    gallery_emb: npt.ArrayLike | None,
+    gallery_labels: npt.ArrayLike | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool, np.ndarray]:
+    """Validated (q, q_labels, g, g_labels, exclude_self, R [N])."""
+    q = _as_embeddings(query_emb, "query_emb")
+    ql = _as_labels(query_labels, "query_labels")
+    _same_length(ql, q, "query_labels", "query_emb")
+    if (gallery_emb is None) != (gallery_labels is None):
+        raise ValueError("give both gallery_emb and gallery_labels, or neither")
+    if gallery_emb is None:
+        g, gl, exclude_self = q, ql, True
+    else:
+        g = _as_embeddings(gallery_emb, "gallery_emb")
+        gl = _as_labels(gallery_labels, "gallery_labels")
+        _same_length(gl, g, "gallery_labels", "gallery_emb")
+        exclude_self = False
+    # R = relevant gallery items per query (itself excluded in leave-one-out).
+    n_lab = int(max(ql.max(), gl.max())) + 1
+    counts = np.bincount(gl, minlength=n_lab)
+    r = counts[ql] - int(exclude_self)
+    return q, ql, g, gl, exclude_self, r
+
+
+def precision_at_1(
+    query_emb: npt.ArrayLike,
+    query_labels: npt.ArrayLike,
+    gallery_emb: npt.ArrayLike | None = None,
+    gallery_labels: npt.ArrayLike | None = None,
+) -> float:
+    """Fraction of queries whose nearest gallery item has the query's label.
+
+    query_emb: [N, D], query_labels: [N]; gallery_emb: [G, D] and
+    gallery_labels: [G], or neither, meaning leave-one-out retrieval within
+    the query set (each item against all the others).
+    Queries with no relevant gallery item (R = 0, see `map_at_r`) are skipped,
+    as in MAP@R; NaN if every query is skipped.
+    """
+    q, ql, g, gl, exclude_self, r = _retrieval_setup(query_emb, query_labels, gallery_emb, gallery_labels)
+    keep = np.flatnonzero(r > 0)
+    if len(keep) == 0:
+        return float("nan")
+    hits = 0
+    for rows, sim in _similarity_blocks(l2_normalize(q[keep]), l2_normalize(g), keep if exclude_self else None):
+        idx, _ = _top_k(sim, 1)
+        hits += int(np.sum(gl[idx[:, 0]] == ql[keep[rows]]))
+    return hits / len(keep)
+
+
+def map_at_r(
+    query_emb: npt.ArrayLike,
+    query_labels: npt.ArrayLike,
+    gallery_emb: npt.ArrayLike | None = None,
+    gallery_labels: npt.ArrayLike | None = None,
+) -> float:
+    """Mean average precision at R (Musgrave et al., "A Metric Learning
+    Reality Check", 2020).
+
+    query_emb: [N, D], query_labels: [N]; gallery as in `precision_at_1`
+    (absent: leave-one-out within the query set). For query i, R_i is the
+    number of gallery items with its label (itself excluded) and
+
+        MAP@R_i = 1/R_i sum_{j=1..R_i} P(j) * rel(j)
+
+    with rel(j) = 1 if the j-th retrieved item has the query's label and P(j)
+    the precision among the first j. Queries with R_i = 0 are skipped; the
+    result is the mean over the others (NaN if none). Unlike P@1 it rewards
+    a whole class clustering tightly around the query, not just one close
+    neighbour.
+
+    Retrieval needs discrete relevance: for continuous targets, bin them
+    first (e.g. `np.digitize(y, edges)`) and pass the bin ids as labels.
+    """
+    q, ql, g, gl, exclude_self, r = _retrieval_setup(query_emb, query_labels, gallery_emb, gallery_labels)
+    keep = np.flatnonzero(r > 0)
+    if len(keep) == 0:
+        return float("nan")
+    rk, lk = r[keep], ql[keep]
+    max_r = int(rk.max())
+    total = 0.0
+    for rows, sim in _similarity_blocks(l2_normalize(q[keep]), l2_normalize(g), keep if exclude_self else None):
+        idx, _ = _top_k(sim, max_r)  # [n, max_r]: enough for every query's R_i
+        pos = np.arange(1, max_r + 1)
+        within = pos[None, :] <= rk[rows, None]  # only the first R_i count
+        rel = (gl[idx] == lk[rows, None]) & within
+        prec = np.cumsum(rel, axis=1) / pos[None, :]
+        total += float(np.sum(np.sum(prec * rel, axis=1) / rk[rows]))
+    return total / len(keep)
+
+
+# ------------------------------------------------------------- ordinality
+
+
+def ordinality(
+    emb: npt.ArrayLike,
+    target: npt.ArrayLike,
+    max_pairs: int = 200_000,
+    seed: int = 0,
+    normalize: bool = True,
+) -> float:
+    """How well embedding distances follow target distances.
+
+    emb: [N, D]; target: [N] or [N, T] (distance: sum of absolute
+    differences). The Spearman rank correlation between d_emb(i, j) and
+    |y_i - y_j| over pairs i < j: 1 when the embedding orders the pairs
+    exactly as the targets do (the goal of Rank-N-Contrast), ~0 for an
+    embedding unrelated to the target.
+    d_emb is the cosine distance of L2-normalised rows (`normalize=True`; the
+    Euclidean distance between normalised rows ranks identically) or the
+    Euclidean distance of the rows as given (`normalize=False`).
+    When N (N - 1) / 2 > max_pairs, `max_pairs` pairs (i != j) are drawn
+    uniformly at random with `seed`, so the value is deterministic.
+    NaN if either distance is constant over the pairs (e.g. one target).
+    """
+    e = _as_embeddings(emb, "emb")
+    y = np.asarray(target, dtype=np.float64)
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.ndim != 2:
+        raise ValueError(f"target must have shape [N] or [N, T], got {y.shape}")
+    if not np.isfinite(y).all():
+        raise ValueError("target contains NaN or Inf values")
+    _same_length(y, e, "target", "emb")
+    n = len(e)
+    if n < 2:
+        raise ValueError(f"ordinality needs at least 2 items, got {n}")
+    if int(max_pairs) < 2:
+        raise ValueError(f"max_pairs must be at least 2, got {max_pairs}")
+    if n * (n - 1) // 2 <= max_pairs:
+        i, j = np.triu_indices(n, k=1)
+    else:
+        rng = np.random.default_rng(seed)
+        i = rng.integers(0, n, size=int(max_pairs))
+        j = rng.integers(0, n - 1, size=int(max_pairs))
+        j = j + (j >= i)  # uniform over j != i
+    if normalize:
+        e = l2_normalize(e)
+        d_emb = 1.0 - np.einsum("pd,pd->p", e[i], e[j])
+    else:
+        d_emb = np.linalg.norm(e[i] - e[j], axis=1)
+    d_y = np.abs(y[i] - y[j]).sum(axis=1)
+    if np.ptp(d_emb) == 0.0 or np.ptp(d_y) == 0.0:
+        return float("nan")
+    return float(spearmanr(d_emb, d_y).statistic)
+
+
+# ------------------------------------------------------------ EEG records
+
+
+def aggregate(
+    values: npt.ArrayLike, group: npt.ArrayLike, how: Literal["mean", "median"] = "mean"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Window-level values -> one value per group (recording).
+
+    values: [N] or [N, K] (e.g. class probabilities); group: [N].
+    Returns (groups [R] sorted ascending, aggregated [R] or [R, K]).
+    The EEG pipeline's `supemb.data.eeg.aggregate_by_recording`, so training
+    evaluation and serving aggregate the same way.
+    """
+    # Imported here: supemb.data.eeg pulls in torch, and these metrics stay numpy-only to import.
+    from supemb.data.eeg import aggregate_by_recording
+
+    return aggregate_by_recording(np.asarray(values), np.asarray(group), how)
+
+
+def _group_targets(targets: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """The one target of each group, sorted by group id; ValueError if a group's targets differ."""
+    uniq, first, inv = np.unique(group, return_index=True, return_inverse=True)
+    per_group = targets[first]
+    if not np.array_equal(per_group[inv.reshape(-1)], targets):
+        raise ValueError("val_groups: windows of the same recording have different targets")
+    return per_group
+
+
+# ---------------------------------------------------------------- report
+
+
+def embedding_report(
+    train_emb: npt.ArrayLike,
+    train_targets: npt.ArrayLike,
+    val_emb: npt.ArrayLike,
+    val_targets: npt.ArrayLike,
+    task: Literal["regression", "classification"],
+    k: int = 20,
+    temperature: float | None = None,
+    val_groups: npt.ArrayLike | None = None,
+    max_pairs: int = 200_000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """The per-epoch embedding evaluation: val queries against the train gallery.
+
+    train_emb: [G, D], train_targets: [G]; val_emb: [N, D], val_targets: [N]
+    (class ids for classification). k is capped at G.
+    temperature: of the kNN weights; default 0.07 for classes
+    (`knn_classify`) and 0.1 for values (`knn_regress`, softmax weighting).
+    val_groups: [N] optional recording ids (EEG windows): adds recording-level
+    metrics ("rec_" keys) from window predictions averaged per recording
+    (class probabilities averaged, then argmax).
+
+    Keys (plain floats):
+      regression:     knn_mae, knn_rmse, knn_r2, knn_spread (mean kNN spread),
+                      ordinality (on val), [rec_knn_mae, rec_knn_rmse, rec_knn_r2]
+      classification: knn_acc, knn_bacc, p_at_1, map_at_r (val queries,
+                      train gallery), [rec_knn_acc, rec_knn_bacc]
+    Retrieval metrics are not computed for regression (relevance would need
+    an arbitrary binning; `ordinality` measures the same structure).
+    A metric that is undefined for the data (NaN) is left out, so every value
+    is a finite float and the dict is strict-JSON serialisable.
+    """
+    if task not in ("regression", "classification"):
+        raise ValueError(f"task must be 'regression' or 'classification', got {task!r}")
+    g = _as_embeddings(train_emb, "train_emb")
+    v = _as_embeddings(val_emb, "val_emb")
+    kk = min(int(k), len(g))
+    groups = None
+    if val_groups is not None:
+        groups = np.asarray(val_groups)
+        _same_length(groups, v, "val_groups", "val_emb")
+    out: dict[str, float] = {}
+    if task == "regression":
+        yt = _as_float_1d(train_targets, "train_targets")
+        yv = _as_float_1d(val_targets, "val_targets")
+        _same_length(yv, v, "val_targets", "val_emb")
+        t = 0.1 if temperature is None else temperature
+        pred, spread = knn_regress(v, g, yt, kk, weighting="softmax", temperature=t)
+        out.update({f"knn_{name}": val for name, val in regression_metrics(pred, yv).items()})
+        out["knn_spread"] = float(np.mean(spread))
+        if len(v) >= 2:
+            out["ordinality"] = ordinality(v, yv, max_pairs=max_pairs, seed=seed)
+        if groups is not None:
+            _, rec_pred = aggregate(pred, groups)
+            rec_y = _group_targets(yv, groups)
+            out.update({f"rec_knn_{name}": val for name, val in regression_metrics(rec_pred, rec_y).items()})
+    else:
+        lt = _as_labels(train_targets, "train_targets")
+        lv = _as_labels(val_targets, "val_targets")
+        _same_length(lv, v, "val_targets", "val_emb")
+        t = 0.07 if temperature is None else temperature
+        n_classes = int(max(lt.max(), lv.max())) + 1
+        pred, probs = knn_classify(v, g, lt, kk, n_classes=n_classes, temperature=t)
+        out["knn_acc"] = accuracy(pred, lv)
+        out["knn_bacc"] = balanced_accuracy(pred, lv)
+        out["p_at_1"] = precision_at_1(v, lv, g, lt)
+        out["map_at_r"] = map_at_r(v, lv, g, lt)
+        if groups is not None:
+            _, rec_probs = aggregate(probs, groups)
+            rec_y = _group_targets(lv, groups)
+            rec_pred = rec_probs.argmax(axis=1)
+            out["rec_knn_acc"] = accuracy(rec_pred, rec_y)
+            out["rec_knn_bacc"] = balanced_accuracy(rec_pred, rec_y)
+    return {key: float(val) for key, val in out.items() if np.isfinite(val)}
