@@ -1,0 +1,387 @@
+"""Evaluation metrics: hand-computed values, kNN on toy geometry, retrieval
+against hand-worked examples, ordinality, recording aggregation and the
+per-epoch report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from supemb.train.metrics import (
+    accuracy,
+    aggregate,
+    balanced_accuracy,
+    embedding_report,
+    knn_classify,
+    knn_regress,
+    l2_normalize,
+    map_at_r,
+    nearest_neighbours,
+    ordinality,
+    precision_at_1,
+    regression_metrics,
+)
+
+
+def _circle(angles_deg: np.ndarray | list[float]) -> np.ndarray:
+    """Unit 2-D vectors at the given angles: cosine similarity ranks by angle gap."""
+    a = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
+    return np.stack([np.cos(a), np.sin(a)], axis=1)
+
+
+def _clusters(n_per: int, n_classes: int, dim: int = 16, noise: float = 0.05, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centers = np.eye(dim)[:n_classes] * 3.0
+    labels = np.repeat(np.arange(n_classes), n_per)
+    emb = centers[labels] + rng.normal(0, noise, (len(labels), dim))
+    return emb, labels
+
+
+# ------------------------------------------------------------- regression
+
+
+def test_regression_metrics_hand_computed() -> None:
+    pred = [1.0, 2.0, 4.0, 3.0]
+    target = [1.0, 3.0, 2.0, 4.0]
+    m = regression_metrics(pred, target)
+    # errors 0, -1, 2, -1: MAE 4/4, MSE 6/4; SS_tot around 2.5: 2.25+0.25+0.25+2.25 = 5
+    assert m["mae"] == pytest.approx(1.0)
+    assert m["rmse"] == pytest.approx(np.sqrt(1.5))
+    assert m["r2"] == pytest.approx(1.0 - 6.0 / 5.0)
+    assert set(m) == {"mae", "rmse", "r2"}
+    assert all(type(v) is float for v in m.values())
+
+
+def test_r2_perfect_mean_and_constant_target() -> None:
+    y = np.array([3.0, -1.0, 7.5, 2.0, 0.0])
+    assert regression_metrics(y, y)["r2"] == pytest.approx(1.0)
+    assert regression_metrics(np.full_like(y, y.mean()), y)["r2"] == pytest.approx(0.0, abs=1e-12)
+    assert regression_metrics(-y, y)["r2"] < 0.0
+    const = np.full(4, 2.0)
+    assert regression_metrics(const, const)["r2"] == 1.0
+    assert regression_metrics(const + 1.0, const)["r2"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "fn", [regression_metrics, accuracy, balanced_accuracy], ids=["regression", "acc", "bacc"]
+)
+def test_mismatched_lengths_raise(fn) -> None:
+    with pytest.raises(ValueError, match="rows"):
+        fn([1, 2, 3], [1, 2])
+
+
+def test_bad_inputs_raise() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        regression_metrics([], [])
+    with pytest.raises(ValueError, match="NaN"):
+        regression_metrics([1.0, np.nan], [1.0, 2.0])
+    with pytest.raises(ValueError, match="integer"):
+        accuracy([0.5, 1.0], [0, 1])
+    with pytest.raises(ValueError, match=">= 0"):
+        accuracy([-1, 1], [0, 1])
+
+
+# --------------------------------------------------------- classification
+
+
+def test_accuracy_and_balanced_accuracy_differ_on_long_tail() -> None:
+    # 8 head samples, 2 tail samples; a model that always says "head".
+    target = np.array([0] * 8 + [1] * 2)
+    pred = np.zeros(10, dtype=int)
+    assert accuracy(pred, target) == pytest.approx(0.8)
+    assert balanced_accuracy(pred, target) == pytest.approx(0.5)
+    # One tail hit, one head miss: recall 7/8 and 1/2.
+    pred2 = pred.copy()
+    pred2[8] = 1
+    pred2[0] = 1
+    assert accuracy(pred2, target) == pytest.approx(0.8)
+    assert balanced_accuracy(pred2, target) == pytest.approx((7 / 8 + 1 / 2) / 2)
+
+
+def test_balanced_accuracy_ignores_classes_only_predicted() -> None:
+    assert balanced_accuracy([0, 2, 1, 1], [0, 0, 1, 1]) == pytest.approx((0.5 + 1.0) / 2)
+
+
+# -------------------------------------------------------------------- kNN
+
+
+def test_nearest_neighbours_order_and_ties() -> None:
+    gallery = _circle([40, 10, 10, 80, -20])  # items 1 and 2 coincide
+    idx, sim = nearest_neighbours(_circle([0]), gallery, k=4)
+    assert idx.tolist() == [[1, 2, 4, 0]]  # tie between 1 and 2 -> lower index first
+    assert np.all(np.diff(sim[0]) <= 0)
+    assert sim[0, 0] == pytest.approx(np.cos(np.deg2rad(10)))
+    # k equal to the gallery size sorts everything.
+    idx_all, _ = nearest_neighbours(_circle([0]), gallery, k=5)
+    assert idx_all.tolist() == [[1, 2, 4, 0, 3]]
+
+
+def test_nearest_neighbours_scale_invariant_and_checks() -> None:
+    rng = np.random.default_rng(1)
+    q, g = rng.normal(size=(7, 5)), rng.normal(size=(30, 5))
+    a, _ = nearest_neighbours(q, g, 6)
+    b, _ = nearest_neighbours(q * 10.0, g * rng.uniform(0.1, 5, (30, 1)), 6)
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="k = 31"):
+        nearest_neighbours(q, g, 31)
+    with pytest.raises(ValueError, match="k = 30 but only 29"):
+        nearest_neighbours(g, g, 30, exclude_self=True)
+    with pytest.raises(ValueError, match="positive integer"):
+        nearest_neighbours(q, g, 0)
+    with pytest.raises(ValueError, match="dimension"):
+        nearest_neighbours(q, g[:, :4], 3)
+    with pytest.raises(ValueError, match="exclude_self"):
+        nearest_neighbours(q, g, 3, exclude_self=True)
+
+
+def test_knn_classify_separable_clusters() -> None:
+    g_emb, g_lab = _clusters(20, 4, seed=0)
+    q_emb, q_lab = _clusters(10, 4, seed=1)
+    pred, probs = knn_classify(q_emb, g_emb, g_lab, k=10)
+    assert accuracy(pred, q_lab) == 1.0
+    assert probs.shape == (40, 4)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-12)
+    assert np.all(probs >= 0)
+    # n_classes widens the probability table; unseen classes get zero.
+    _, probs6 = knn_classify(q_emb, g_emb, g_lab, k=10, n_classes=6)
+    assert probs6.shape == (40, 6) and np.all(probs6[:, 4:] == 0)
+    with pytest.raises(ValueError, match="n_classes"):
+        knn_classify(q_emb, g_emb, g_lab, k=10, n_classes=3)
+    with pytest.raises(ValueError, match="rows"):
+        knn_classify(q_emb, g_emb, g_lab[:-1], k=10)
+
+
+def test_knn_classify_weights_are_exp_similarity() -> None:
+    # Query at 0°: neighbours at 10° (class 1), 20° and 30° (class 0).
+    gallery = _circle([10, 20, 30])
+    labels = np.array([1, 0, 0])
+    t = 0.05
+    _, probs = knn_classify(_circle([0]), gallery, labels, k=3, temperature=t)
+    w = np.exp(np.cos(np.deg2rad([10, 20, 30])) / t)
+    assert probs[0, 1] == pytest.approx(w[0] / w.sum())
+    # Small temperature -> 1-NN wins; large -> majority wins.
+    pred_cold, _ = knn_classify(_circle([0]), gallery, labels, k=3, temperature=0.001)
+    pred_hot, _ = knn_classify(_circle([0]), gallery, labels, k=3, temperature=100.0)
+    assert pred_cold.tolist() == [1] and pred_hot.tolist() == [0]
+
+
+def test_knn_regress_recovers_targets_on_a_manifold() -> None:
+    # A 1-D manifold (an arc) whose angle is the target.
+    g_y = np.linspace(0.0, 90.0, 181)
+    q_y = np.random.default_rng(0).uniform(5.0, 85.0, 50)
+    for reduce in ("mean", "median"):
+        for weighting in ("softmax", "uniform"):
+            pred, spread = knn_regress(
+                _circle(q_y), _circle(g_y), g_y, k=4, weighting=weighting, reduce=reduce, temperature=0.01
+            )
+            np.testing.assert_allclose(pred, q_y, atol=1.0)
+            assert np.all(spread < 1.0)
+
+
+def test_knn_regress_spread_zero_when_neighbours_agree_and_median_is_robust() -> None:
+    gallery = _circle([1, 2, 3, 4, 50])
+    targets = np.array([10.0, 10.0, 10.0, 10.0, 99.0])
+    pred, spread = knn_regress(_circle([0]), gallery, targets, k=4)
+    assert pred[0] == pytest.approx(10.0) and spread[0] == pytest.approx(0.0, abs=1e-12)
+    # With the outlier among the neighbours: uniform mean is pulled, median is not.
+    gallery = _circle([1, 2, 3, 4])
+    targets = np.array([10.0, 10.0, 10.0, 50.0])
+    mean, spread = knn_regress(_circle([0]), gallery, targets, k=4, weighting="uniform")
+    med, _ = knn_regress(_circle([0]), gallery, targets, k=4, weighting="uniform", reduce="median")
+    assert mean[0] == pytest.approx(20.0)
+    assert spread[0] == pytest.approx(np.sqrt((3 * 10.0**2 + 30.0**2) / 4))
+    assert med[0] == pytest.approx(10.0)
+    # Uniform median of an even k averages the two middle values, as np.median.
+    med2, _ = knn_regress(_circle([0]), gallery, np.array([1.0, 2.0, 4.0, 8.0]), k=4, weighting="uniform", reduce="median")
+    assert med2[0] == pytest.approx(3.0)
+
+
+def test_knn_regress_options_checked() -> None:
+    g = _circle([0, 10, 20])
+    with pytest.raises(ValueError, match="weighting"):
+        knn_regress(g, g, [1.0, 2.0, 3.0], k=2, weighting="idw")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="reduce"):
+        knn_regress(g, g, [1.0, 2.0, 3.0], k=2, reduce="max")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="temperature"):
+        knn_regress(g, g, [1.0, 2.0, 3.0], k=2, temperature=0.0)
+    with pytest.raises(ValueError, match="rows"):
+        knn_regress(g, g, [1.0, 2.0], k=2)
+
+
+def test_exclude_self_retrieves_the_duplicate_not_itself() -> None:
+    emb = _circle([0, 0, 90, 180])  # items 0 and 1 are the same point
+    idx, sim = nearest_neighbours(emb, emb, k=1, exclude_self=True)
+    assert idx[:2, 0].tolist() == [1, 0]
+    assert sim[0, 0] == pytest.approx(1.0)
+    assert np.all(idx[:, 0] != np.arange(4))
+    # Without the flag an item finds itself (or its twin) first.
+    idx_in, _ = nearest_neighbours(emb, emb, k=1)
+    assert idx_in[2, 0] == 2
+    # Leave-one-out kNN regression: item 0 predicts from its twin only.
+    targets = np.array([5.0, 7.0, 100.0, 200.0])
+    pred, _ = knn_regress(emb, emb, targets, k=1, exclude_self=True)
+    assert pred[0] == pytest.approx(7.0) and pred[1] == pytest.approx(5.0)
+
+
+# -------------------------------------------------------------- retrieval
+
+
+def test_p_at_1_and_map_at_r_hand_worked_gallery() -> None:
+    # Query 0 at 0°, label 0; gallery by angle: 10°(0) 20°(1) 30°(0) 40°(1) 50°(0).
+    # R = 3; first 3 retrieved: hit, miss, hit -> AP = (1/1 + 2/3) / 3 = 5/9; P@1 = 1.
+    # Query 1 at 100°, label 1: nearest 50°(0); R = 2, first two 50°(0) 40°(1)
+    # -> AP = (1/2) / 2 = 1/4; P@1 = 0.
+    gallery = _circle([10, 20, 30, 40, 50])
+    g_lab = np.array([0, 1, 0, 1, 0])
+    q = _circle([0, 100])
+    q_lab = np.array([0, 1])
+    assert map_at_r(q[:1], q_lab[:1], gallery, g_lab) == pytest.approx(5 / 9)
+    assert precision_at_1(q[:1], q_lab[:1], gallery, g_lab) == 1.0
+    assert map_at_r(q, q_lab, gallery, g_lab) == pytest.approx((5 / 9 + 1 / 4) / 2)
+    assert precision_at_1(q, q_lab, gallery, g_lab) == pytest.approx(0.5)
+    assert map_at_r(q[:1], q_lab[:1], gallery, g_lab) < precision_at_1(q[:1], q_lab[:1], gallery, g_lab)
+
+
+def test_retrieval_leave_one_out_hand_worked() -> None:
+    # Angles 0 10 22 30 45 with labels A A B A B (no ties in angle gaps).
+    emb = _circle([0, 10, 22, 30, 45])
+    lab = np.array([0, 0, 1, 0, 1])
+    # Leave-one-out, first R retrieved by angle gap:
+    #  0° (A, R=2): 10 A, 22 B  -> AP = (1/1) / 2 = 0.5, P@1 = 1
+    #  10° (A, R=2): 0 A, 22 B  -> AP = 0.5,             P@1 = 1
+    #  22° (B, R=1): 30 A       -> AP = 0,               P@1 = 0
+    #  30° (A, R=2): 22 B, 45 B -> AP = 0,               P@1 = 0
+    #  45° (B, R=1): 30 A       -> AP = 0,               P@1 = 0
+    assert precision_at_1(emb, lab) == pytest.approx(2 / 5)
+    assert map_at_r(emb, lab) == pytest.approx((0.5 + 0.5) / 5)
+
+
+def test_retrieval_skips_queries_without_relevant_items() -> None:
+    emb = _circle([0, 5, 90])
+    lab = np.array([0, 0, 1])  # item 2 is alone in its class: R = 0
+    assert precision_at_1(emb, lab) == 1.0
+    assert map_at_r(emb, lab) == 1.0
+    assert np.isnan(map_at_r(emb[2:], lab[2:]))
+    # A query label absent from the gallery is skipped too.
+    assert precision_at_1(emb, [0, 0, 5], emb[:2], [0, 0]) == 1.0
+    with pytest.raises(ValueError, match="both"):
+        map_at_r(emb, lab, gallery_emb=emb)
+
+
+def test_retrieval_perfect_on_clusters_and_matches_brute_force() -> None:
+    emb, lab = _clusters(6, 3)
+    assert map_at_r(emb, lab) == pytest.approx(1.0)
+    assert precision_at_1(emb, lab) == 1.0
+    # Random embeddings: compare with a plain loop over queries.
+    rng = np.random.default_rng(3)
+    emb, lab = rng.normal(size=(40, 6)), rng.integers(0, 4, 40)
+    e = l2_normalize(emb)
+    aps = []
+    for i in range(40):
+        sim = e @ e[i]
+        sim[i] = -np.inf
+        order = np.argsort(-sim, kind="stable")
+        r = int(np.sum(lab == lab[i])) - 1
+        rel = lab[order[:r]] == lab[i]
+        aps.append(sum(rel[: j + 1].sum() / (j + 1) for j in range(r) if rel[j]) / r)
+    assert map_at_r(emb, lab) == pytest.approx(np.mean(aps))
+
+
+# ------------------------------------------------------------- ordinality
+
+
+def test_ordinality_monotone_is_one_and_random_is_zero() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.uniform(0, 80, 120)
+    emb = _circle(y * 2.0)  # angle monotone in the target, gaps < 180°
+    assert ordinality(emb, y) == pytest.approx(1.0)
+    assert ordinality(np.hstack([emb * 5.0, emb * 5.0]), y, normalize=False) == pytest.approx(1.0)
+    assert abs(ordinality(rng.normal(size=(120, 16)), y)) < 0.1
+    assert ordinality(_circle(-y), y) == pytest.approx(1.0)  # the direction does not matter
+    assert np.isnan(ordinality(emb, np.ones(120)))
+
+
+def test_ordinality_subsampling_is_deterministic() -> None:
+    rng = np.random.default_rng(1)
+    y = rng.uniform(0, 1, 300)
+    emb = np.c_[y, rng.normal(0, 0.3, 300)] + 2.0
+    a = ordinality(emb, y, max_pairs=2000, seed=5)
+    assert a == ordinality(emb, y, max_pairs=2000, seed=5)
+    assert a != ordinality(emb, y, max_pairs=2000, seed=6)
+    assert abs(a - ordinality(emb, y)) < 0.1
+    with pytest.raises(ValueError, match="rows"):
+        ordinality(emb, y[:-1])
+    with pytest.raises(ValueError, match="at least 2"):
+        ordinality(emb[:1], y[:1])
+
+
+# --------------------------------------------------------------- recording
+
+
+def test_aggregate_reuses_eeg_aggregation() -> None:
+    groups, agg = aggregate([1.0, 3.0, 10.0, 2.0, 20.0], [7, 7, 3, 7, 3])
+    assert groups.tolist() == [3, 7]
+    np.testing.assert_allclose(agg, [15.0, 2.0])
+    _, med = aggregate(np.array([1.0, 3.0, 10.0, 2.0, 20.0]), np.array([7, 7, 3, 7, 3]), how="median")
+    np.testing.assert_allclose(med, [15.0, 2.0])
+    _, probs = aggregate(np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]), np.array([0, 0, 1]))
+    np.testing.assert_allclose(probs, [[0.5, 0.5], [0.5, 0.5]])
+    with pytest.raises(ValueError):
+        aggregate([1.0, 2.0], [0])
+
+
+# ------------------------------------------------------------------ report
+
+
+def test_embedding_report_classification() -> None:
+    g_emb, g_lab = _clusters(15, 3, seed=0)
+    v_emb, v_lab = _clusters(5, 3, seed=1)  # labels 0 x5, 1 x5, 2 x5
+    rep = embedding_report(g_emb, g_lab, v_emb, v_lab, "classification", k=5)
+    assert set(rep) == {"knn_acc", "knn_bacc", "p_at_1", "map_at_r"}
+    assert rep["knn_acc"] == 1.0 and rep["p_at_1"] == 1.0 and rep["map_at_r"] == pytest.approx(1.0)
+    assert all(type(v) is float for v in rep.values())
+    json.loads(json.dumps(rep, allow_nan=False))
+    # One window of recording 0 (class 0) lands in cluster 1: window accuracy
+    # drops, the recording's averaged vote is still right.
+    moved = v_emb.copy()
+    moved[0] = g_emb[g_lab == 1][0]
+    groups = np.arange(15) // 5
+    rep = embedding_report(g_emb, g_lab, moved, v_lab, "classification", k=5, val_groups=groups)
+    assert rep["knn_acc"] == pytest.approx(14 / 15)
+    assert rep["knn_bacc"] == pytest.approx((4 / 5 + 1 + 1) / 3)
+    assert rep["rec_knn_acc"] == 1.0 and rep["rec_knn_bacc"] == 1.0
+    with pytest.raises(ValueError, match="different targets"):
+        embedding_report(g_emb, g_lab, v_emb, v_lab, "classification", val_groups=np.zeros(15, int))
+    with pytest.raises(ValueError, match="rows"):
+        embedding_report(g_emb, g_lab, v_emb, v_lab[:-1], "classification")
+
+
+def test_embedding_report_regression_and_k_capped() -> None:
+    g_y = np.linspace(0, 80, 81)
+    v_y = np.random.default_rng(0).uniform(1.5, 78.5, 12)  # distinct gaps: no rank ties
+    rep = embedding_report(_circle(g_y), g_y, _circle(v_y), v_y, "regression", k=3, temperature=0.01)
+    assert set(rep) == {"knn_mae", "knn_rmse", "knn_r2", "knn_spread", "ordinality"}
+    assert rep["knn_mae"] < 1.0 and rep["knn_r2"] > 0.99 and rep["ordinality"] == pytest.approx(1.0)
+    json.loads(json.dumps(rep, allow_nan=False))
+    # k larger than the gallery is capped, not an error.
+    small = embedding_report(_circle(g_y[:4]), g_y[:4], _circle(v_y), v_y, "regression", k=50)
+    assert np.isfinite(small["knn_mae"])
+    # Recording-level: windows of a recording share a target; window preds are averaged.
+    groups = np.repeat(np.arange(4), 3)
+    rv = np.repeat([10.0, 20.0, 30.0, 40.0], 3)
+    rep = embedding_report(_circle(g_y), g_y, _circle(rv + np.tile([-1.0, 0.0, 1.0], 4)), rv, "regression", k=1, val_groups=groups)
+    assert rep["rec_knn_mae"] == pytest.approx(0.0, abs=1e-9)
+    assert rep["knn_mae"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="task"):
+        embedding_report(_circle(g_y), g_y, _circle(v_y), v_y, "ranking")  # type: ignore[arg-type]
+
+
+def test_embedding_report_drops_undefined_metrics() -> None:
+    # Validation classes never seen in the gallery: MAP@R and P@1 are undefined.
+    g_emb, g_lab = _clusters(5, 2, seed=0)
+    v_emb, _ = _clusters(2, 2, seed=1)
+    rep = embedding_report(g_emb, g_lab, v_emb, np.array([2, 2, 3, 3]), "classification", k=3)
+    assert "map_at_r" not in rep and "p_at_1" not in rep
+    assert rep["knn_acc"] == 0.0
