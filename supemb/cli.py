@@ -20,6 +20,62 @@ Handler = Callable[[argparse.Namespace], int]
 _SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Handler]]] = {}
 
 
+def _train_parser(p: argparse.ArgumentParser) -> Handler:
+    from supemb.train.config import LOSSES
+
+    p.add_argument("--data", help="images (CSV, folder with labels.csv, class folders, UTKFace/AgeDB names) "
+                   "or EEG recordings (folder or CSV of EDF/BDF/FIF)")
+    p.add_argument("--target", help="target column (or 'age' from EDF headers / file names; 'class' for folders)")
+    p.add_argument("--out", help="run directory to create (or to continue with --resume)")
+    p.add_argument("--loss", choices=LOSSES, help="supcon|tsc (classes), rnc (values); ce|l1: end-to-end baselines")
+    p.add_argument("--task", choices=["classification", "regression"], help="default: from the loss")
+    p.add_argument("--format", help="auto | csv | folder | utkface | agedb | eeg (default auto)")
+    p.add_argument("--encoder", help="encoder name (default small_cnn for images, shallow for EEG)")
+    p.add_argument("--epochs", type=int, help="stage-1 (or baseline) epochs (default 20)")
+    p.add_argument("--linear-epochs", type=int, help="stage-2 linear-head epochs (default 10)")
+    p.add_argument("--batch-size", type=int, help="samples per batch (default 64)")
+    p.add_argument("--lr", type=float, help="peak learning rate, AdamW with warm-up + cosine (default 1e-3)")
+    p.add_argument("--temperature", type=float, help="loss temperature (default: the loss's own)")
+    p.add_argument("--image-size", type=int, help="square input size for images (default 64)")
+    p.add_argument("--ema-decay", type=float, help="EMA of weights, e.g. 0.999 (default off)")
+    p.add_argument("--grad-clip", type=float, help="max gradient norm, 0 = off (default 5)")
+    p.add_argument("--seed", type=int, help="seed of splits, initialisation and augmentation (default 0)")
+    p.add_argument("--device", help="auto | cpu | cuda (default auto)")
+    p.add_argument("--num-workers", type=int, help="data-loading processes (default 0)")
+    p.add_argument("--on-error", choices=["fail", "skip"], help="bad data rows: stop (default) or skip")
+    p.add_argument("--no-viz", dest="viz", action="store_const", const=False, help="skip the embedding map")
+    p.add_argument("--config", help="YAML file of settings; flags override it")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+
+    def run(args: argparse.Namespace) -> int:
+        from supemb.train.config import load_config
+        from supemb.train.trainer import resume_run, train
+
+        keys = ["data", "target", "out", "loss", "task", "format", "encoder", "epochs", "linear_epochs",
+                "batch_size", "lr", "temperature", "image_size", "ema_decay", "grad_clip", "seed", "device",
+                "num_workers", "on_error", "viz"]
+        overrides = {k: getattr(args, k) for k in keys}
+        if args.resume:
+            if not args.out:
+                raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
+            out = args.out
+            final = resume_run(out)  # the run's own config.json; other flags are not used
+        else:
+            cfg = load_config(args.config, overrides)
+            out = cfg.out
+            final = train(cfg)
+        print(f"wrote {out} (all metrics in metrics.jsonl)")
+        shown = {k: round(v, 4) for k, v in final.items() if k.startswith("test_") and isinstance(v, float)}
+        if shown:
+            print("  ".join(f"{k}={v}" for k, v in sorted(shown.items())))
+        return 0
+
+    return run
+
+
+_SUBCOMMANDS["train"] = ("train an encoder (two-stage contrastive, or an end-to-end baseline)", _train_parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="supemb",

@@ -1,0 +1,133 @@
+"""Training configuration: one frozen dataclass, YAML only at the CLI edge.
+
+`load_config(yaml_path, overrides)` merges a YAML file with command-line
+flags (flags win), validates every field and returns a `TrainConfig`. The
+resolved config is written into the run directory as `config.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from supemb.errors import UsageError, UserError
+
+LOSSES = ("supcon", "rnc", "tsc", "ce", "l1")
+CONTRASTIVE = ("supcon", "rnc", "tsc")
+TASK_OF_LOSS = {"supcon": "classification", "tsc": "classification", "ce": "classification",
+                "rnc": "regression", "l1": "regression"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run needs; defaults follow the seeds' two-stage recipe."""
+
+    data: str
+    target: str
+    out: str
+    loss: str = "rnc"
+    task: str | None = None  # "classification" | "regression"; None: from the loss
+    format: str = "auto"  # image layouts: auto | csv | folder | utkface | agedb; or "eeg"
+    encoder: str | None = None  # None: small_cnn for images, shallow for EEG
+    encoder_kwargs: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 20
+    linear_epochs: int = 10  # stage 2 (frozen encoder, linear head); contrastive losses only
+    batch_size: int = 64
+    lr: float = 1e-3
+    linear_lr: float = 1e-2
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    temperature: float | None = None  # None: the loss's default (SupCon 0.1, RnC 2.0, TSC 0.1)
+    projection_dim: int = 128
+    label_smoothing: float = 0.1
+    grad_clip: float = 5.0  # max gradient norm; 0 = off
+    ema_decay: float = 0.0  # 0 = off; e.g. 0.999
+    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    image_size: int = 64
+    eeg: dict[str, Any] = field(default_factory=dict)  # EEGSpec fields (channels, sfreq, window_s, ...)
+    knn_k: int = 10
+    on_error: str = "fail"  # bad data rows: fail | skip
+    viz: bool = True
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise UsageError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        task = self.task or TASK_OF_LOSS[self.loss]
+        if task not in ("classification", "regression"):
+            raise UsageError(f"--task must be classification or regression, got {task!r}")
+        if TASK_OF_LOSS[self.loss] != task:
+            raise UsageError(f"--loss {self.loss} is for {TASK_OF_LOSS[self.loss]}, but the task is {task}")
+        object.__setattr__(self, "task", task)
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                    "knn_k": self.knn_k, "image_size": self.image_size, "projection_dim": self.projection_dim}
+        for name, value in positive.items():
+            if value <= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+        if self.batch_size < 2 and self.loss in CONTRASTIVE:
+            raise UsageError("--batch-size must be at least 2 for a contrastive loss")
+        if self.linear_epochs < 0 or self.warmup_epochs < 0 or self.grad_clip < 0:
+            raise UsageError("--linear-epochs, --warmup-epochs and --grad-clip must be >= 0")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UsageError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.temperature is not None and self.temperature <= 0:
+            raise UsageError(f"--temperature must be > 0, got {self.temperature}")
+        if self.on_error not in ("fail", "skip"):
+            raise UsageError(f"--on-error must be fail or skip, got {self.on_error!r}")
+
+    @property
+    def contrastive(self) -> bool:
+        return self.loss in CONTRASTIVE
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UsageError(f"{source}: unknown setting(s) {', '.join(unknown)}")
+        missing = [name for name in ("data", "target", "out") if d.get(name) in (None, "")]
+        if missing:
+            raise UsageError(f"{source}: missing required setting(s) {', '.join(missing)} "
+                            "(--data, --target, --out)")
+        try:
+            return cls(**d)
+        except TypeError as err:
+            raise UsageError(f"{source}: {err}") from None
+
+
+def load_config(yaml_path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """YAML file (optional) + flags that were given (None values are ignored)."""
+    merged: dict[str, Any] = {}
+    source = "command line"
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"{path}: config file not found") from None
+        except yaml.YAMLError as err:
+            raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise UserError(f"{path}: expected a mapping of settings at the top level")
+        merged.update({k.replace("-", "_"): v for k, v in loaded.items()})
+        source = str(path)
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig.from_dict(merged, source=source)
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    path.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")

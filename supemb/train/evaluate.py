@@ -1,0 +1,39 @@
+"""Per-epoch evaluation: kNN on embeddings and the predictions of a head.
+
+Thin glue over `supemb.train.metrics`, shared by the trainer and `supemb eval`.
+EEG windows also get recording-level metrics ("rec_" keys): window
+predictions averaged per recording, as serving does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from supemb.train import metrics
+
+
+def embedding_metrics(
+    train_emb: np.ndarray, train_targets: np.ndarray, emb: np.ndarray, targets: np.ndarray,
+    groups: np.ndarray, task: str, k: int, per_recording: bool,
+) -> dict[str, float]:
+    """kNN (queries `emb` [N, D] against the train gallery), retrieval, ordinality."""
+    return metrics.embedding_report(
+        train_emb, train_targets, emb, targets, task, k=k, val_groups=groups if per_recording else None,
+    )
+
+
+def head_metrics(
+    pred: np.ndarray, targets: np.ndarray, groups: np.ndarray, task: str, per_recording: bool, prefix: str,
+) -> dict[str, float]:
+    """Metrics of a head's predictions `pred` [N] (values, or class ids)."""
+    out: dict[str, float] = {}
+    if task == "regression":
+        out.update({f"{prefix}_{k}": v for k, v in metrics.regression_metrics(pred, targets).items()})
+        if per_recording:
+            _, rec_pred = metrics.aggregate(pred, groups)
+            _, rec_t = metrics.aggregate(targets, groups)
+            out.update({f"rec_{prefix}_{k}": v for k, v in metrics.regression_metrics(rec_pred, rec_t).items()})
+    else:
+        out[f"{prefix}_acc"] = metrics.accuracy(pred, targets)
+        out[f"{prefix}_bacc"] = metrics.balanced_accuracy(pred, targets)
+    return {k: float(v) for k, v in out.items() if np.isfinite(v)}

@@ -1,0 +1,154 @@
+"""The trainer: a tiny run per modality, exact resume, config, NaN stop, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from supemb.cli import main
+from supemb.errors import UsageError, UserError
+from supemb.train import trainer as trainer_mod
+from supemb.train.config import TrainConfig, load_config
+from supemb.train.trainer import Trainer, load_run_config, resume_run, train
+
+
+@pytest.fixture(scope="module")
+def image_classes(tmp_path_factory) -> Path:
+    """Class folders of 16x16 images: reddish vs bluish, with noise."""
+    root = tmp_path_factory.mktemp("classes")
+    rng = np.random.default_rng(0)
+    for name, colour in (("red", (200, 40, 40)), ("blue", (40, 40, 200))):
+        (root / name).mkdir()
+        for i in range(24):
+            px = np.clip(np.array(colour) + rng.normal(0, 40, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(px).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def image_values(tmp_path_factory) -> Path:
+    """labels.csv of 16x16 images whose brightness is the target."""
+    root = tmp_path_factory.mktemp("values")
+    rng = np.random.default_rng(1)
+    rows = ["path,value"]
+    for i in range(48):
+        value = float(rng.uniform(0, 100))
+        px = np.clip(value * 2 + rng.normal(0, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(px).save(root / f"{i}.png")
+        rows.append(f"{i}.png,{value:.3f}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def eeg_folder(tmp_path_factory) -> Path:
+    from supemb.data.synthetic_eeg import make_eeg_dataset
+
+    return make_eeg_dataset(tmp_path_factory.mktemp("eeg"), 12, duration_s=12.0, sfreq=100.0, seed=0)
+
+
+def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), epochs=1, linear_epochs=1, batch_size=8, image_size=16,
+                viz=False, knn_k=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _read_metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_image_classification_supcon_run(image_classes: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    final = train(_cfg(image_classes, out, target="class", loss="supcon", epochs=2, viz=True))
+    for name in ("config.json", "preprocessing.json", "model.json", "model.safetensors",
+                 "checkpoints/last.pt", "checkpoints/best.pt", "embeddings.png"):
+        assert (out / name).is_file(), name
+    lines = _read_metrics(out)
+    assert [m["stage"] for m in lines] == [1, 1, 2, "final"]
+    assert 0.0 <= final["val_knn_acc"] <= 1.0 and "test_linear_acc" in final
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["classes"] == ["blue", "red"] and meta["task"] == "classification"
+    weights = load_file(str(out / "model.safetensors"))
+    assert any(k.startswith("encoder.") for k in weights)
+    assert weights["linear.fc.weight"].shape == (2, meta["embed_dim"])
+    assert json.loads((out / "preprocessing.json").read_text())["image_size"] == 16
+
+
+def test_image_regression_l1_baseline_run(image_values: Path, tmp_path: Path) -> None:
+    final = train(_cfg(image_values, tmp_path / "run", target="value", loss="l1"))
+    assert {"val_head_mae", "val_knn_mae", "val_ordinality", "test_head_mae"} <= set(final)
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert meta["has_linear_head"] and 20 < meta["target_mean"] < 80
+
+
+def test_eeg_rnc_run_reports_recording_level(eeg_folder: Path, tmp_path: Path) -> None:
+    final = train(_cfg(eeg_folder, tmp_path / "run", target="age", loss="rnc", eeg={"window_s": 4.0, "stride_s": 4.0}))
+    assert "val_rec_knn_mae" in final and "test_rec_linear_mae" in final
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert meta["modality"] == "eeg" and meta["encoder"] == "shallow"
+    assert meta["encoder_kwargs"] == {"n_chans": 19, "n_times": 400, "sfreq": 100.0}
+
+
+def test_resume_after_interrupt_gives_the_same_weights(image_values: Path, tmp_path: Path) -> None:
+    kw = dict(target="value", loss="rnc", epochs=2, ema_decay=0.9)
+    train(_cfg(image_values, tmp_path / "straight", **kw))
+    cfg = _cfg(image_values, tmp_path / "resumed", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, interrupt_at_step=5).run()  # mid-way through epoch 2 (4 steps per epoch)
+    assert (tmp_path / "resumed" / "checkpoints" / "last.pt").is_file()
+    with pytest.raises(UserError, match="--resume"):
+        train(cfg)  # refuses to overwrite the interrupted run
+    resume_run(tmp_path / "resumed")
+    a = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    stages = [m["stage"] for m in _read_metrics(tmp_path / "resumed")]
+    assert stages == [1, 1, 2, "final"]
+
+
+def test_nan_loss_stops_with_a_clear_message(image_values: Path, tmp_path: Path, monkeypatch) -> None:
+    class NaNLoss(torch.nn.Module):
+        def forward(self, feats, y):
+            return feats.sum() * float("nan")
+
+    monkeypatch.setattr(trainer_mod, "build_loss", lambda cfg, n: NaNLoss())
+    with pytest.raises(UserError, match="loss became nan.*--lr"):
+        train(_cfg(image_values, tmp_path / "run", target="value", loss="rnc"))
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+
+
+def test_config_yaml_with_flag_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("data: d\ntarget: age\nout: o\nloss: rnc\nepochs: 7\nbatch-size: 16\n")
+    cfg = load_config(path, {"epochs": 3, "lr": None})
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.task) == (3, 16, 1e-3, "regression")
+    path.write_text("data: d\ntarget: age\nout: o\nepochz: 7\n")
+    with pytest.raises(UsageError, match="unknown setting.*epochz"):
+        load_config(path, {})
+    with pytest.raises(UsageError, match="for regression"):
+        TrainConfig(data="d", target="t", out="o", loss="rnc", task="classification")
+    with pytest.raises(UserError, match="not found"):
+        load_config(tmp_path / "missing.yaml", {})
+    with pytest.raises(UserError, match="config.json"):
+        load_run_config(tmp_path)
+
+
+def test_cli_train_exit_codes(image_classes: Path, tmp_path: Path, capsys) -> None:
+    assert main(["train", "--target", "class"]) == 2  # missing --data/--out
+    assert main(["train", "--data", str(tmp_path / "none"), "--target", "class", "--out", str(tmp_path / "r"),
+                 "--loss", "supcon"]) == 1
+    assert "no such file" in capsys.readouterr().err
+    out = tmp_path / "cli"
+    rc = main(["train", "--data", str(image_classes), "--target", "class", "--loss", "ce", "--out", str(out),
+               "--epochs", "1", "--batch-size", "8", "--image-size", "16", "--no-viz"])
+    assert rc == 0 and (out / "model.safetensors").is_file()
+    assert main(["train", "--resume", "--out", str(tmp_path / "nothing")]) == 1
