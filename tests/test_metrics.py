@@ -385,3 +385,41 @@ def test_embedding_report_drops_undefined_metrics() -> None:
     rep = embedding_report(g_emb, g_lab, v_emb, np.array([2, 2, 3, 3]), "classification", k=3)
     assert "map_at_r" not in rep and "p_at_1" not in rep
     assert rep["knn_acc"] == 0.0
+
+
+def test_embedding_report_matches_the_standalone_functions() -> None:
+    # The report ranks once for kNN, P@1 and MAP@R; it must agree with the separate calls.
+    rng = np.random.default_rng(7)
+    g_emb, g_lab = rng.normal(size=(300, 8)), rng.integers(0, 5, 300)
+    v_emb, v_lab = rng.normal(size=(80, 8)), rng.integers(0, 6, 80)  # class 5 is not in the gallery
+    rep = embedding_report(g_emb, g_lab, v_emb, v_lab, "classification", k=7, temperature=0.2)
+    pred, _ = knn_classify(v_emb, g_emb, g_lab, k=7, temperature=0.2)
+    assert rep["knn_acc"] == pytest.approx(accuracy(pred, v_lab))
+    assert rep["knn_bacc"] == pytest.approx(balanced_accuracy(pred, v_lab))
+    assert rep["p_at_1"] == pytest.approx(precision_at_1(v_emb, v_lab, g_emb, g_lab))
+    assert rep["map_at_r"] == pytest.approx(map_at_r(v_emb, v_lab, g_emb, g_lab))
+
+
+def test_results_do_not_depend_on_the_block_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    from supemb.train import metrics
+
+    rng = np.random.default_rng(8)
+    emb, lab = rng.normal(size=(90, 6)), rng.integers(0, 4, 90)
+    y = rng.normal(size=90)
+
+    def run() -> tuple:
+        return (
+            nearest_neighbours(emb, emb, 5, exclude_self=True),
+            map_at_r(emb, lab),
+            precision_at_1(emb, lab),
+            knn_regress(emb[:30], emb[30:], y[30:], k=4),
+            embedding_report(emb[30:], lab[30:], emb[:30], lab[:30], "classification", k=4),
+        )
+
+    whole = run()
+    monkeypatch.setattr(metrics, "_BLOCK_ELEMENTS", 200)  # 2-3 query rows per block
+    blocked = run()
+    np.testing.assert_array_equal(whole[0][0], blocked[0][0])
+    assert whole[1:3] == blocked[1:3]
+    np.testing.assert_array_equal(whole[3][0], blocked[3][0])
+    assert whole[4] == blocked[4]

@@ -21,7 +21,7 @@ Everything here is numpy/scipy and computes in float64. Conventions:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -162,27 +162,37 @@ def balanced_accuracy(pred: npt.ArrayLike, target: npt.ArrayLike) -> float:
 
 
 def _top_k(sim: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise top k of a similarity block. sim: [n, G] -> (idx [n, k], sim [n, k]),
-    sorted by decreasing similarity, ties by increasing index."""
+    """Row-wise top k of a similarity block.
+
+    sim: [n, G] -> (idx [n, k] int64, sim [n, k]), sorted by decreasing
+    similarity, ties by increasing index. (Where equal similarities straddle
+    the k-th place, which of them make the cut is left to np.argpartition.)
+    """
     g = sim.shape[1]
-    if k < g:
-        idx = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-        idx.sort(axis=1)  # ascending index, so the stable sort below breaks ties by index
+    if k == 1:
+        idx = sim.argmax(axis=1)[:, None]  # argmax returns the first maximum
     else:
-        idx = np.broadcast_to(np.arange(g), sim.shape).copy()
-    top = np.take_along_axis(sim, idx, axis=1)
-    order = np.argsort(-top, axis=1, kind="stable")
-    return np.take_along_axis(idx, order, axis=1), np.take_along_axis(top, order, axis=1)
+        if k < g:
+            # Selecting the top from the right end is several times faster
+            # than partitioning the negated block at the front.
+            idx = np.argpartition(sim, g - k, axis=1)[:, g - k :]
+            idx.sort(axis=1)  # ascending index, so the stable sort below breaks ties by index
+        else:
+            idx = np.broadcast_to(np.arange(g), sim.shape).copy()
+        order = np.argsort(-np.take_along_axis(sim, idx, axis=1), axis=1, kind="stable")
+        idx = np.take_along_axis(idx, order, axis=1)
+    return idx.astype(np.int64, copy=False), np.take_along_axis(sim, idx, axis=1)
 
 
-def _similarity_blocks(
-    query: np.ndarray, gallery: np.ndarray, self_index: np.ndarray | None
-) -> Iterator[tuple[slice, np.ndarray]]:
-    """Cosine similarities, a block of query rows at a time.
+def _top_k_blocks(
+    query: np.ndarray, gallery: np.ndarray, k: int, self_index: np.ndarray | None = None
+) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+    """Top-k cosine neighbours, a block of query rows at a time, so memory
+    stays bounded whatever the gallery size.
 
     query: [N, D], gallery: [G, D], both L2-normalised. self_index: [N]
-    gallery index of each query to mask with -inf (leave-one-out), or None.
-    Yields (rows, sim [n, G] float64).
+    gallery index of each query never to return (leave-one-out), or None.
+    Yields (rows, idx [n, k], sim [n, k]) as `_top_k`.
     """
     n, g = len(query), len(gallery)
     step = max(1, _BLOCK_ELEMENTS // max(g, 1))
@@ -191,7 +201,29 @@ def _similarity_blocks(
         sim = query[rows] @ gallery.T
         if self_index is not None:
             sim[np.arange(rows.stop - rows.start), self_index[rows]] = -np.inf
-        yield rows, sim
+        idx, top = _top_k(sim, k)
+        yield rows, idx, top
+
+
+def _check_k(k: int, available: int) -> int:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if k > available:
+        raise ValueError(f"k = {k} but only {available} gallery items can be neighbours")
+    return int(k)
+
+
+def _pair(query_emb: npt.ArrayLike, gallery_emb: npt.ArrayLike, exclude_self: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Validated, L2-normalised (query [N, D], gallery [G, D])."""
+    q = l2_normalize(_as_embeddings(query_emb, "query_emb"))
+    g = l2_normalize(_as_embeddings(gallery_emb, "gallery_emb"))
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(f"query_emb has dimension {q.shape[1]} but gallery_emb has {g.shape[1]}")
+    if exclude_self and len(q) != len(g):
+        raise ValueError(
+            f"exclude_self needs the query set to be the gallery, got {len(q)} queries and {len(g)} gallery items"
+        )
+    return q, g
 
 
 def nearest_neighbours(
@@ -208,24 +240,13 @@ def nearest_neighbours(
     Returns (indices [N, k] int64, similarities [N, k] float64), each row
     sorted by decreasing similarity, ties by increasing index.
     """
-    q = l2_normalize(_as_embeddings(query_emb, "query_emb"))
-    g = l2_normalize(_as_embeddings(gallery_emb, "gallery_emb"))
-    if q.shape[1] != g.shape[1]:
-        raise ValueError(f"query_emb has dimension {q.shape[1]} but gallery_emb has {g.shape[1]}")
-    if exclude_self and len(q) != len(g):
-        raise ValueError(
-            f"exclude_self needs the query set to be the gallery, got {len(q)} queries and {len(g)} gallery items"
-        )
-    available = len(g) - int(exclude_self)
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    if k > available:
-        raise ValueError(f"k = {k} but only {available} gallery items can be neighbours")
+    q, g = _pair(query_emb, gallery_emb, exclude_self)
+    k = _check_k(k, len(g) - int(exclude_self))
     idx = np.empty((len(q), k), dtype=np.int64)
     sim = np.empty((len(q), k), dtype=np.float64)
     self_index = np.arange(len(q)) if exclude_self else None
-    for rows, block in _similarity_blocks(q, g, self_index):
-        idx[rows], sim[rows] = _top_k(block, int(k))
+    for rows, bi, bs in _top_k_blocks(q, g, k, self_index):
+        idx[rows], sim[rows] = bi, bs
     return idx, sim
 
 
@@ -237,9 +258,23 @@ def _check_temperature(temperature: float) -> float:
 
 
 def _softmax_weights(sim: np.ndarray, temperature: float) -> np.ndarray:
-    """exp(sim / t) per row, normalised to sum 1. sim: [N, k] -> [N, k]."""
-    w = np.exp((sim - sim[:, :1]) / temperature)  # rows are sorted: column 0 is the max
+    """exp(sim / t) per row, normalised to sum 1. sim: [N, k] sorted -> [N, k]."""
+    w = np.exp((sim - sim[:, :1]) / temperature)  # column 0 is the row maximum
     return w / w.sum(axis=1, keepdims=True)
+
+
+def _vote(idx: np.ndarray, sim: np.ndarray, labels: np.ndarray, n_classes: int, temperature: float) -> np.ndarray:
+    """Class probabilities [n, C] from neighbours idx, sim: [n, k]."""
+    probs = np.zeros((len(idx), n_classes), dtype=np.float64)
+    np.add.at(probs, (np.arange(len(idx))[:, None], labels[idx]), _softmax_weights(sim, temperature))
+    return probs
+
+
+def _n_classes(labels: np.ndarray, n_classes: int | None) -> int:
+    c = int(labels.max()) + 1 if n_classes is None else int(n_classes)
+    if c < int(labels.max()) + 1:
+        raise ValueError(f"n_classes = {c} but the labels go up to {labels.max()}")
+    return c
 
 
 def knn_classify(
@@ -255,7 +290,7 @@ def knn_classify(
 
     query_emb: [N, D], gallery_emb: [G, D], gallery_labels: [G] class ids.
     Each of the k nearest neighbours j votes for its class with weight
-    exp(s_j / temperature) (s_j the cosine similarity; the weighted kNN of
+    exp(s_ij / temperature) (s_ij the cosine similarity; the weighted kNN of
     Wu et al. 2018, with their temperature 0.07 as default):
 
         probs[i, c] = sum_{j in kNN(i), y_j = c} exp(s_ij / t) / sum_{j in kNN(i)} exp(s_ij / t)
@@ -269,13 +304,9 @@ def knn_classify(
     g = _as_embeddings(gallery_emb, "gallery_emb")
     _same_length(labels, g, "gallery_labels", "gallery_emb")
     t = _check_temperature(temperature)
-    c = int(labels.max()) + 1 if n_classes is None else int(n_classes)
-    if c < int(labels.max()) + 1:
-        raise ValueError(f"n_classes = {c} but gallery_labels go up to {labels.max()}")
+    c = _n_classes(labels, n_classes)
     idx, sim = nearest_neighbours(query_emb, g, k, exclude_self)
-    w = _softmax_weights(sim, t)
-    probs = np.zeros((len(idx), c), dtype=np.float64)
-    np.add.at(probs, (np.arange(len(idx))[:, None], labels[idx]), w)
+    probs = _vote(idx, sim, labels, c, t)
     return probs.argmax(axis=1).astype(np.int64), probs
 
 
@@ -312,8 +343,10 @@ def knn_regress(
     query_emb: [N, D], gallery_emb: [G, D], gallery_targets: [G].
     Weights of the k nearest neighbours: "softmax" w_j ∝ exp(s_ij / t),
     "uniform" w_j = 1/k. Prediction: the weighted mean ("mean") or the
-    weighted median ("median", robust to a stray neighbour; see
-    `_weighted_median`) of the neighbours' targets.
+    weighted median ("median", robust to a stray neighbour: the first sorted
+    target whose cumulative weight reaches 1/2, averaged with the next when it
+    is exactly 1/2, so uniform weights give np.median) of the neighbours'
+    targets.
     spread: the weighted standard deviation of the neighbours' targets
     around their weighted mean, sqrt(sum_j w_j (y_j - ybar)^2); 0 when the
     neighbours agree.
@@ -339,30 +372,55 @@ def knn_regress(
 # -------------------------------------------------------------- retrieval
 
 
+class _Retrieval(NamedTuple):
+    q: np.ndarray  # [N, D] normalised queries
+    q_labels: np.ndarray  # [N]
+    g: np.ndarray  # [G, D] normalised gallery
+    g_labels: np.ndarray  # [G]
+    self_index: np.ndarray | None  # [N] leave-one-out: the query's own gallery index
+    r: np.ndarray  # [N] relevant gallery items per query
+
+
 def _retrieval_setup(
     query_emb: npt.ArrayLike,
     query_labels: npt.ArrayLike,
     gallery_emb: npt.ArrayLike | None,
     gallery_labels: npt.ArrayLike | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool, np.ndarray]:
-    """Validated (q, q_labels, g, g_labels, exclude_self, R [N])."""
-    q = _as_embeddings(query_emb, "query_emb")
+) -> _Retrieval:
     ql = _as_labels(query_labels, "query_labels")
-    _same_length(ql, q, "query_labels", "query_emb")
     if (gallery_emb is None) != (gallery_labels is None):
         raise ValueError("give both gallery_emb and gallery_labels, or neither")
-    if gallery_emb is None:
-        g, gl, exclude_self = q, ql, True
-    else:
-        g = _as_embeddings(gallery_emb, "gallery_emb")
-        gl = _as_labels(gallery_labels, "gallery_labels")
-        _same_length(gl, g, "gallery_labels", "gallery_emb")
-        exclude_self = False
-    # R = relevant gallery items per query (itself excluded in leave-one-out).
-    n_lab = int(max(ql.max(), gl.max())) + 1
-    counts = np.bincount(gl, minlength=n_lab)
-    r = counts[ql] - int(exclude_self)
-    return q, ql, g, gl, exclude_self, r
+    loo = gallery_emb is None
+    q, g = _pair(query_emb, query_emb if loo else gallery_emb, exclude_self=loo)
+    gl = ql if loo else _as_labels(gallery_labels, "gallery_labels")
+    _same_length(ql, q, "query_labels", "query_emb")
+    _same_length(gl, g, "gallery_labels", "gallery_emb")
+    counts = np.bincount(gl, minlength=int(max(ql.max(), gl.max())) + 1)
+    r = counts[ql] - int(loo)  # in leave-one-out the query itself is not relevant
+    return _Retrieval(q, ql, g, gl, np.arange(len(q)) if loo else None, r)
+
+
+def _average_precision_at_r(idx: np.ndarray, q_labels: np.ndarray, g_labels: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """AP@R per query. idx: [n, >= max r] ranked neighbours; q_labels, r: [n], r > 0."""
+    pos = np.arange(1, idx.shape[1] + 1)
+    rel = (g_labels[idx] == q_labels[:, None]) & (pos[None, :] <= r[:, None])  # only the first R count
+    prec = np.cumsum(rel, axis=1) / pos[None, :]
+    return np.sum(prec * rel, axis=1) / r
+
+
+def _retrieval_pass(ret: _Retrieval, k: int = 0) -> Iterator[tuple[slice, np.ndarray, np.ndarray, np.ndarray]]:
+    """One ranking pass over all queries, deep enough for MAP@R and for k.
+
+    Yields (rows, idx [n, K], sim [n, K], ap [n]) with K = max(k, max R, 1)
+    and ap the AP@R of each query (NaN where R = 0).
+    """
+    depth = max(k, int(ret.r.max()), 1)
+    for rows, idx, sim in _top_k_blocks(ret.q, ret.g, depth, ret.self_index):
+        r = ret.r[rows]
+        ap = np.full(len(r), np.nan)
+        m = r > 0
+        ap[m] = _average_precision_at_r(idx[m], ret.q_labels[rows][m], ret.g_labels, r[m])
+        yield rows, idx, sim, ap
 
 
 def precision_at_1(
@@ -379,14 +437,14 @@ def precision_at_1(
     Queries with no relevant gallery item (R = 0, see `map_at_r`) are skipped,
     as in MAP@R; NaN if every query is skipped.
     """
-    q, ql, g, gl, exclude_self, r = _retrieval_setup(query_emb, query_labels, gallery_emb, gallery_labels)
-    keep = np.flatnonzero(r > 0)
+    ret = _retrieval_setup(query_emb, query_labels, gallery_emb, gallery_labels)
+    keep = np.flatnonzero(ret.r > 0)
     if len(keep) == 0:
         return float("nan")
+    self_index = None if ret.self_index is None else ret.self_index[keep]
     hits = 0
-    for rows, sim in _similarity_blocks(l2_normalize(q[keep]), l2_normalize(g), keep if exclude_self else None):
-        idx, _ = _top_k(sim, 1)
-        hits += int(np.sum(gl[idx[:, 0]] == ql[keep[rows]]))
+    for rows, idx, _ in _top_k_blocks(ret.q[keep], ret.g, 1, self_index):
+        hits += int(np.sum(ret.g_labels[idx[:, 0]] == ret.q_labels[keep[rows]]))
     return hits / len(keep)
 
 
@@ -409,26 +467,16 @@ def map_at_r(
     the precision among the first j. Queries with R_i = 0 are skipped; the
     result is the mean over the others (NaN if none). Unlike P@1 it rewards
     a whole class clustering tightly around the query, not just one close
-    neighbour.
+    neighbour. Cost: a top-max(R) selection per query.
 
     Retrieval needs discrete relevance: for continuous targets, bin them
     first (e.g. `np.digitize(y, edges)`) and pass the bin ids as labels.
     """
-    q, ql, g, gl, exclude_self, r = _retrieval_setup(query_emb, query_labels, gallery_emb, gallery_labels)
-    keep = np.flatnonzero(r > 0)
-    if len(keep) == 0:
+    ret = _retrieval_setup(query_emb, query_labels, gallery_emb, gallery_labels)
+    if not np.any(ret.r > 0):
         return float("nan")
-    rk, lk = r[keep], ql[keep]
-    max_r = int(rk.max())
-    total = 0.0
-    for rows, sim in _similarity_blocks(l2_normalize(q[keep]), l2_normalize(g), keep if exclude_self else None):
-        idx, _ = _top_k(sim, max_r)  # [n, max_r]: enough for every query's R_i
-        pos = np.arange(1, max_r + 1)
-        within = pos[None, :] <= rk[rows, None]  # only the first R_i count
-        rel = (gl[idx] == lk[rows, None]) & within
-        prec = np.cumsum(rel, axis=1) / pos[None, :]
-        total += float(np.sum(np.sum(prec * rel, axis=1) / rk[rows]))
-    return total / len(keep)
+    ap = np.concatenate([block_ap for _, _, _, block_ap in _retrieval_pass(ret)])
+    return float(np.nanmean(ap))
 
 
 # ------------------------------------------------------------- ordinality
@@ -578,13 +626,23 @@ def embedding_report(
         lt = _as_labels(train_targets, "train_targets")
         lv = _as_labels(val_targets, "val_targets")
         _same_length(lv, v, "val_targets", "val_emb")
-        t = 0.07 if temperature is None else temperature
-        n_classes = int(max(lt.max(), lv.max())) + 1
-        pred, probs = knn_classify(v, g, lt, kk, n_classes=n_classes, temperature=t)
+        _same_length(lt, g, "train_targets", "train_emb")
+        t = _check_temperature(0.07 if temperature is None else temperature)
+        ret = _retrieval_setup(v, lv, g, lt)
+        probs = np.zeros((len(v), int(max(lt.max(), lv.max())) + 1))
+        hit = np.zeros(len(v), dtype=bool)
+        ap = np.full(len(v), np.nan)
+        # One ranking pass serves the kNN vote (first k), P@1 and MAP@R (first R).
+        for rows, idx, sim, block_ap in _retrieval_pass(ret, kk):
+            probs[rows] = _vote(idx[:, :kk], sim[:, :kk], lt, probs.shape[1], t)
+            hit[rows] = lt[idx[:, 0]] == lv[rows]
+            ap[rows] = block_ap
+        pred = probs.argmax(axis=1)
         out["knn_acc"] = accuracy(pred, lv)
         out["knn_bacc"] = balanced_accuracy(pred, lv)
-        out["p_at_1"] = precision_at_1(v, lv, g, lt)
-        out["map_at_r"] = map_at_r(v, lv, g, lt)
+        relevant = ret.r > 0  # P@1 and MAP@R skip queries whose class is not in the gallery
+        out["p_at_1"] = float(np.mean(hit[relevant])) if relevant.any() else float("nan")
+        out["map_at_r"] = float(np.mean(ap[relevant])) if relevant.any() else float("nan")
         if groups is not None:
             _, rec_probs = aggregate(probs, groups)
             rec_y = _group_targets(lv, groups)
