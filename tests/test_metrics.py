@@ -423,3 +423,9 @@ def test_results_do_not_depend_on_the_block_size(monkeypatch: pytest.MonkeyPatch
     assert whole[1:3] == blocked[1:3]
     np.testing.assert_array_equal(whole[3][0], blocked[3][0])
     assert whole[4] == blocked[4]
+
+
+def test_embedding_report_rejects_a_bad_k() -> None:
+    emb, lab = _clusters(4, 2)
+    with pytest.raises(ValueError, match="positive integer"):
+        embedding_report(emb, lab, emb, lab, "classification", k=0)

@@ -7,8 +7,12 @@ Everything here is numpy/scipy and computes in float64. Conventions:
   similarity: rows are L2-normalised first (a zero row stays zero and is
   similar to nothing), so the numbers match a FAISS `IndexFlatIP` over the
   normalised vectors that serving uses.
-- Neighbours are ranked by similarity, ties broken by the lower gallery index,
-  so every result is deterministic.
+- Neighbours are ranked by similarity, ties broken by the lower gallery index
+  (where equal similarities straddle the k-th place, which of them make the
+  cut is numpy's choice), so every result is deterministic.
+- Similarities are computed a block of query rows at a time: memory is
+  bounded whatever N and G; time is O(N G D) (numpy is fine for the
+  validation sets of training; serving uses FAISS).
 - `exclude_self=True` means the query set *is* the gallery (row i of the
   query is item i of the gallery): item i is never its own neighbour, while an
   exact duplicate stored at another index still is.
@@ -602,7 +606,7 @@ def embedding_report(
         raise ValueError(f"task must be 'regression' or 'classification', got {task!r}")
     g = _as_embeddings(train_emb, "train_emb")
     v = _as_embeddings(val_emb, "val_emb")
-    kk = min(int(k), len(g))
+    kk = min(_check_k(k, available=int(k)), len(g))
     groups = None
     if val_groups is not None:
         groups = np.asarray(val_groups)
