@@ -73,7 +73,30 @@ def _train_parser(p: argparse.ArgumentParser) -> Handler:
     return run
 
 
+def _viz_parser(p: argparse.ArgumentParser) -> Handler:
+    p.add_argument("run", help="a finished training run directory")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"], help="which split (default val)")
+    p.add_argument("--method", default="tsne", choices=["tsne", "pca"], help="2-D projection (default tsne)")
+    p.add_argument("--out", default=None, help="PNG to write (default RUN/embeddings-SPLIT.png)")
+
+    def run(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from supemb.train.trainer import embed_run
+        from supemb.train.viz import embedding_map
+
+        emb, targets, cfg = embed_run(args.run, args.split)
+        out = Path(args.out) if args.out else Path(args.run) / f"embeddings-{args.split}.png"
+        embedding_map(emb, targets, out, title=f"{cfg.loss}: {args.split} embeddings ({len(emb)})",
+                      method=args.method, discrete=cfg.task == "classification", seed=cfg.seed)
+        print(f"wrote {out}")
+        return 0
+
+    return run
+
+
 _SUBCOMMANDS["train"] = ("train an encoder (two-stage contrastive, or an end-to-end baseline)", _train_parser)
+_SUBCOMMANDS["viz"] = ("draw a 2-D map of a run's embeddings, coloured by target (PNG)", _viz_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -86,6 +86,11 @@ def test_image_regression_l1_baseline_run(image_values: Path, tmp_path: Path) ->
     assert {"val_head_mae", "val_knn_mae", "val_ordinality", "test_head_mae"} <= set(final)
     meta = json.loads((tmp_path / "run" / "model.json").read_text())
     assert meta["has_linear_head"] and 20 < meta["target_mean"] < 80
+    # supemb viz redraws the map from the finished run
+    png = tmp_path / "map.png"
+    assert main(["viz", str(tmp_path / "run"), "--split", "test", "--method", "pca", "--out", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["viz", str(tmp_path / "missing")]) == 1
 
 
 def test_eeg_rnc_run_reports_recording_level(eeg_folder: Path, tmp_path: Path) -> None:

@@ -472,6 +472,25 @@ def load_run_config(out: str | Path) -> TrainConfig:
         raise UserError(f"{path}: not valid JSON ({err})") from None
 
 
+def embed_run(out: str | Path, split: str = "val") -> tuple[np.ndarray, np.ndarray, TrainConfig]:
+    """The final encoder's embeddings of one split of a finished run: (emb [N, D], targets [N], cfg)."""
+    cfg = load_run_config(out)
+    weights_path = Path(out) / "model.safetensors"
+    if not weights_path.is_file():
+        raise UserError(f"{weights_path}: not found; has the run in {out} finished?")
+    t = Trainer(cfg, resume=True)
+    t._setup()
+    if split not in t.data.splits or len(t.data.splits[split]) == 0:
+        raise UserError(f"{out}: the data has no {split!r} split")
+    from safetensors.torch import load_file
+
+    weights = load_file(str(weights_path))
+    encoder = {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
+    t.model.encoder.load_state_dict(encoder)
+    emb, targets, _, _ = t.embed_split(split)
+    return emb, targets, cfg
+
+
 def resume_run(out: str | Path) -> dict[str, Any]:
     """Continue the run in `out` with the settings it started with."""
     return Trainer(load_run_config(out), resume=True).run()
