@@ -96,6 +96,8 @@ def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
         raise
     except UnidentifiedImageError:
         raise UserError(f"{path}: not an image file (cannot identify image format)") from None
+    except PermissionError:
+        raise UserError(f"{path}: cannot read (permission denied)") from None
     except Image.DecompressionBombError as e:
         raise UserError(f"{path}: too many pixels ({_one_line(e)})") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as e:
