@@ -130,7 +130,8 @@ def test_other_inputs_are_converted() -> None:
     assert np.asarray(as_rgb_image(grey))[0, 0].tolist() == [100, 100, 100]
     assert np.asarray(as_rgb_image(rgba))[0, 0].tolist() == [255, 255, 255]
     la = Image.new("LA", (20, 20), (0, 255))
-    np.testing.assert_array_equal(eval_preprocess(la, SPEC).numpy(), eval_preprocess_array(np.zeros((20, 20, 3), np.uint8), SPEC))
+    black = eval_preprocess_array(np.zeros((20, 20, 3), np.uint8), SPEC)
+    np.testing.assert_array_equal(eval_preprocess(la, SPEC).numpy(), black)
     with pytest.raises(UserError, match="uint8"):
         eval_preprocess_array(np.zeros((8, 8, 3), np.float32), SPEC)
     with pytest.raises(UserError, match=r"shape \[8, 8, 2\]"):

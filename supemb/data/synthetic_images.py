@@ -191,8 +191,8 @@ def _scene(camera_id: int, size: int) -> _Scene:
             * np.clip((y - h_top) * size + 0.5, 0, 1) * np.clip((h_bot - y) * size + 0.5, 0, 1)
         )  # fmt: skip
         wall = np.clip(rng.uniform(0.25, 0.8) * np.ones(3) + rng.normal(0, 0.08, 3), 0, 1)
-        windows = ((np.sin(x * size * 1.4 + rng.uniform(0, 6)) > 0.3) & (np.sin(y * size * 1.1) > 0.2)).astype(np.float32)
-        colour_map = wall * (1 - 0.45 * windows[..., None])
+        windows = (np.sin(x * size * 1.4 + rng.uniform(0, 6)) > 0.3) & (np.sin(y * size * 1.1) > 0.2)
+        colour_map = wall * (1 - 0.45 * windows[..., None].astype(np.float32))
         _paint(base, colour_map, body)
         roof = body * np.clip((h_top + 2.0 / size - y) * size, 0, 1)
         occluded = np.maximum(occluded, body)
@@ -203,7 +203,7 @@ def _scene(camera_id: int, size: int) -> _Scene:
     for _ in range(int(rng.integers(0, 5))):  # trees: trunk and crown
         cx, r = rng.uniform(0.05, 0.95), rng.uniform(0.05, 0.12)
         foot = float(np.interp(cx, x[0], horizon[0])) + rng.uniform(0.02, 0.15)
-        trunk = np.clip((0.012 - np.abs(x - cx)) * size + 0.5, 0, 1) * ((y > foot - 2.2 * r) & (y < foot)).astype(np.float32)
+        trunk = np.clip((0.012 - np.abs(x - cx)) * size + 0.5, 0, 1) * ((y > foot - 2.2 * r) & (y < foot))
         _paint(base, np.array([0.3, 0.22, 0.15]), trunk)
         crown = _soft_ellipse(y, x, foot - 2.2 * r, cx, r * 1.1, r, size)
         leaves = np.maximum(leaves, crown)
@@ -409,8 +409,8 @@ def _person(identity: int, size: int) -> _Person:
     )  # fmt: skip
     for name in ("bg", "bg2", "skin", "hair", "iris", "shirt", "lips"):
         object.__setattr__(person, name, np.asarray(getattr(person, name), np.float32))  # float32 all the way
-    for arr in (person.grey_rank, person.bg, person.bg2, person.skin, person.hair, person.iris, person.shirt, person.lips):
-        arr.flags.writeable = False  # shared through the cache
+    for name in ("grey_rank", "bg", "bg2", "skin", "hair", "iris", "shirt", "lips"):
+        getattr(person, name).flags.writeable = False  # shared through the cache
     return person
 
 

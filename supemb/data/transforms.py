@@ -354,7 +354,9 @@ class ContrastiveAugment:
         owner = (os.getpid(), None if info is None else int(info.seed))
         if self._gen is None or self._gen_owner != owner:
             # Forked workers inherit a copy of the parent's generator: reseed per worker.
-            seed = self.seed if info is None else int(np.random.SeedSequence([self.seed, info.seed]).generate_state(1)[0])
+            seed = self.seed
+            if info is not None:
+                seed = int(np.random.SeedSequence([self.seed, info.seed]).generate_state(1)[0])
             self._gen = torch.Generator().manual_seed(seed)
             self._gen_owner = owner
         return self._gen
