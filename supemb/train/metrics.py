@@ -269,8 +269,20 @@ def _softmax_weights(sim: np.ndarray, temperature: float) -> np.ndarray:
 
 def _vote(idx: np.ndarray, sim: np.ndarray, labels: np.ndarray, n_classes: int, temperature: float) -> np.ndarray:
     """Class probabilities [n, C] from neighbours idx, sim: [n, k]."""
-    probs = np.zeros((len(idx), n_classes), dtype=np.float64)
-    np.add.at(probs, (np.arange(len(idx))[:, None], labels[idx]), _softmax_weights(sim, temperature))
+    return neighbour_vote(sim, labels[idx], n_classes, temperature)
+
+
+def neighbour_vote(sim: np.ndarray, labels_k: np.ndarray, n_classes: int, temperature: float = 0.07) -> np.ndarray:
+    """Class probabilities from already-found neighbours (the vote of `knn_classify`).
+
+    sim: [n, k] cosine similarities sorted in decreasing order per row;
+    labels_k: [n, k] the neighbours' class ids. Returns probs [n, n_classes].
+    Shared by evaluation and serving (`supemb.runtime`), so both vote alike.
+    """
+    sim = np.asarray(sim, dtype=np.float64)
+    probs = np.zeros((len(sim), n_classes), dtype=np.float64)
+    np.add.at(probs, (np.arange(len(sim))[:, None], np.asarray(labels_k)),
+              _softmax_weights(sim, _check_temperature(temperature)))
     return probs
 
 
@@ -365,8 +377,30 @@ def knn_regress(
     g = _as_embeddings(gallery_emb, "gallery_emb")
     _same_length(y, g, "gallery_targets", "gallery_emb")
     idx, sim = nearest_neighbours(query_emb, g, k, exclude_self)
+    return neighbour_regress(sim, y[idx], weighting, t, reduce)
+
+
+def neighbour_regress(
+    sim: np.ndarray,
+    targets_k: np.ndarray,
+    weighting: Literal["softmax", "uniform"] = "softmax",
+    temperature: float = 0.1,
+    reduce: Literal["mean", "median"] = "mean",
+) -> tuple[np.ndarray, np.ndarray]:
+    """The prediction and spread of `knn_regress` from already-found neighbours.
+
+    sim: [n, k] cosine similarities sorted in decreasing order per row;
+    targets_k: [n, k] the neighbours' targets. Returns (pred [n], spread [n]).
+    Shared by evaluation and serving (`supemb.runtime`).
+    """
+    if weighting not in ("softmax", "uniform"):
+        raise ValueError(f"weighting must be 'softmax' or 'uniform', got {weighting!r}")
+    if reduce not in ("mean", "median"):
+        raise ValueError(f"reduce must be 'mean' or 'median', got {reduce!r}")
+    sim = np.asarray(sim, dtype=np.float64)
+    yk = np.asarray(targets_k, dtype=np.float64)
+    t = _check_temperature(temperature)
     w = _softmax_weights(sim, t) if weighting == "softmax" else np.full(sim.shape, 1.0 / sim.shape[1])
-    yk = y[idx]  # [N, k]
     mean = np.sum(w * yk, axis=1)
     spread = np.sqrt(np.maximum(np.sum(w * (yk - mean[:, None]) ** 2, axis=1), 0.0))
     pred = mean if reduce == "mean" else _weighted_median(yk, w)
