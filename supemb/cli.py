@@ -99,6 +99,27 @@ _SUBCOMMANDS["train"] = ("train an encoder (two-stage contrastive, or an end-to-
 _SUBCOMMANDS["viz"] = ("draw a 2-D map of a run's embeddings, coloured by target (PNG)", _viz_parser)
 
 
+def _lazy(module: str, name: str) -> Callable[[argparse.ArgumentParser], Handler]:
+    """A parser builder imported only when the subcommand is built (keeps `supemb --help` fast)."""
+
+    def add(p: argparse.ArgumentParser) -> Handler:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(p)
+
+    return add
+
+
+_SUBCOMMANDS["export"] = ("export a training run to a bundle: ONNX encoder + FAISS gallery + manifest",
+                          _lazy("supemb.runtime.commands", "export_parser"))
+_SUBCOMMANDS["predict"] = ("predict values or classes (with neighbours) for images or EEG recordings",
+                           _lazy("supemb.runtime.commands", "predict_parser"))
+_SUBCOMMANDS["eval"] = ("evaluate a bundle's kNN predictions on labelled data",
+                        _lazy("supemb.runtime.commands", "eval_parser"))
+_SUBCOMMANDS["index"] = ("rebuild or extend a bundle's labelled gallery without retraining",
+                         _lazy("supemb.runtime.commands", "index_parser"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="supemb",

@@ -1,0 +1,99 @@
+"""The one-call library API: `supemb.predict_age`, `predict_temperature`, `predict_brain_age`.
+
+With no `bundle`, each uses the default bundle shipped inside the package
+(`supemb/bundles/<name>/`): small demonstration models trained by
+`export/build_defaults.py` on the project's synthetic data. They show the
+pipeline working end to end; they are not models of real faces, webcams or
+brains, and the first call of each warns so once. Train and export your own
+(README, "Serve your own model") and pass `bundle=`.
+
+A path, a PIL image or an HxWx3 uint8 array gives a float; a list gives a
+list. Loaded bundles are cached per (path, device) and safe to share
+between threads.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+from supemb.errors import UserError
+from supemb.runtime.bundle import Bundle, _as_list, load_bundle
+
+DEFAULTS_DIR = Path(__file__).resolve().parents[1] / "bundles"
+DEFAULT_BUNDLES = {"age": "age", "temperature": "temperature", "brain_age": "brain_age"}
+BUILD_COMMAND = "python export/build_defaults.py"
+
+_cache: dict[tuple[str, str], Bundle] = {}
+_warned: set[str] = set()
+_lock = threading.Lock()
+
+
+class DemoModelWarning(UserWarning):
+    """A default bundle (trained on synthetic data) is in use."""
+
+
+def default_bundle_path(name: str) -> Path:
+    if name not in DEFAULT_BUNDLES:
+        raise UserError(f"no default bundle {name!r}; the defaults are {', '.join(DEFAULT_BUNDLES)}")
+    path = DEFAULTS_DIR / DEFAULT_BUNDLES[name]
+    if not (path / "manifest.json").is_file():
+        raise UserError(f"{path}: the default {name} bundle is missing from this installation; "
+                        f"rebuild it with `{BUILD_COMMAND}` or pass bundle=")
+    return path
+
+
+def get_bundle(bundle: str | Path | Bundle | None, default: str, device: str = "auto") -> Bundle:
+    """A loaded bundle: `bundle` itself, a cached load of its path, or the default `default`."""
+    if isinstance(bundle, Bundle):
+        return bundle
+    path = default_bundle_path(default) if bundle is None else Path(bundle)
+    key = (str(path.resolve()), device)
+    with _lock:
+        if key not in _cache:
+            _cache[key] = load_bundle(path, device=device)
+        b = _cache[key]
+        if bundle is None and b.is_demo and default not in _warned:
+            _warned.add(default)
+            warnings.warn(f"supemb: the default {default} bundle is a demonstration model trained on synthetic "
+                          "data, not a model of real inputs; train and export your own and pass bundle= "
+                          "(see the README)", DemoModelWarning, stacklevel=4)
+    return b
+
+
+def _check_task(b: Bundle, want_modality: str, what: str) -> None:
+    if b.task != "regression" or b.modality != want_modality:
+        raise UserError(f"{b.source}: {what} needs a {want_modality} regression bundle, "
+                        f"but this one does {b.modality} {b.task}")
+
+
+def _values(b: Bundle, inputs: Any, k: int | None) -> float | list[float]:
+    items, single = _as_list(inputs)
+    preds = b.predict(items, k=k)
+    values = [float(p.value) for p in preds]  # on_error="raise": every prediction has a value
+    return values[0] if single else values
+
+
+def predict_age(image: Any, bundle: str | Path | Bundle | None = None, k: int | None = None) -> float | list[float]:
+    """Age in years from a face image (a path, PIL image or HxWx3 uint8 array), or a list of them."""
+    b = get_bundle(bundle, "age")
+    _check_task(b, "image", "predict_age")
+    return _values(b, image, k)
+
+
+def predict_temperature(image: Any, bundle: str | Path | Bundle | None = None,
+                        k: int | None = None) -> float | list[float]:
+    """Outdoor temperature (°C) from a webcam frame (path, PIL image or HxWx3 uint8 array), or a list."""
+    b = get_bundle(bundle, "temperature")
+    _check_task(b, "image", "predict_temperature")
+    return _values(b, image, k)
+
+
+def predict_brain_age(recording: Any, bundle: str | Path | Bundle | None = None,
+                      k: int | None = None) -> float | list[float]:
+    """Brain age in years from resting EEG: an EDF/BDF/FIF path or an `mne.io.Raw`, or a list."""
+    b = get_bundle(bundle, "brain_age")
+    _check_task(b, "eeg", "predict_brain_age")
+    return _values(b, recording, k)

@@ -1,0 +1,214 @@
+"""The serving subcommands: `supemb export`, `index`, `predict`, `eval`.
+
+Each `*_parser(p)` adds its arguments to an argparse parser and returns the
+handler; `supemb.cli` registers them. Handlers raise `UserError` for bad
+input (one line, exit 1) and return the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from supemb.errors import UsageError, UserError
+
+Handler = Callable[[argparse.Namespace], int]
+INDEX_KINDS = ("flat", "ivf", "hnsw")
+
+
+def export_parser(p: argparse.ArgumentParser) -> Handler:
+    p.add_argument("run", help="a finished training run directory (supemb train --out)")
+    p.add_argument("--out", required=True, help="bundle directory to write (or a path ending in .zip)")
+    p.add_argument("--gallery", help="labelled data to index instead of the run's training split")
+    p.add_argument("--opset", type=int, help="ONNX opset (default 18)")
+    p.add_argument("--fp16", action="store_true",
+                   help="float16 weights for GPU serving (parity checked to 1e-2 instead of 1e-4)")
+    p.add_argument("--index", default="flat", choices=INDEX_KINDS,
+                   help="FAISS index: flat = exact (default); ivf or hnsw for galleries past ~1M items")
+    p.add_argument("--k", type=int, help="default number of neighbours (default: the run's)")
+    p.add_argument("--unit", default="", help="unit of the target, shown with predictions (e.g. years)")
+    p.add_argument("--name", help="bundle name shown by the demo (default: the --out name)")
+    p.add_argument("--thumbnails", type=int, default=0, metavar="PX",
+                   help="store PX x PX thumbnails of image galleries, for showing neighbours (default 0: none)")
+    p.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="unreadable gallery items")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+
+    def run(args: argparse.Namespace) -> int:
+        from supemb.runtime.export import export_run
+
+        m = export_run(args.run, args.out, gallery=args.gallery, opset=args.opset, fp16=args.fp16,
+                       index=args.index, k=args.k, unit=args.unit, name=args.name, thumbnails=args.thumbnails,
+                       force=args.force, on_error="raise" if args.on_error == "fail" else "skip")
+        diffs = m["onnx"]["parity_max_abs_diff"]
+        print(f"wrote {args.out}: {m['modality']} {m['task']}, {m['embedding_dim']}-d, "
+              f"gallery {m['gallery']['items']} ({m['index']['kind']} index), "
+              f"parity max |ONNX - PyTorch| {max(diffs.values()):.2g}")
+        return 0
+
+    return run
+
+
+def index_parser(p: argparse.ArgumentParser) -> Handler:
+    p.add_argument("bundle", help="bundle directory")
+    p.add_argument("--data", required=True, help="labelled data (any layout `supemb train` reads)")
+    p.add_argument("--append", action="store_true", help="add to the gallery instead of replacing it")
+    p.add_argument("--index", choices=INDEX_KINDS, help="FAISS index type (default: the bundle's)")
+    p.add_argument("--target", help="target column (default: the bundle's target name)")
+    p.add_argument("--format", default="auto", help="auto | csv | folder | utkface | agedb")
+    p.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="unreadable items")
+
+    def run(args: argparse.Namespace) -> int:
+        from supemb.runtime.export import reindex
+
+        m = reindex(args.bundle, args.data, append=args.append, index=args.index, target=args.target,
+                    fmt=args.format, on_error="raise" if args.on_error == "fail" else "skip")
+        print(f"{args.bundle}: gallery now {m['gallery']['items']} items ({m['index']['kind']} index)")
+        return 0
+
+    return run
+
+
+def _format_prediction(p: Any, unit: str) -> str:
+    if not p.ok:
+        return f"{p.source}\terror: {p.error}"
+    if p.value is not None:
+        what = f"{p.value:.2f} ± {p.uncertainty:.2f}{(' ' + unit) if unit else ''}"
+    else:
+        what = f"{p.label} (p={1 - p.uncertainty:.2f})"
+    near = ", ".join(f"{n.label if isinstance(n.label, str) else round(n.label, 2)}@{n.similarity:.2f}"
+                     for n in p.neighbours[:5])
+    return f"{p.source}\t{what}\tneighbours: {near}"
+
+
+def predict_parser(p: argparse.ArgumentParser) -> Handler:
+    p.add_argument("bundle", help="bundle directory or .zip")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, or EDF/BDF/FIF recordings")
+    p.add_argument("--k", type=int, help="neighbours (default: the bundle's)")
+    p.add_argument("--median", action="store_true", help="regression: weighted median of the neighbours")
+    p.add_argument("--json", action="store_true", help="one JSON list with values, uncertainty, neighbours")
+    p.add_argument("--on-error", choices=["fail", "skip"], default="fail",
+                   help="skip: predict the good inputs and list the bad (exit code 1 if any was bad)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+    def run(args: argparse.Namespace) -> int:
+        from supemb.runtime.bundle import load_bundle
+
+        bundle = load_bundle(args.bundle, device=args.device)
+        preds = bundle.predict(args.inputs, k=args.k, batch_size=args.batch_size,
+                               on_error="raise" if args.on_error == "fail" else "skip",
+                               reduce="median" if args.median else None)
+        if args.json:
+            print(json.dumps([p.to_dict() for p in preds], indent=1))
+        else:
+            for pr in preds:
+                if pr.ok:
+                    print(_format_prediction(pr, bundle.unit))
+        bad = [pr for pr in preds if not pr.ok]
+        for pr in bad:
+            print(f"supemb predict: skipped: {pr.error}", file=sys.stderr)
+        return 1 if bad else 0
+
+    return run
+
+
+def evaluate_bundle(bundle: Any, data: str | Path, *, target: str | None = None, fmt: str = "auto",
+                    k: int | None = None, on_error: str = "raise") -> dict[str, Any]:
+    """Metrics of a bundle's kNN predictions on labelled `data` (as in training):
+    regression MAE/RMSE/R², mean spread, embedding ordinality; classification
+    accuracy, balanced accuracy, P@1 and MAP@R against the gallery. EEG
+    metrics are per recording ("rec_" keys, as the trainer names them)."""
+    from supemb.runtime.export import data_gallery
+    from supemb.train import metrics
+
+    src = data_gallery(data, bundle.modality, bundle.task, target or bundle.target_name, fmt=fmt,
+                       on_error=on_error)
+    k = bundle.default_k if k is None else k
+    emb, owner, failures = bundle.encoder.embed_rows(src.items, on_error=on_error)
+    preds = bundle.predict_embeddings(emb, owner, src.items, k=k, failures=failures)
+    ok = [i for i, p in enumerate(preds) if p.ok]
+    if not ok:
+        raise UserError(f"{data}: none of the items could be predicted")
+    prefix = "rec_knn" if bundle.modality == "eeg" else "knn"
+    out: dict[str, Any] = {"items": len(ok), "skipped": [f.message for f in failures] + list(src.skipped),
+                           "k": k, "gallery": bundle.index.ntotal}
+    if bundle.task == "regression":
+        y = np.array([src.targets[i] for i in ok], dtype=np.float64)
+        pred = np.array([preds[i].value for i in ok])
+        out.update({f"{prefix}_{n}": v for n, v in metrics.regression_metrics(pred, y).items()})
+        out[f"{prefix}_spread"] = float(np.mean([preds[i].uncertainty for i in ok]))
+        rec_emb = _per_input(emb, owner, ok)
+        if len(ok) >= 2:
+            out["ordinality"] = metrics.ordinality(rec_emb, y)
+    else:
+        y = [str(src.targets[i]) for i in ok]
+        names = sorted(set(y) | set(bundle.labels))
+        code = {c: i for i, c in enumerate(names)}
+        pred = np.array([code[preds[i].label] for i in ok])
+        yt = np.array([code[c] for c in y])
+        out[f"{prefix}_acc"] = metrics.accuracy(pred, yt)
+        out[f"{prefix}_bacc"] = metrics.balanced_accuracy(pred, yt)
+        top1 = np.array([preds[i].neighbours[0].label == y[j] for j, i in enumerate(ok)])
+        out["p_at_1"] = float(top1.mean())
+        gallery_counts = np.bincount(bundle.targets, minlength=len(bundle.labels))
+        r_max = int(gallery_counts.max())
+        if r_max <= 2000:
+            rec_emb = _per_input(emb, owner, ok)
+            sim, idx = bundle.index.search(rec_emb, r_max)
+            ap = []
+            for row, label in enumerate(y):
+                if label not in bundle.labels:
+                    continue
+                c = bundle.labels.index(label)
+                r = int(gallery_counts[c])
+                hits = bundle.targets[idx[row, :r]] == c
+                ap.append(float(np.sum(np.cumsum(hits) / np.arange(1, r + 1) * hits) / r))
+            if ap:
+                out["map_at_r"] = float(np.mean(ap))
+    return {key: (float(v) if isinstance(v, (np.floating, float)) else v) for key, v in out.items()}
+
+
+def _per_input(emb: np.ndarray, owner: np.ndarray, positions: list[int]) -> np.ndarray:
+    """One unit vector per input (EEG: the normalised mean of its windows)."""
+    out = np.zeros((len(positions), emb.shape[1]), np.float64)
+    for r, pos in enumerate(positions):
+        out[r] = emb[owner == pos].mean(axis=0)
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def eval_parser(p: argparse.ArgumentParser) -> Handler:
+    p.add_argument("bundle", help="bundle directory or .zip")
+    p.add_argument("--data", required=True, help="labelled data (any layout `supemb train` reads)")
+    p.add_argument("--target", help="target column (default: the bundle's target name)")
+    p.add_argument("--format", default="auto", help="auto | csv | folder | utkface | agedb")
+    p.add_argument("--k", type=int, help="neighbours (default: the bundle's)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="unreadable items")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+    def run(args: argparse.Namespace) -> int:
+        from supemb.runtime.bundle import load_bundle
+
+        if args.k is not None and args.k < 1:
+            raise UsageError(f"--k must be >= 1, got {args.k}")
+        bundle = load_bundle(args.bundle, device=args.device)
+        m = evaluate_bundle(bundle, args.data, target=args.target, fmt=args.format, k=args.k,
+                            on_error="raise" if args.on_error == "fail" else "skip")
+        if args.json:
+            print(json.dumps(m, indent=2))
+        else:
+            for key, v in m.items():
+                if key == "skipped":
+                    for s in v:
+                        print(f"skipped: {s}")
+                else:
+                    print(f"{key}\t{v:.4f}" if isinstance(v, float) else f"{key}\t{v}")
+        return 0
+
+    return run

@@ -1,0 +1,377 @@
+"""Export and serving: train tiny models, export bundles, load them, predict.
+
+One image regression, one image classification and one EEG bundle are built
+once per module (a few seconds each on CPU) and shared by the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from supemb.cli import main as cli
+from supemb.errors import UserError
+from supemb.runtime import manifest as mf
+from supemb.runtime.bundle import Prediction, load_bundle
+from supemb.train.config import TrainConfig
+from supemb.train.trainer import train
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("runtime")
+
+
+def _train(data: Path, out: Path, **kw) -> Path:
+    cfg = dict(data=str(data), out=str(out), epochs=1, linear_epochs=1, batch_size=16, image_size=16,
+               viz=False, knn_k=5)
+    cfg.update(kw)
+    train(TrainConfig(**cfg))
+    return out
+
+
+@pytest.fixture(scope="module")
+def webcam(work: Path) -> Path:
+    from supemb.data.synthetic_images import make_webcam_dataset
+
+    return make_webcam_dataset(work / "webcam", 60, n_cameras=3, size=24, seed=0)
+
+
+@pytest.fixture(scope="module")
+def reg_bundle(work: Path, webcam: Path) -> Path:
+    from supemb.runtime.export import export_run
+
+    run = _train(webcam, work / "run_reg", target="temperature", loss="rnc")
+    export_run(run, work / "b_reg", unit="°C", thumbnails=8)
+    return work / "b_reg"
+
+
+@pytest.fixture(scope="module")
+def class_folder(work: Path) -> Path:
+    root = work / "classes"
+    rng = np.random.default_rng(0)
+    for c, colour in enumerate(("red", "green", "blue")):
+        (root / colour).mkdir(parents=True)
+        for i in range(12):
+            px = rng.integers(0, 60, (20, 20, 3))
+            px[..., c] += 180
+            Image.fromarray(px.astype(np.uint8)).save(root / colour / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def cls_bundle(work: Path, class_folder: Path) -> Path:
+    from supemb.runtime.export import export_run
+
+    run = _train(class_folder, work / "run_cls", target="class", loss="supcon", epochs=2)
+    export_run(run, work / "b_cls")
+    return work / "b_cls"
+
+
+@pytest.fixture(scope="module")
+def eeg_data(work: Path) -> Path:
+    from supemb.data.synthetic_eeg import make_eeg_dataset
+
+    return make_eeg_dataset(work / "eeg", 12, duration_s=12.0, sfreq=100.0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def eeg_bundle(work: Path, eeg_data: Path) -> Path:
+    """Exported as a .zip: loading a zipped bundle is part of the contract."""
+    from supemb.runtime.export import export_run
+
+    run = _train(eeg_data, work / "run_eeg", target="age", loss="rnc", batch_size=8,
+                 eeg={"window_s": 4.0, "stride_s": 4.0})
+    export_run(run, work / "b_eeg.zip", unit="years")
+    return work / "b_eeg.zip"
+
+
+def _images(csv_path: Path, n: int) -> list[Path]:
+    lines = csv_path.read_text().splitlines()[1:n + 1]
+    return [csv_path.parent / line.split(",")[0] for line in lines]
+
+
+# ------------------------------------------------------------ round trips
+
+
+def test_image_regression_round_trip(reg_bundle: Path, webcam: Path) -> None:
+    b = load_bundle(reg_bundle, device="cpu")
+    m = b.manifest
+    assert (m["task"], m["modality"], m["target"]) == ("regression", "image", {"name": "temperature", "unit": "°C"})
+    assert max(m["onnx"]["parity_max_abs_diff"].values()) <= 1e-4
+    assert set(m["onnx"]["parity_max_abs_diff"]) == {"batch_1", "batch_16"}
+    assert b.device == "cpu" and b.index.ntotal == m["gallery"]["items"] > 0
+    # the ONNX file is one self-contained file with a dynamic batch axis
+    assert sorted(p.name for p in reg_bundle.iterdir()) == sorted(
+        ["manifest.json", "encoder.onnx", "index.faiss", "targets.npy", "gallery.json", "thumbnails.npy"])
+    import onnx
+
+    graph = onnx.load(str(reg_bundle / "encoder.onnx")).graph
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    emb = b.embed(_images(webcam, 5))
+    assert emb.shape == (5, b.embedding_dim) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    preds = b.predict(_images(webcam, 5), k=4)
+    targets = b.targets
+    for p in preds:
+        assert isinstance(p, Prediction) and p.ok
+        assert targets.min() <= p.value <= targets.max() and p.uncertainty >= 0
+        assert len(p.neighbours) == 4
+        sims = [n.similarity for n in p.neighbours]
+        assert sims == sorted(sims, reverse=True)
+        json.dumps(p.to_dict())  # JSON-able for the CLI and the demo
+    assert b.thumbnails is not None and b.thumbnails.shape == (b.index.ntotal, 8, 8, 3)
+
+
+def test_gallery_item_finds_itself(reg_bundle: Path) -> None:
+    """The gallery was embedded by the exported ONNX model through serving's
+    own preprocessing, so a gallery image's nearest neighbour is itself."""
+    b = load_bundle(reg_bundle, device="cpu")
+    ids = b.ids[:4]
+    root = Path(b.manifest["gallery"]["source"].split(" (")[0]).parent
+    preds = b.predict([root / i for i in ids], k=1)
+    for j, p in enumerate(preds):
+        assert p.neighbours[0].index == j and p.neighbours[0].similarity == pytest.approx(1.0, abs=1e-5)
+        assert p.value == pytest.approx(float(b.targets[j]), abs=1e-5)
+
+
+def test_input_kinds_agree(reg_bundle: Path, webcam: Path) -> None:
+    import supemb
+
+    path = _images(webcam, 1)[0]
+    pil = Image.open(path)
+    arr = np.asarray(pil.convert("RGB"))
+    one = supemb.predict_temperature(path, bundle=reg_bundle)
+    assert isinstance(one, float)
+    assert supemb.predict_temperature(str(path), bundle=reg_bundle) == one
+    assert supemb.predict_temperature(pil, bundle=reg_bundle) == pytest.approx(one, abs=1e-6)
+    assert supemb.predict_temperature(arr, bundle=reg_bundle) == pytest.approx(one, abs=1e-6)
+    many = supemb.predict_temperature([path, pil, arr], bundle=reg_bundle)
+    assert isinstance(many, list) and np.allclose(many, one, atol=1e-6)
+    assert supemb.predict_age(path, bundle=reg_bundle, k=1) == pytest.approx(
+        float(load_bundle(reg_bundle).predict(path, k=1)[0].value))
+
+
+def test_classification_round_trip(cls_bundle: Path, class_folder: Path) -> None:
+    b = load_bundle(cls_bundle, device="cpu")
+    assert b.task == "classification" and b.labels == ["blue", "green", "red"]
+    assert b.targets.dtype == np.int64
+    paths = [class_folder / c / "0.png" for c in ("red", "green", "blue")]
+    for p, want in zip(b.predict(paths), ("red", "green", "blue")):
+        assert p.label in b.labels and sum(p.probabilities.values()) == pytest.approx(1.0)
+        assert p.uncertainty == pytest.approx(1 - max(p.probabilities.values()))
+        assert p.neighbours[0].label == want  # the image itself is in the gallery
+    with pytest.raises(UserError, match="regression"):
+        import supemb
+
+        supemb.predict_age(paths[0], bundle=cls_bundle)
+
+
+def test_eeg_round_trip(eeg_bundle: Path, eeg_data: Path) -> None:
+    import mne
+
+    import supemb
+
+    b = load_bundle(eeg_bundle, device="cpu")
+    assert b.modality == "eeg" and b.groups is not None and len(b.recordings) >= 2
+    rec = sorted(eeg_data.glob("*.edf"))[0]
+    p = b.predict(rec, k=3)[0]
+    assert p.ok and p.windows == 3  # 12 s recording, 4 s windows, 4 s stride
+    assert len({n.id for n in p.neighbours}) == len(p.neighbours) <= 3  # neighbours are recordings
+    raw = mne.io.read_raw_edf(rec, preload=True, verbose="error")
+    age_path = supemb.predict_brain_age(rec, bundle=eeg_bundle)
+    assert supemb.predict_brain_age(raw, bundle=eeg_bundle) == pytest.approx(age_path, abs=1e-5)
+    assert supemb.predict_brain_age([rec, rec], bundle=eeg_bundle) == pytest.approx([age_path] * 2)
+    assert b.embed([rec]).shape == (1, b.embedding_dim)
+
+
+# ------------------------------------------------------------ damaged bundles
+
+
+def _copy(bundle: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "copy"
+    shutil.copytree(bundle, out)
+    return out
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("flip", "checksum mismatch"),
+    ("truncate", "truncated"),
+    ("remove", "missing from the bundle"),
+    ("manifest", "not valid JSON"),
+])
+def test_damaged_bundle_is_refused(reg_bundle: Path, tmp_path: Path, damage: str, message: str) -> None:
+    b = _copy(reg_bundle, tmp_path)
+    if damage == "flip":
+        data = bytearray((b / "targets.npy").read_bytes())
+        data[-1] ^= 0xFF
+        (b / "targets.npy").write_bytes(bytes(data))
+    elif damage == "truncate":
+        data = (b / "encoder.onnx").read_bytes()
+        (b / "encoder.onnx").write_bytes(data[: len(data) // 2])
+    elif damage == "remove":
+        (b / "index.faiss").unlink()
+    else:
+        (b / "manifest.json").write_text("{ not json")
+    with pytest.raises(UserError, match=message):
+        load_bundle(b)
+    assert cli(["predict", str(b), "x.png"]) == 1
+
+
+def test_encoder_that_does_not_match_the_index(reg_bundle: Path, tmp_path: Path) -> None:
+    """A consistent manifest (re-sealed) around an ONNX model of another size."""
+    import torch
+
+    from supemb.models.onnx_util import export_onnx
+
+    b = _copy(reg_bundle, tmp_path)
+    m = json.loads((b / "manifest.json").read_text())
+    s = m["preprocessing"]["image_size"]
+    export_onnx(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * s * s, 7)),
+                torch.zeros(2, 3, s, s), b / "encoder.onnx", input_name="input", output_name="embedding")
+    mf.seal(b, {k: v for k, v in m.items() if k != "files"})
+    with pytest.raises(UserError, match="do not belong together"):
+        load_bundle(b)
+
+
+# ------------------------------------------------------------ bad inputs
+
+
+@pytest.fixture()
+def bad_inputs(tmp_path: Path) -> dict[str, Path]:
+    good = np.full((20, 20, 3), 128, np.uint8)
+    Image.fromarray(good).save(tmp_path / "ok.png")
+    data = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "truncated.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("hello, not an image\n")
+    return {"ok": tmp_path / "ok.png", "truncated": tmp_path / "truncated.png", "empty": tmp_path / "empty.png",
+            "text": tmp_path / "text.png", "missing": tmp_path / "missing.png"}
+
+
+@pytest.mark.parametrize("kind", ["truncated", "empty", "text", "missing"])
+def test_bad_image_is_named(reg_bundle: Path, bad_inputs: dict[str, Path], kind: str, capsys) -> None:
+    b = load_bundle(reg_bundle, device="cpu")
+    with pytest.raises(UserError) as err:
+        b.predict([bad_inputs["ok"], bad_inputs[kind]])
+    assert str(bad_inputs[kind]) in str(err.value) and "\n" not in str(err.value)
+    assert cli(["predict", str(reg_bundle), str(bad_inputs["ok"]), str(bad_inputs[kind])]) == 1
+    captured = capsys.readouterr()
+    assert str(bad_inputs[kind]) in captured.err and "Traceback" not in captured.err
+    assert captured.out == ""  # fail mode: nothing half-printed
+
+
+def test_on_error_skip_keeps_the_good(reg_bundle: Path, bad_inputs: dict[str, Path], capsys) -> None:
+    b = load_bundle(reg_bundle, device="cpu")
+    order = ["ok", "truncated", "ok", "missing", "text", "empty"]
+    preds = b.predict([bad_inputs[k] for k in order], on_error="skip")
+    assert [p.ok for p in preds] == [k == "ok" for k in order]
+    assert preds[0].value == preds[2].value
+    assert all(str(bad_inputs[k]) in p.error for k, p in zip(order, preds) if k != "ok")
+    rc = cli(["predict", str(reg_bundle), *map(str, (bad_inputs[k] for k in order)), "--on-error", "skip", "--json"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    out = json.loads(captured.out)
+    assert [("error" not in p) for p in out] == [k == "ok" for k in order]
+    assert captured.err.count("skipped:") == 4
+
+
+def test_bad_eeg_inputs(eeg_bundle: Path, tmp_path: Path) -> None:
+    from supemb.data.synthetic_eeg import make_eeg_dataset
+
+    short = make_eeg_dataset(tmp_path / "short", 2, duration_s=2.0, sfreq=100.0, seed=1)
+    rec = sorted(short.glob("*.edf"))[0]
+    b = load_bundle(eeg_bundle, device="cpu")
+    with pytest.raises(UserError, match=f"{rec}.*too short"):
+        b.predict(rec)
+    import mne
+
+    raw = mne.io.read_raw_edf(sorted((tmp_path / "short").glob("*.edf"))[0], preload=True, verbose="error")
+    few = mne.io.RawArray(np.zeros((3, 2000)), mne.create_info(["Fp1", "Fp2", "Cz"], 100.0, "eeg"), verbose="error")
+    with pytest.raises(UserError, match="too few channels"):
+        b.predict(few)
+    del raw
+    assert cli(["predict", str(eeg_bundle), str(rec)]) == 1
+
+
+# ------------------------------------------------------------ threads
+
+
+def test_threads_agree_with_one(reg_bundle: Path, webcam: Path) -> None:
+    b = load_bundle(reg_bundle, device="cpu")
+    paths = _images(webcam, 12)
+    want = [p.value for p in b.predict(paths)]
+    barrier = threading.Barrier(8)
+
+    def worker(i: int) -> list[float]:
+        barrier.wait()
+        got = []
+        for _ in range(3):
+            got.extend(p.value for p in b.predict(paths[i % 4:] + paths[: i % 4], batch_size=5))
+        return got
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(worker, range(8)))
+    for i, got in enumerate(results):
+        rotated = want[i % 4:] + want[: i % 4]
+        assert got == pytest.approx(rotated * 3, abs=1e-6)
+
+
+# ------------------------------------------------------------ export options, index, eval
+
+
+def test_export_refuses_existing_and_bad_parity(work: Path, reg_bundle: Path, monkeypatch) -> None:
+    from supemb.runtime import export
+
+    with pytest.raises(UserError, match="already exists"):
+        export.export_run(work / "run_reg", reg_bundle)
+    monkeypatch.setitem(export.PARITY_TOL, "float32", 0.0)
+    target = work / "never"
+    with pytest.raises(UserError, match="parity check failed"):
+        export.export_run(work / "run_reg", target)
+    assert not target.exists() and not list(work.glob(".never*"))
+
+
+def test_fp16_export(work: Path, tmp_path: Path, webcam: Path) -> None:
+    from supemb.runtime.export import export_run
+
+    m = export_run(work / "run_reg", tmp_path / "half", fp16=True)
+    diff = max(m["onnx"]["parity_max_abs_diff"].values())
+    assert m["onnx"]["dtype"] == "float16" and 0 < diff <= 1e-2
+    full = load_bundle(work / "b_reg").embed(_images(webcam, 4))
+    half = load_bundle(tmp_path / "half").embed(_images(webcam, 4))
+    assert np.abs(full - half).max() <= 1e-2
+
+
+def test_index_rebuild_and_append(reg_bundle: Path, tmp_path: Path, webcam: Path, capsys) -> None:
+    b_dir = _copy(reg_bundle, tmp_path)
+    n0 = load_bundle(b_dir).index.ntotal
+    assert cli(["index", str(b_dir), "--data", str(webcam)]) == 0  # all 60 images, every split
+    b = load_bundle(b_dir)
+    assert b.index.ntotal == 60 and len(b.ids) == 60 and b.thumbnails.shape[0] == 60
+    assert cli(["index", str(b_dir), "--data", str(webcam), "--append"]) == 0
+    b = load_bundle(b_dir)
+    assert b.index.ntotal == 120 and n0 < 60
+    assert cli(["index", str(b_dir), "--data", str(webcam), "--index", "hnsw"]) == 0
+    b = load_bundle(b_dir)
+    assert b.manifest["index"]["kind"] == "hnsw" and b.index.ntotal == 60
+    assert b.predict(_images(webcam, 1))[0].ok
+
+
+def test_eval_cli(reg_bundle: Path, cls_bundle: Path, eeg_bundle: Path, webcam: Path, class_folder: Path,
+                  eeg_data: Path, capsys) -> None:
+    assert cli(["eval", str(reg_bundle), "--data", str(webcam), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["items"] == 60 and {"knn_mae", "knn_rmse", "knn_r2", "ordinality"} <= set(m)
+    assert cli(["eval", str(cls_bundle), "--data", str(class_folder), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["items"] == 36 and m["p_at_1"] == 1.0 and {"knn_acc", "knn_bacc", "map_at_r"} <= set(m)
+    assert cli(["eval", str(eeg_bundle), "--data", str(eeg_data), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["items"] == 12 and "rec_knn_mae" in m
