@@ -129,6 +129,17 @@ def test_image_regression_round_trip(reg_bundle: Path, webcam: Path) -> None:
     assert b.thumbnails is not None and b.thumbnails.shape == (b.index.ntotal, 8, 8, 3)
 
 
+def test_bundle_files_get_usual_permissions(reg_bundle: Path, tmp_path: Path) -> None:
+    """Not the 0600/0700 of temporary files: a bundle installed for others must be readable."""
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    plain_dir = tmp_path / "plain_dir"
+    plain_dir.mkdir()
+    assert reg_bundle.stat().st_mode & 0o777 == plain_dir.stat().st_mode & 0o777
+    for f in reg_bundle.iterdir():
+        assert f.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777, f.name
+
+
 def test_gallery_item_finds_itself(reg_bundle: Path) -> None:
     """The gallery was embedded by the exported ONNX model through serving's
     own preprocessing, so a gallery image's nearest neighbour is itself."""

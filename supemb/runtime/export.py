@@ -349,6 +349,7 @@ def export_run(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    mf.public_mode(tmp, directory=True)
     try:
         # example inputs: the first gallery items, decoded as serving decodes them
         from supemb.runtime.inputs import eeg_decoder, image_decoder

@@ -1,0 +1,81 @@
+"""The default bundles shipped in supemb/bundles (built by export/build_defaults.py)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import supemb
+from supemb.runtime import api
+from supemb.runtime.bundle import load_bundle
+
+NAMES = ("age", "temperature", "brain_age")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_default_bundle_is_shipped_and_sound(name: str) -> None:
+    path = api.default_bundle_path(name)
+    b = load_bundle(path, device="cpu")  # verifies checksums and shapes
+    assert b.is_demo and b.manifest["synthetic"] is True and b.task == "regression"
+    assert b.modality == ("eeg" if name == "brain_age" else "image")
+    size_mb = sum(f.stat().st_size for f in path.iterdir()) / 1e6
+    assert size_mb < 5, f"{name}: {size_mb:.1f} MB, the defaults must stay small"
+    assert max(b.manifest["onnx"]["parity_max_abs_diff"].values()) <= 1e-4
+    if b.modality == "image":
+        assert b.thumbnails is not None  # the demo shows neighbours from these
+
+
+def _fresh_faces(tmp_path: Path, n: int = 60):
+    from supemb.data.synthetic_images import face_arrays
+
+    images, ages, _ = face_arrays(n, size=32, seed=123)  # a seed the bundle never saw
+    return list(images), ages.astype(float)
+
+
+def test_predict_age_default_warns_once_and_learned_something(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(api, "_warned", set())
+    images, ages = _fresh_faces(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = supemb.predict_age(images[0])
+        pred = np.array(supemb.predict_age(images))
+    demo = [w for w in caught if issubclass(w.category, api.DemoModelWarning)]
+    assert len(demo) == 1 and "synthetic" in str(demo[0].message)
+    assert isinstance(first, float) and pred.shape == (len(images),) and pred[0] == pytest.approx(first)
+    # better than predicting the mean age: the model has learned the (synthetic) age cues
+    b = load_bundle(api.default_bundle_path("age"))
+    baseline = np.abs(ages - b.targets.mean()).mean()
+    assert np.abs(pred - ages).mean() < baseline
+
+
+def test_predict_temperature_default(tmp_path: Path) -> None:
+    from supemb.data.synthetic_images import webcam_arrays
+
+    images, temps, _ = webcam_arrays(60, size=32, seed=123)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", api.DemoModelWarning)
+        pred = np.array(supemb.predict_temperature(list(images)))
+    b = load_bundle(api.default_bundle_path("temperature"))
+    assert np.abs(pred - temps).mean() < np.abs(temps - b.targets.mean()).mean()
+
+
+def test_predict_brain_age_default(tmp_path: Path) -> None:
+    from supemb.data.synthetic_eeg import make_eeg_dataset
+
+    data = make_eeg_dataset(tmp_path, 2, duration_s=30.0, sfreq=100.0, seed=123)
+    recs = sorted(data.glob("*.edf"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", api.DemoModelWarning)
+        ages = supemb.predict_brain_age(recs)
+    assert len(ages) == 2 and all(0 < a < 120 for a in ages)
+
+
+def test_missing_default_bundle_says_how_to_rebuild(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(api, "DEFAULTS_DIR", tmp_path)
+    from supemb.errors import UserError
+
+    with pytest.raises(UserError, match="build_defaults"):
+        supemb.predict_age(np.zeros((8, 8, 3), np.uint8))
