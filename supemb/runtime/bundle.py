@@ -321,8 +321,7 @@ class Bundle:
             else:
                 probs = metrics.neighbour_vote(sim, self.targets[idx], len(self.labels),
                                                float(knn.get("temperature", 0.07)))
-            for pos in np.unique(owner):
-                rows = np.flatnonzero(owner == pos)
+            for pos, rows in rows_by_owner(owner):
                 p = Prediction(source=describe(items[pos], int(pos)))
                 if self.task == "regression":
                     value = float(pred[rows].mean())
@@ -362,6 +361,13 @@ class Bundle:
                 if len(seen) == k:
                     break
         return list(seen.values())
+
+
+def rows_by_owner(owner: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """[(input position, its row indices)] in input order; O(R log R), not O(R x inputs)."""
+    order = np.argsort(owner, kind="stable")
+    positions, starts = np.unique(owner[order], return_index=True)
+    return [(int(pos), rows) for pos, rows in zip(positions, np.split(order, starts[1:]))]
 
 
 def _read_gallery_json(path: Path, n: int) -> dict[str, Any]:

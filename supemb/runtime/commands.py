@@ -176,9 +176,10 @@ def evaluate_bundle(bundle: Any, data: str | Path, *, target: str | None = None,
 
 def _per_input(emb: np.ndarray, owner: np.ndarray, positions: list[int]) -> np.ndarray:
     """One unit vector per input (EEG: the normalised mean of its windows)."""
-    out = np.zeros((len(positions), emb.shape[1]), np.float64)
-    for r, pos in enumerate(positions):
-        out[r] = emb[owner == pos].mean(axis=0)
+    from supemb.runtime.bundle import rows_by_owner
+
+    rows = dict(rows_by_owner(owner))
+    out = np.stack([emb[rows[pos]].mean(axis=0) for pos in positions]).astype(np.float64)
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
