@@ -2,6 +2,13 @@
 
 Sections (pick with --only, repeatable; all by default):
 
+- embed: embedding throughput of the same encoder (+ L2 normalisation),
+  PyTorch eager (inference mode) against ONNX Runtime, at several batch sizes,
+  CPU (and CUDA when both torch and ONNX Runtime have it); max |difference|.
+  Target: ONNX Runtime at least 2x eager on CPU.
+- files: `Bundle.predict` on JPEG files (decode + preprocess + embed +
+  search, decoding overlapped with inference) against bare ONNX Runtime on
+  tensors decoded beforehand. Target: at least 80% of the bare throughput.
 - knn: gallery search. FAISS exact (`GalleryIndex` "flat", IndexFlatIP)
   against a NumPy brute force (blocked matmul, thresholded top-k), and the
   approximate IVF and HNSW indexes: build time, search time for a batch of
@@ -43,7 +50,7 @@ import numpy as np  # noqa: E402
 
 from supemb.runtime.index import GalleryIndex  # noqa: E402
 
-SECTIONS = ["knn"]
+SECTIONS = ["embed", "files", "knn"]
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "runtime-cpu.json"
 RECALL_TARGET = 0.95
 
@@ -293,7 +300,163 @@ def bench_knn(args: argparse.Namespace) -> dict:
     }
 
 
-BENCHES: dict[str, Callable[[argparse.Namespace], dict]] = {"knn": bench_knn}
+# ---------------------------------------------------------------- embedding throughput
+
+EMBED_MODELS = (("small_cnn", 32), ("resnet18_small", 64))
+
+
+def _throughput(fn, batch: int, min_time: float = 0.3, repeats: int = 5) -> float:
+    """Items per second: the median over `repeats` samples of at least `min_time` s."""
+    fn()  # warm-up
+    rates = []
+    for _ in range(repeats):
+        n, t0 = 0, time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            dt = time.perf_counter() - t0
+            if dt >= min_time:
+                break
+        rates.append(n * batch / dt)
+    return float(np.median(rates))
+
+
+def bench_embed(args: argparse.Namespace) -> dict:
+    """PyTorch eager vs ONNX Runtime on the same encoder (+ L2 normalisation), several batch sizes."""
+    import tempfile
+
+    import onnxruntime as ort
+    import torch
+    import torch.nn.functional as F
+
+    from supemb.models.onnx_util import export_onnx
+    from supemb.models.registry import build_encoder
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available()
+                         and "CUDAExecutionProvider" in ort.get_available_providers() else [])
+    rows = []
+    for name, size in EMBED_MODELS:
+        torch.manual_seed(0)
+        enc = build_encoder(name).eval()
+
+        class Embed(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, x):
+                return F.normalize(self.m(x), dim=-1)
+
+        model = Embed(enc).eval()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "enc.onnx"
+            export_onnx(model, torch.randn(2, 3, size, size), path, input_name="input", output_name="embedding")
+            for device in devices:
+                providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+                so = ort.SessionOptions()
+                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as supemb's Encoder
+                sess = ort.InferenceSession(str(path), so, providers=providers)
+                m_dev = model.to(device)
+                for batch in args.batches:
+                    x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
+                    xt = torch.from_numpy(x).to(device)
+
+                    def eager():
+                        with torch.inference_mode():
+                            out = m_dev(xt)
+                        if device == "cuda":
+                            torch.cuda.synchronize()
+                        return out
+
+                    def onnx():
+                        return sess.run(None, {"input": x})[0]
+
+                    diff = float(np.abs(eager().cpu().numpy() - onnx()).max())
+                    # interleave the two, so drifts in machine load hit both
+                    r_eager, r_onnx = [], []
+                    for _ in range(3):
+                        r_eager.append(_throughput(eager, batch, repeats=1))
+                        r_onnx.append(_throughput(onnx, batch, repeats=1))
+                    e, o = float(np.median(r_eager)), float(np.median(r_onnx))
+                    rows.append({"model": name, "input": f"3x{size}x{size}", "device": device, "batch": batch,
+                                 "eager_per_s": e, "onnx_per_s": o, "ratio": o / e, "max_abs_diff": diff})
+                    print(f"  {name:15s} {device:4s} batch {batch:4d}: eager {e:9.1f}/s  onnx {o:9.1f}/s  "
+                          f"x{o / e:.2f}  diff {diff:.1e}", flush=True)
+                model.to("cpu")
+    return {"machine": machine_info(), "rows": rows, "torch_threads": torch.get_num_threads(),
+            "target": {"onnx_over_eager_cpu": 2.0}}
+
+
+# ---------------------------------------------------------------- files to predictions
+
+def bench_files(args: argparse.Namespace) -> dict:
+    """Bundle.predict on JPEG files (decode + preprocess + embed + search) vs
+    bare ONNX Runtime on tensors already decoded and preprocessed."""
+    import tempfile
+
+    import torch
+    from PIL import Image
+
+    from supemb.data.synthetic_images import face_arrays
+    from supemb.runtime.bundle import load_bundle
+    from supemb.runtime.export import export_run
+    from supemb.train.config import TrainConfig
+    from supemb.train.trainer import train
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        n_train, n_query = 64, args.files
+        imgs, ages, _ = face_arrays(n_train + n_query, size=args.file_px, seed=0)
+        (tmp / "train").mkdir()
+        (tmp / "query").mkdir()
+        lines = ["path,age"]
+        for i in range(n_train):
+            Image.fromarray(imgs[i]).save(tmp / "train" / f"{i}.jpg", quality=90)
+            lines.append(f"{i}.jpg,{ages[i]}")
+        (tmp / "train" / "labels.csv").write_text("\n".join(lines) + "\n")
+        queries = []
+        for i in range(n_query):
+            p = tmp / "query" / f"{i}.jpg"
+            Image.fromarray(imgs[n_train + i]).save(p, quality=90)
+            queries.append(p)
+        for name, size in EMBED_MODELS:
+            run = tmp / f"run_{name}"
+            train(TrainConfig(data=str(tmp / "train" / "labels.csv"), target="age", out=str(run), loss="rnc",
+                              encoder=name, image_size=size, epochs=1, linear_epochs=0, batch_size=32,
+                              viz=False, device="cpu"))
+            export_run(run, tmp / f"bundle_{name}")
+            b = load_bundle(tmp / f"bundle_{name}", device="auto")
+            from supemb.data.transforms import eval_preprocess_batch
+
+            decoded = eval_preprocess_batch(queries, b.spec)
+            bs = args.file_batch
+
+            def bare():
+                for s in range(0, len(decoded), bs):
+                    b.embed_arrays(decoded[s:s + bs])
+
+            def files():
+                b.predict(queries, batch_size=bs, progress=False)
+
+            r_bare, r_files = [], []
+            for _ in range(3):
+                r_bare.append(_throughput(bare, len(decoded), min_time=0.5, repeats=1))
+                r_files.append(_throughput(files, len(queries), min_time=0.5, repeats=1))
+            bare_r, files_r = float(np.median(r_bare)), float(np.median(r_files))
+            rows.append({"model": name, "input": f"{args.file_px}px JPEG -> {size}px", "device": b.device,
+                         "batch": bs, "bare_onnx_per_s": bare_r, "files_per_s": files_r,
+                         "ratio": files_r / bare_r})
+            print(f"  {name:15s} {b.device}: bare ONNX {bare_r:8.1f}/s  files->predictions {files_r:8.1f}/s  "
+                  f"{100 * files_r / bare_r:.0f}%", flush=True)
+    return {"machine": machine_info(), "rows": rows, "files": args.files, "target_ratio": 0.8}
+
+
+BENCHES: dict[str, Callable[[argparse.Namespace], dict]] = {
+    "knn": bench_knn, "embed": bench_embed, "files": bench_files}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -313,6 +476,12 @@ def main(argv: list[str] | None = None) -> None:
     knn.add_argument("--hnsw-m", type=int, default=16)
     knn.add_argument("--hnsw-ef-construction", type=int, default=64)
     knn.add_argument("--hnsw-max-size", type=int, default=1_000_000, help="skip HNSW (slow to build) above this")
+    emb = parser.add_argument_group("embed / files")
+    emb.add_argument("--batches", type=lambda s: [int(v) for v in s.split(",")], default=[1, 8, 32, 128],
+                     help="batch sizes for the embedding throughput (comma-separated)")
+    emb.add_argument("--files", type=int, default=512, help="image files for files-to-predictions")
+    emb.add_argument("--file-px", type=int, default=160, help="side of the JPEG files (resized by preprocessing)")
+    emb.add_argument("--file-batch", type=int, default=64, help="batch size of files-to-predictions")
     args = parser.parse_args(argv)
 
     faiss.omp_set_num_threads(args.threads)
