@@ -20,13 +20,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 test: setup
 	$(PY) -m pytest -q tests
 
+# The web demo on http://127.0.0.1:7860 (Ctrl-C stops it). Options, e.g.:
+#   make demo DEMO_ARGS="--port 8000 --bundle age=path/to/bundle"
 demo: setup
-	@if $(VENV)/bin/supemb demo --help >/dev/null 2>&1; then \
-		$(VENV)/bin/supemb demo; \
-	else \
-		echo "supemb demo is not available yet: the web demo is still being built (see README, Status)."; \
-		exit 1; \
-	fi
+	$(VENV)/bin/supemb demo $(DEMO_ARGS)
 
 bench: setup
 	$(PY) benchmarks/losses.py

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
 
 from supemb import __version__
 from supemb.errors import UsageError, UserError
@@ -118,6 +120,50 @@ _SUBCOMMANDS["eval"] = ("evaluate a bundle's kNN predictions on labelled data",
                         _lazy("supemb.runtime.commands", "eval_parser"))
 _SUBCOMMANDS["index"] = ("rebuild or extend a bundle's labelled gallery without retraining",
                          _lazy("supemb.runtime.commands", "index_parser"))
+
+
+def _load_demo(root: Path | None = None) -> ModuleType:
+    """demo/app.py from the source checkout (it is not part of the installed package).
+    root: the checkout (default: the folder above the imported supemb package)."""
+    import importlib.util
+
+    import supemb
+
+    folder = (root or Path(supemb.__file__).resolve().parent.parent) / "demo"
+    if not (folder / "app.py").is_file():
+        raise UserError(f"{folder / 'app.py'}: not found; the demo lives in the source checkout, so run "
+                        "`supemb demo` from an editable install (`pip install -e .` in a clone of supemb)")
+    if "supemb_demo" not in sys.modules:  # a package of its own name, so its relative imports work
+        spec = importlib.util.spec_from_file_location("supemb_demo", folder / "__init__.py",
+                                                      submodule_search_locations=[str(folder)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["supemb_demo"] = module
+        spec.loader.exec_module(module)
+    return importlib.import_module("supemb_demo.app")
+
+
+def _demo_parser(p: argparse.ArgumentParser) -> Handler:
+    p.add_argument("--bundle", action="append", default=[], metavar="NAME=DIR",
+                   help="serve your own bundle in a tab: age, temperature or brain_age (repeatable); "
+                   "default: the synthetic demo bundles shipped with supemb")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+
+    def run(args: argparse.Namespace) -> int:
+        bundles = {}
+        for item in args.bundle:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise UsageError(f"--bundle {item!r}: expected NAME=DIR, e.g. --bundle age=path/to/bundle")
+            bundles[name.strip()] = path
+        _load_demo().launch(bundles, host=args.host, port=args.port)
+        return 0
+
+    return run
+
+
+_SUBCOMMANDS["demo"] = ("serve the web demo (age, temperature, brain age) on http://127.0.0.1:7860",
+                        _demo_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

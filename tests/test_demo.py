@@ -1,0 +1,295 @@
+"""The web demo (demo/app.py): served in-process and called like a user would.
+
+Every tab is called through `gradio_client` and must give the library's own
+prediction for the same file; bad uploads must come back as a message while
+the app keeps answering; no server path outside the examples may be read.
+A headless Chromium (Debian's `chromium`, driven by Playwright; no browser
+download) loads the page, uploads a face and reads the prediction off it.
+`SUPEMB_DEMO_SCREENSHOT=docs/img/demo.png` makes that test also refresh the
+README's screenshot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import socket
+import warnings
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+import supemb
+from supemb.cli import _load_demo, main
+from supemb.errors import UserError
+from supemb.runtime import api
+
+pytest.importorskip("gradio_client", reason="gradio_client is needed to call the demo")
+from gradio_client import Client, handle_file  # noqa: E402
+
+demo = _load_demo()
+from supemb_demo import views  # noqa: E402 - importable once _load_demo has run
+
+# gradio's queue calls pandas in ways pandas 3 deprecates: not ours to fix
+pytestmark = [pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
+              pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
+
+MAX_PIXELS = 4_000_000  # a lower limit than the default, so the "huge image" case stays cheap
+MAX_FILE_MB = 2
+TABS = ("age", "temperature", "brain_age")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(url, examples) of a demo running in this process on a free port."""
+    examples_dir = tmp_path_factory.mktemp("cache") / "demo-examples"
+    app = demo.launch(port=_free_port(), prevent_thread_lock=True, quiet=True, max_pixels=MAX_PIXELS,
+                      max_file_size=f"{MAX_FILE_MB}mb", examples_dir=examples_dir)
+    try:
+        yield app.local_url, demo.example_inputs(examples_dir)
+    finally:
+        app.close()
+
+
+@pytest.fixture(scope="module")
+def client(served) -> Client:
+    return Client(served[0], verbose=False, download_files=False)
+
+
+def _library(tab: str, path: Path, k: int):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", api.DemoModelWarning)
+        value = {"age": supemb.predict_age, "temperature": supemb.predict_temperature,
+                 "brain_age": supemb.predict_brain_age}[tab](str(path), k=k)
+        pred = api.get_bundle(None, tab).predict(str(path), k=k)[0]
+    return value, pred
+
+
+# ------------------------------------------------------------- predictions
+
+
+@pytest.mark.parametrize("tab", TABS)
+@pytest.mark.parametrize("k", [10, 3])
+def test_each_tab_gives_the_library_prediction(client, served, tab: str, k: int) -> None:
+    example = served[1][tab][0]
+    out = client.predict(handle_file(str(example.path)), k, api_name=f"/predict_{tab}")
+    summary, data = out[0], out[1]
+    value, pred = _library(tab, example.path, k)
+    assert "error" not in data
+    assert data["value"] == pytest.approx(value, abs=1e-6)
+    assert data["uncertainty"] == pytest.approx(pred.uncertainty, abs=1e-6)
+    assert data["k"] == k and len(data["neighbours"]) == k
+    for got, want in zip(data["neighbours"], pred.neighbours):
+        assert got["index"] == want.index and got["id"] == want.id
+        assert got["label"] == pytest.approx(want.label) and got["similarity"] == pytest.approx(want.similarity,
+                                                                                                abs=1e-6)
+    assert data["source"] == example.path.name  # named by the upload, not the server's copy
+    assert f"{value:.1f}" in summary and "±" in summary
+    neighbours, gallery_map = out[2], out[-1]
+    if tab == "brain_age":
+        rows = neighbours["data"]
+        assert [r[1] for r in rows] == [n.id for n in pred.neighbours]
+        assert out[3] is not None  # the spectrum
+    else:
+        assert len(neighbours) == k and all(item["caption"] for item in neighbours)
+    assert gallery_map is not None
+
+
+def test_examples_are_written_once_and_labelled(tmp_path: Path) -> None:
+    first = demo.example_inputs(tmp_path / "ex")
+    stamp = {e.path: e.path.stat().st_mtime_ns for items in first.values() for e in items}
+    again = demo.example_inputs(tmp_path / "ex")
+    assert again == first and all(e.path.stat().st_mtime_ns == stamp[e.path] for items in again.values()
+                                  for e in items)
+    assert set(first) == set(TABS) and all(len(v) >= 3 for v in first.values())
+    ages = [int(re.search(r"age (\d+)", e.label).group(1)) for e in first["age"]]
+    assert all(1 <= a <= 90 for a in ages)
+
+
+def test_gallery_map_places_gallery_items_on_their_own_points() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", api.DemoModelWarning)
+        b = api.get_bundle(None, "age")
+    _, vectors = views.gallery_vectors(b)
+    gmap = demo.GalleryMap.fit(b)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)  # the index's unit vectors
+    assert np.allclose(gmap.project(vectors[:5]), gmap.points[:5])
+    # the x axis follows the target, the map is fixed (same fit, same map) and draws an RGB image
+    assert np.corrcoef(gmap.points[:, 0], gmap.targets)[0, 1] > 0.3
+    assert np.array_equal(demo.GalleryMap.fit(b).axes, gmap.axes)
+    img = gmap.draw(vectors[:1])
+    assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+
+
+# ------------------------------------------------------------- bad uploads
+
+
+def _bad_files(tmp: Path, examples: dict) -> dict[str, tuple[str, Path, str]]:
+    """name -> (tab, file, what the message must say)."""
+    from PIL import Image
+
+    from supemb.data.synthetic_eeg import write_edf
+
+    text = tmp / "notes.png"
+    text.write_text("not an image at all\n")
+    png = examples["age"][0].path.read_bytes()
+    truncated = tmp / "cut.png"
+    truncated.write_bytes(png[: len(png) // 2])
+    huge = tmp / "huge.png"
+    Image.new("L", (2500, 2000)).save(huge)  # 5 MP > MAX_PIXELS, a few kB on disk
+    rng = np.random.default_rng(0)
+    short = write_edf(tmp / "short.edf", rng.normal(0, 20, (19, 500)), 100.0,
+                      ["FP1", "FP2", "F7", "F3", "FZ", "F4", "F8", "T3", "C3", "CZ", "C4", "T4", "T5", "P3",
+                       "PZ", "P4", "T6", "O1", "O2"])
+    few = write_edf(tmp / "few.edf", rng.normal(0, 20, (4, 3000)), 100.0, ["FP1", "FP2", "O1", "O2"])
+    garbage = tmp / "garbage.edf"
+    garbage.write_bytes(b"0" * 5000)
+    return {
+        "not an image": ("age", text, "not an image"),
+        "truncated image": ("age", truncated, "truncated"),
+        "huge image": ("temperature", huge, "over the limit"),
+        "EEG too short": ("brain_age", short, "too short"),
+        "EEG too few channels": ("brain_age", few, "too few channels"),
+        "not an EDF": ("brain_age", garbage, "cannot read"),
+    }
+
+
+def test_bad_uploads_show_a_message_and_the_app_keeps_serving(client, served, tmp_path: Path) -> None:
+    for case, (tab, path, expect) in _bad_files(tmp_path, served[1]).items():
+        summary, data = client.predict(handle_file(str(path)), 10, api_name=f"/predict_{tab}")[:2]
+        assert expect in data["error"], case
+        assert data["error"].startswith(path.name), case  # names the user's file, not the server's copy
+        assert "/tmp" not in data["error"] and expect in summary, case
+        good = served[1][tab][0]
+        data = client.predict(handle_file(str(good.path)), 10, api_name=f"/predict_{tab}")[1]
+        assert data["value"] == pytest.approx(_library(tab, good.path, 10)[0], abs=1e-6), case
+
+
+def test_wrong_file_type_for_eeg_is_refused_with_a_message(client, tmp_path: Path) -> None:
+    from gradio_client.exceptions import AppError
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a recording")
+    with pytest.raises(AppError, match=r"Invalid file type.*\.edf"):  # gr.File's own check, shown in the page
+        client.predict(handle_file(str(notes)), 10, api_name="/predict_brain_age")
+
+
+def test_k_out_of_range_is_a_message(client, served) -> None:
+    data = client.predict(handle_file(str(served[1]["age"][0].path)), 500, api_name="/predict_age")[1]
+    assert "k must be between 1 and 50" in data["error"]
+
+
+def test_uploads_are_bounded_and_server_paths_unreadable(served) -> None:
+    url, examples = served
+    too_big = httpx.post(f"{url}gradio_api/upload", files={"files": ("big.png", b"0" * (MAX_FILE_MB + 1) * 2**20)})
+    assert too_big.status_code == 413
+    for path in ("/etc/passwd", api.default_bundle_path("age") / "manifest.json", Path(__file__)):
+        r = httpx.get(f"{url}gradio_api/file={path}")
+        assert r.status_code in (403, 404), path
+    assert httpx.get(f"{url}gradio_api/file={examples['age'][0].path}").status_code == 200  # examples only
+    # a request naming a server file instead of uploading one is refused, and the app goes on
+    r = httpx.post(f"{url}gradio_api/call/predict_age",
+                   json={"data": [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, 10]})
+    events = httpx.get(f"{url}gradio_api/call/predict_age/{r.json()['event_id']}", timeout=60).text
+    assert "event: error" in events and "root:" not in events
+
+
+def test_banner_names_the_bundle_and_says_synthetic(served) -> None:
+    config = httpx.get(f"{served[0]}config").json()
+    texts = {c["props"].get("elem_id"): str(c["props"].get("value")) for c in config["components"]}
+    for tab in TABS:
+        banner = texts[f"{tab}-banner"]
+        assert str(api.default_bundle_path(tab)) in banner
+        assert "synthetic data" in banner and f"supemb demo --bundle {tab}=path/to/bundle" in banner
+
+
+# ------------------------------------------------------------ bundles, CLI
+
+
+def test_a_bundle_replaces_one_tab_and_must_fit_it() -> None:
+    served = demo.load_served({"age": api.default_bundle_path("temperature")})
+    assert served["age"].bundle.name.startswith("temperature") and served["temperature"].bundle.is_demo
+    assert served["age"].path == api.default_bundle_path("temperature")
+    with pytest.raises(UserError, match="Age tab needs an image regression bundle"):
+        demo.load_served({"age": api.default_bundle_path("brain_age")})
+    with pytest.raises(UserError, match="no demo tab 'nose'"):
+        demo.load_served({"nose": api.default_bundle_path("age")})
+
+
+def test_cli_demo_usage_errors(capsys, tmp_path: Path) -> None:
+    assert main(["demo", "--bundle", "age"]) == 2
+    assert "expected NAME=DIR" in capsys.readouterr().err
+    assert main(["demo", "--bundle", f"nose={tmp_path}"]) == 1
+    assert "no demo tab 'nose'" in capsys.readouterr().err
+    with pytest.raises(UserError, match="source checkout"):
+        _load_demo(tmp_path)  # an installation without demo/
+
+
+def test_cli_demo_busy_port_is_a_clear_error(capsys, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SUPEMB_CACHE", str(tmp_path))  # the examples go here, not into ~/.cache
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert main(["demo", "--port", str(s.getsockname()[1])]) == 1
+    assert "pick another port with --port" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------- browser
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def test_browser_upload_shows_the_library_prediction(served, tmp_path: Path) -> None:
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    browser_path = _chromium()
+    if browser_path is None:
+        pytest.skip("no system Chromium (apt-get install chromium); the browser test needs it")
+    url, examples = served
+    example = examples["age"][0]
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(url, wait_until="networkidle")
+            assert "demonstration model trained on synthetic data" in page.locator("#age-banner").inner_text()
+            page.locator("#age-input input[type=file]").set_input_files(str(example.path))
+            summary = page.locator("#age-summary")
+            summary.filter(has_text="±").wait_for(timeout=30_000)
+            shown = float(re.search(r"(-?\d+(?:\.\d+)?) years ±", summary.inner_text()).group(1))
+            page.locator("#age-neighbours img").first.wait_for(timeout=10_000)
+            page.wait_for_timeout(500)  # let the map image paint
+            shot = tmp_path / "demo.png"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert shown == pytest.approx(_library("age", example.path, 10)[0], abs=0.05)  # shown to 1 decimal
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if os.environ.get("SUPEMB_DEMO_SCREENSHOT"):
+        shutil.copyfile(shot, os.environ["SUPEMB_DEMO_SCREENSHOT"])
+
+
+def test_prediction_json_is_the_library_prediction() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", api.DemoModelWarning)
+        b = api.get_bundle(None, "age")
+    from supemb.data.synthetic_images import face_arrays
+
+    image = face_arrays(1, size=32, seed=7)[0][0]
+    pred = b.predict(image)[0]
+    d = demo.prediction_json(b, pred, 10, "x.png")
+    assert d["value"] == pred.value and d["neighbours"] == [dataclasses.asdict(n) for n in pred.neighbours]
