@@ -78,6 +78,8 @@ def test_image_classification_supcon_run(image_classes: Path, tmp_path: Path) ->
     weights = load_file(str(out / "model.safetensors"))
     assert any(k.startswith("encoder.") for k in weights)
     assert weights["linear.fc.weight"].shape == (2, meta["embed_dim"])
+    assert meta["projection"] == "mlp" and any(k.startswith("head.") for k in weights)
+    assert meta["embedding"] == trainer_mod.Model.EMBEDDING
     assert json.loads((out / "preprocessing.json").read_text())["image_size"] == 16
 
 
@@ -98,6 +100,9 @@ def test_eeg_rnc_run_reports_recording_level(eeg_folder: Path, tmp_path: Path) -
     assert "val_rec_knn_mae" in final and "test_rec_linear_mae" in final
     meta = json.loads((tmp_path / "run" / "model.json").read_text())
     assert meta["modality"] == "eeg" and meta["encoder"] == "shallow"
+    # RnC orders the encoder output itself (no projection head, as in its paper)
+    assert meta["projection"] == "none"
+    assert not any(k.startswith("head.") for k in load_file(str(tmp_path / "run" / "model.safetensors")))
     assert meta["encoder_kwargs"] == {"n_chans": 19, "n_times": 400, "sfreq": 100.0}
 
 
@@ -139,6 +144,12 @@ def test_config_yaml_with_flag_overrides(tmp_path: Path) -> None:
     path.write_text("data: d\ntarget: age\nout: o\nepochz: 7\n")
     with pytest.raises(UsageError, match="unknown setting.*epochz"):
         load_config(path, {})
+    with pytest.raises(UsageError, match="projection"):
+        TrainConfig(data="d", target="t", out="o", loss="rnc", projection="linear")
+    with pytest.raises(UsageError, match="projection head"):
+        TrainConfig(data="d", target="t", out="o", loss="tsc", projection="none")
+    assert TrainConfig(data="d", target="t", out="o", loss="rnc", projection="mlp").projection_head == "mlp"
+    assert TrainConfig(data="d", target="t", out="o", loss="l1").projection_head == "none"
     with pytest.raises(UsageError, match="for regression"):
         TrainConfig(data="d", target="t", out="o", loss="rnc", task="classification")
     with pytest.raises(UserError, match="not found"):

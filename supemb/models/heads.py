@@ -1,6 +1,7 @@
 """Heads on top of an encoder, and the L2-normalising wrapper used for serving.
 
-- `ProjectionHead`: stage 1 (SupCon / RnC). An MLP from the encoder's
+- `ProjectionHead`: stage 1 (SupCon / TSC; RnC only if asked, its paper
+  applies the loss to the encoder output). An MLP from the encoder's
   features to a small space where the contrastive loss is computed; it is
   dropped after stage 1 (the encoder's features serve better than the
   projection's, as SimCLR and SupCon found).

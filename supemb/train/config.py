@@ -19,6 +19,13 @@ from supemb.errors import UsageError, UserError
 
 LOSSES = ("supcon", "rnc", "tsc", "ce", "l1")
 CONTRASTIVE = ("supcon", "rnc", "tsc")
+# Where the contrastive loss is applied, following each loss's paper: SupCon
+# and targeted SupCon on an MLP projection of the encoder output (dropped after
+# stage 1); Rank-N-Contrast directly on the encoder output, no projection head
+# (Zha et al. 2023, and their reference code). Either way the embedding is the
+# L2-normalised encoder output; with "none" it is the space the loss orders.
+PROJECTIONS = ("mlp", "none")
+PROJECTION_OF_LOSS = {"supcon": "mlp", "tsc": "mlp", "rnc": "none"}
 TASK_OF_LOSS = {"supcon": "classification", "tsc": "classification", "ce": "classification",
                 "rnc": "regression", "l1": "regression"}
 
@@ -43,6 +50,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
     temperature: float | None = None  # None: the loss's default (SupCon 0.1, RnC 2.0, TSC 0.1)
+    projection: str | None = None  # stage-1 head: "mlp" | "none"; None: the loss's paper (see PROJECTION_OF_LOSS)
     projection_dim: int = 128
     label_smoothing: float = 0.1
     grad_clip: float = 5.0  # max gradient norm; 0 = off
@@ -81,12 +89,23 @@ class TrainConfig:
             raise UsageError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.temperature is not None and self.temperature <= 0:
             raise UsageError(f"--temperature must be > 0, got {self.temperature}")
+        if self.projection is not None and self.projection not in PROJECTIONS:
+            raise UsageError(f"projection must be one of {', '.join(PROJECTIONS)}, got {self.projection!r}")
+        if self.projection == "none" and self.loss == "tsc":
+            raise UsageError("loss tsc needs its projection head (its class targets live in the projection space)")
         if self.on_error not in ("fail", "skip"):
             raise UsageError(f"--on-error must be fail or skip, got {self.on_error!r}")
 
     @property
     def contrastive(self) -> bool:
         return self.loss in CONTRASTIVE
+
+    @property
+    def projection_head(self) -> str:
+        """Stage 1's head between encoder and loss: "mlp" or "none" ("none" for the end-to-end baselines)."""
+        if not self.contrastive:
+            return "none"
+        return self.projection or PROJECTION_OF_LOSS[self.loss]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

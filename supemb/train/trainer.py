@@ -1,9 +1,14 @@
 """The two-stage trainer behind `supemb train`.
 
-Stage 1: encoder + projection head, two augmented views per sample, a
-contrastive loss (SupCon / RnC / TSC). Stage 2: the encoder frozen, a linear
-head fitted on its embeddings (cross-entropy with label smoothing, or L1 on
-standardised targets). `--loss ce|l1` trains encoder + linear head end to end
+Stage 1: encoder (+ projection head), two augmented views per sample, a
+contrastive loss (SupCon / RnC / TSC). Where the loss is applied follows each
+loss's paper (`TrainConfig.projection`): SupCon and TSC on an MLP projection
+that is dropped after stage 1, RnC directly on the encoder output, as in the
+RnC reference code. The embedding is always the L2-normalised encoder output
+(`Model.embed`); with RnC that is the space the loss orders.
+
+Stage 2: the encoder frozen, a linear head fitted on its embeddings
+(cross-entropy with label smoothing, or L1 on standardised targets). `--loss ce|l1` trains encoder + linear head end to end
 instead (one augmented view), on the same data, augmentation and budget.
 
 The run directory holds:
@@ -52,7 +57,11 @@ DEFAULT_ENCODER = {"image": "small_cnn", "eeg": "shallow"}
 
 
 class Model(nn.Module):
-    """encoder -> embedding; `head` is the projection (contrastive) or linear head (baseline)."""
+    """encoder -> embedding; `head` is the projection (contrastive; `nn.Identity` when the loss
+    is applied to the encoder output) or the linear head (baseline)."""
+
+    # What `embed` returns, recorded in model.json: serving and export rebuild it from this.
+    EMBEDDING = "l2-normalised encoder output"
 
     def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
         super().__init__()
@@ -60,7 +69,12 @@ class Model(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """x: a batch of inputs -> unit-length embeddings `[B, embed_dim]`."""
-        return F.normalize(self.encoder(x), dim=-1)
+        return self.embedding_of(self.encoder(x))
+
+    @staticmethod
+    def embedding_of(features: torch.Tensor) -> torch.Tensor:
+        """Encoder features `[B, embed_dim]` -> the embedding (`embed` without re-running the encoder)."""
+        return F.normalize(features, dim=-1)
 
 
 @dataclass
@@ -133,7 +147,8 @@ class Trainer:
         self.target_std = float(train_targets.std() + 1e-8) if cfg.task == "regression" else 1.0
         out_dim = self.n_classes if cfg.task == "classification" else 1
         if cfg.contrastive:
-            head: nn.Module = ProjectionHead(self.embed_dim, cfg.projection_dim)
+            head: nn.Module = (ProjectionHead(self.embed_dim, cfg.projection_dim) if cfg.projection_head == "mlp"
+                               else nn.Identity())
         else:
             head = LinearHead(self.embed_dim, out_dim)
         self.model = Model(encoder, head).to(self.device)
@@ -321,7 +336,7 @@ class Trainer:
         embs, outs = [], []
         for x, _, _ in loader:
             feats = self.model.encoder(x.to(self.device))
-            embs.append(F.normalize(feats, dim=-1).float().cpu())
+            embs.append(Model.embedding_of(feats).float().cpu())
             if not self.cfg.contrastive:
                 outs.append(self.model.head(feats).float().cpu())
         if current is not None:
@@ -345,11 +360,16 @@ class Trainer:
         return {f"{split}_{k}": v for k, v in metrics.items()}
 
     def _score(self, metrics: dict[str, Any]) -> float:
-        """Higher is better: the metric that picks the best epoch."""
+        """Higher is better: the metric that picks the best epoch.
+
+        EEG is scored per recording (window predictions averaged), the level it
+        is evaluated and served at; images per item.
+        """
         key = "head" if not self.cfg.contrastive else "knn"
         if self.cfg.task == "classification":
             return float(metrics[f"val_{key}_acc"])
-        return -float(metrics[f"val_{key}_mae"])
+        rec = f"val_rec_{key}_mae"
+        return -float(metrics[rec] if rec in metrics else metrics[f"val_{key}_mae"])
 
     def _log(self, metrics: dict[str, Any]) -> None:
         with open(self.out / "metrics.jsonl", "a") as f:
@@ -421,7 +441,7 @@ class Trainer:
                 emb, t, groups, _ = self.embed_split(split)
                 final.update(self._linear_metrics(emb, t, groups, split))
         self._log(final)
-        # encoder.* and head.* (the projection head, or the baseline's linear head as linear.*)
+        # encoder.*, head.* (the projection head, if any) and linear.* (stage 2, or the baseline's head)
         state = self._weights_for_eval()
         weights = {k: v for k, v in state.items() if k.startswith("encoder.")}
         if cfg.contrastive:
@@ -436,6 +456,7 @@ class Trainer:
             "modality": self.data.modality, "task": cfg.task, "loss": cfg.loss, "target": self.data.target_name,
             "classes": list(self.data.classes), "target_mean": self.target_mean, "target_std": self.target_std,
             "knn_k": cfg.knn_k, "has_linear_head": any(k.startswith("linear.") for k in weights),
+            "embedding": Model.EMBEDDING, "projection": cfg.projection_head,
             "data": self.data.summary,
         }
         (self.out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
