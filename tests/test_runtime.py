@@ -386,3 +386,32 @@ def test_eval_cli(reg_bundle: Path, cls_bundle: Path, eeg_bundle: Path, webcam: 
     assert cli(["eval", str(eeg_bundle), "--data", str(eeg_data), "--json"]) == 0
     m = json.loads(capsys.readouterr().out)
     assert m["items"] == 12 and "rec_knn_mae" in m
+
+
+# ------------------------------------------------------------ devices
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider:UserWarning")  # ONNX Runtime's own notice
+def test_cuda_fallback_is_detected_and_warned(reg_bundle: Path, monkeypatch) -> None:
+    """ONNX Runtime quietly drops a CUDA provider it cannot start; we say so.
+    Here the CPU build is told CUDA is available, asked for it, and falls back."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime has CUDA: no fallback to provoke")
+    real = ort.get_available_providers
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *real()])
+    with pytest.warns(RuntimeWarning, match="fell back to CPU"):
+        b = load_bundle(reg_bundle, device="auto")
+    assert b.device == "cpu"
+
+
+def test_cuda_requested_without_cuda_is_a_clear_error(reg_bundle: Path) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime has CUDA")
+    with pytest.raises(UserError, match="no CUDA provider"):
+        load_bundle(reg_bundle, device="cuda")
+    with pytest.raises(UserError, match="auto, cpu or cuda"):
+        load_bundle(reg_bundle, device="tpu")
