@@ -18,10 +18,8 @@ the clients do not share its interpreter. Prints a table and writes JSON
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -39,15 +37,10 @@ TABS = ("age", "temperature", "brain_age")
 def machine_info() -> dict:
     import gradio
 
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "gradio": gradio.__version__,
-        "load_avg_1_5_15_min": [round(v, 2) for v in os.getloadavg()],  # other jobs on the machine
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_machine.py
+    from _machine import machine_info as base
+
+    return base(gradio=gradio.__version__)
 
 
 def _free_port() -> int:

@@ -29,12 +29,11 @@ replaced, each with the machine it ran on.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import os
-import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +47,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_machine.py, however this file is loaded
+from _machine import machine_info as base_machine_info  # noqa: E402
+
 from supemb.runtime.index import GalleryIndex  # noqa: E402
 
 SECTIONS = ["embed", "files", "knn"]
@@ -57,18 +59,9 @@ RECALL_TARGET = 0.95
 
 def machine_info() -> dict:
     """Where a section ran: recorded inside each section, since sections are run at different times."""
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "faiss": faiss.__version__,
-        "faiss_omp_threads": faiss.omp_get_max_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "load_avg_1_5_15_min": [round(v, 2) for v in os.getloadavg()],  # other jobs on the machine
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
+    return base_machine_info(numpy=np.__version__, faiss=faiss.__version__,
+                             faiss_omp_threads=faiss.omp_get_max_threads(),
+                             omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
 
 
 def median_times(
