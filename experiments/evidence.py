@@ -33,6 +33,7 @@ import csv
 import json
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,17 @@ def _run(out: Path, **kw) -> tuple[dict, float]:
     return final, time.perf_counter() - t0
 
 
+def _pairs_over_seeds(work: Path, seeds: int, common: dict, losses: tuple[str, str],
+                      figures: Callable[[dict, dict], dict]) -> list[dict]:
+    """Train a contrastive loss and its baseline with each training seed on the
+    same data; `figures(final_a, final_b)` picks the test figures of one seed."""
+    runs = []
+    for seed in range(seeds):
+        (a, t_a), (b, t_b) = (_run(work / f"{loss}-s{seed}", loss=loss, seed=seed, **common) for loss in losses)
+        runs.append({"seed": seed, **figures(a, b), "seconds": {losses[0]: t_a, losses[1]: t_b}})
+    return runs
+
+
 def _mean_baseline(labels_csv: Path, column: str) -> float:
     with open(labels_csv, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -70,17 +82,10 @@ def webcam(work: Path, epochs: int, seeds: int) -> dict:
     labels = make_webcam_dataset(work / "data", 2400, n_cameras=8, size=32, seed=0)
     common = {"data": str(labels), "target": "temperature", "epochs": epochs, "linear_epochs": 20,
               "batch_size": 128, "image_size": 32, "encoder": "small_cnn", "viz": False}
-    runs = []
-    for seed in range(seeds):
-        rnc, t_rnc = _run(work / f"rnc-s{seed}", loss="rnc", seed=seed, **common)
-        l1, t_l1 = _run(work / f"l1-s{seed}", loss="l1", seed=seed, **common)
-        runs.append({
-            "seed": seed,
-            "rnc_knn_mae": rnc["test_knn_mae"], "rnc_linear_mae": rnc["test_linear_mae"],
-            "l1_mae": l1["test_head_mae"], "l1_knn_mae": l1["test_knn_mae"],
-            "rnc_ordinality": rnc["test_ordinality"], "l1_ordinality": l1["test_ordinality"],
-            "seconds": {"rnc": t_rnc, "l1": t_l1},
-        })
+    runs = _pairs_over_seeds(work, seeds, common, ("rnc", "l1"), lambda rnc, l1: {
+        "rnc_knn_mae": rnc["test_knn_mae"], "rnc_linear_mae": rnc["test_linear_mae"],
+        "l1_mae": l1["test_head_mae"], "l1_knn_mae": l1["test_knn_mae"],
+        "rnc_ordinality": rnc["test_ordinality"], "l1_ordinality": l1["test_ordinality"]})
     maps = []
     for name, run in (("L1 end to end", "l1-s0"), ("RnC (SupCR)", "rnc-s0")):
         emb, targets, _ = embed_run(work / run, "val")
@@ -122,23 +127,16 @@ def digits(work: Path, epochs: int, seeds: int) -> dict:
     data = _digits_folder(work / "data")
     common = {"data": str(data), "target": "class", "epochs": epochs, "linear_epochs": 20, "batch_size": 128,
               "image_size": 16, "encoder": "small_cnn", "viz": False}
-    runs = []
-    for seed in range(seeds):
-        supcon, t_s = _run(work / f"supcon-s{seed}", loss="supcon", seed=seed, **common)
-        ce, t_ce = _run(work / f"ce-s{seed}", loss="ce", seed=seed, **common)
-        runs.append({
-            "seed": seed,
-            "supcon_knn_acc": supcon["test_knn_acc"], "supcon_linear_acc": supcon["test_linear_acc"],
-            "ce_acc": ce["test_head_acc"], "ce_knn_acc": ce["test_knn_acc"],
-            "seconds": {"supcon": t_s, "ce": t_ce},
-        })
+    runs = _pairs_over_seeds(work, seeds, common, ("supcon", "ce"), lambda supcon, ce: {
+        "supcon_knn_acc": supcon["test_knn_acc"], "supcon_linear_acc": supcon["test_linear_acc"],
+        "ce_acc": ce["test_head_acc"], "ce_knn_acc": ce["test_knn_acc"]})
     return _summarise(runs)
 
 
 def _summarise(runs: list[dict]) -> dict:
     """Seed 0's figures at the top level (as before), every seed in "seeds", and
     mean / min / max of each figure over the seeds in "over_seeds"."""
-    keys = [k for k, v in runs[0].items() if k != "seed" and isinstance(v, float)]
+    keys = [k for k, v in runs[0].items() if k not in ("seed", "seconds") and isinstance(v, float)]
     over = {k: {"mean": float(np.mean([r[k] for r in runs])), "min": float(min(r[k] for r in runs)),
                 "max": float(max(r[k] for r in runs))} for k in keys}
     return {**{k: runs[0][k] for k in keys}, "seconds": runs[0]["seconds"], "n_seeds": len(runs),

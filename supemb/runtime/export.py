@@ -64,18 +64,23 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 
 
 def load_run_model(run: Path):
-    """(embedding module: inputs -> unit-length embeddings, model.json, preprocessing.json)."""
+    """(embedding module: inputs -> unit-length embeddings, model.json, preprocessing.json).
+
+    The embedding is the trainer's `Model.embed` (the L2-normalised encoder
+    output), so only the encoder's weights are needed; heads stay behind."""
     import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     from torch import nn
 
-    from supemb.models.heads import ProjectionHead
     from supemb.models.registry import build_encoder
     from supemb.train.trainer import Model
 
     meta = _read_json(run / "model.json", "model.json")
     prep = _read_json(run / "preprocessing.json", "preprocessing.json")
+    if meta.get("embedding", Model.EMBEDDING) != Model.EMBEDDING:
+        raise UserError(f"{run / 'model.json'}: the embedding is {meta['embedding']!r}, which this supemb "
+                        f"cannot export (it exports the {Model.EMBEDDING})")
     weights_path = run / "model.safetensors"
     if not weights_path.is_file():
         raise UserError(f"{weights_path}: not found; has the run in {run} finished?")
@@ -83,17 +88,9 @@ def load_run_model(run: Path):
         weights = load_file(str(weights_path))
     except (SafetensorError, OSError) as err:
         raise UserError(f"{weights_path}: cannot read the weights ({err})") from None
-    encoder = build_encoder(meta["encoder"], **meta.get("encoder_kwargs", {}))
-    head: nn.Module = nn.Identity()
-    head_w = {k[len("head."):]: v for k, v in weights.items() if k.startswith("head.")}
-    if head_w:
-        proj_dim = head_w[sorted(k for k in head_w if k.endswith("weight"))[-1]].shape[0]
-        head = ProjectionHead(int(meta["embed_dim"]), int(proj_dim))
-    model = Model(encoder, head)
+    model = Model(build_encoder(meta["encoder"], **meta.get("encoder_kwargs", {})), nn.Identity())
     try:
         model.encoder.load_state_dict({k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")})
-        if head_w:
-            model.head.load_state_dict(head_w)
     except RuntimeError as err:
         raise UserError(f"{weights_path}: the weights do not fit encoder {meta['encoder']!r} "
                         f"({str(err).splitlines()[0]})") from None
@@ -325,7 +322,6 @@ def export_run(
     synthetic: bool | None = None,
     force: bool = False,
     on_error: str = "raise",
-    max_gallery: int | None = None,
 ) -> dict[str, Any]:
     """Write the bundle for training run `run` into `out` (a directory, or a
     path ending in .zip). Returns the manifest."""
@@ -344,8 +340,6 @@ def export_run(
     spec = spec_from_preprocessing(prep, modality)
     src = data_gallery(gallery, modality, task, meta["target"], on_error=on_error) if gallery else \
         run_training_gallery(run, meta)
-    if max_gallery is not None and len(src.items) > max_gallery:  # deterministic: the first items
-        src = Gallery(src.items[:max_gallery], src.targets[:max_gallery], src.ids[:max_gallery], src.source)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -46,28 +46,11 @@ def describe(item: Any, position: int) -> str:
 
 
 def image_decoder(spec: Any) -> Callable[[Any], np.ndarray]:
-    """A function: one image input -> float32 [1, 3, S, S]."""
+    """A function: one image input (path, PIL image or uint8 array) -> float32 [1, 3, S, S].
+    Paths are decoded by `supemb.data.images.load_image` (its one-line errors name the file)."""
     from supemb.data.transforms import eval_preprocess_array
 
-    def decode(item: Any) -> np.ndarray:
-        return eval_preprocess_array(_as_image(item), spec)[None]
-
-    return decode
-
-
-def _as_image(item: Any) -> Any:
-    from PIL import Image
-
-    from supemb.data.images import load_image
-
-    if isinstance(item, (str, Path)):
-        path = Path(item)
-        if path.is_file() and path.stat().st_size == 0:
-            raise UserError(f"{path}: empty file, not an image")
-        return load_image(path)
-    if isinstance(item, (Image.Image, np.ndarray)):
-        return item
-    raise UserError(f"an image must be a path, a PIL.Image or an HxWx3 uint8 array, not {type(item).__name__}")
+    return lambda item: eval_preprocess_array(item, spec)[None]
 
 
 def eeg_decoder(spec: Any) -> Callable[[Any], np.ndarray]:
