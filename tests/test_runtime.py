@@ -303,11 +303,9 @@ def test_bad_eeg_inputs(eeg_bundle: Path, tmp_path: Path) -> None:
         b.predict(rec)
     import mne
 
-    raw = mne.io.read_raw_edf(sorted((tmp_path / "short").glob("*.edf"))[0], preload=True, verbose="error")
     few = mne.io.RawArray(np.zeros((3, 2000)), mne.create_info(["Fp1", "Fp2", "Cz"], 100.0, "eeg"), verbose="error")
     with pytest.raises(UserError, match="too few channels"):
         b.predict(few)
-    del raw
     assert cli(["predict", str(eeg_bundle), str(rec)]) == 1
 
 

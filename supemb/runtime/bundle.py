@@ -24,6 +24,7 @@ A `Bundle` is safe to use from several threads at once: ONNX Runtime's
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,7 +38,7 @@ from supemb.runtime import manifest as mf
 from supemb.runtime.inputs import Failure, decoded_batches, eeg_decoder, image_decoder
 
 Device = Literal["auto", "cpu", "cuda"]
-_PROGRESS_MIN = 200  # inputs: show a progress bar from this many on (progress=None)
+_PROGRESS_MIN = 200  # inputs: with progress=None, a bar from this many on, on a terminal
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,7 @@ class Encoder:
         if on_error not in ("raise", "skip"):
             raise UserError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         bar = None
-        if progress or (progress is None and len(items) >= _PROGRESS_MIN):
+        if progress or (progress is None and len(items) >= _PROGRESS_MIN and sys.stderr.isatty()):
             from tqdm import tqdm
 
             bar = tqdm(total=len(items), desc=f"embedding ({self.device})", unit="input", leave=False)
