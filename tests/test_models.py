@@ -25,6 +25,7 @@ from supemb.models import (
     export_onnx,
     onnx_max_abs_diff,
 )
+from supemb.models.eeg import ShallowConvNet
 from supemb.models.resnet import BasicBlock, Bottleneck
 
 EEG_KW = dict(n_chans=19, n_times=4 * 100, sfreq=100.0)
@@ -211,6 +212,51 @@ def test_shallow_log_is_safe_on_a_flat_window() -> None:
         model.bn.bias.zero_()
         out = model(torch.zeros(2, 19, 400))  # power 0 -> log would be -inf
     assert torch.isfinite(out).all()
+
+
+def _factorised_reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The EEG encoders' eval forward written layer by layer, without folding."""
+    if isinstance(model, ShallowConvNet):
+        h = model.bn(model.conv_spat(model.conv_time(x.unsqueeze(1))))
+        h = torch.log(torch.clamp(model.pool(h * h), min=1e-6))
+        return model.fc(h.flatten(1))
+    return model.fc(model.features(x.unsqueeze(1)).flatten(1))
+
+
+@pytest.mark.parametrize("name", ["shallow", "deep4"])
+@pytest.mark.parametrize("sfreq, seconds", [(100.0, 10), (250.0, 4), (256.0, 2), (128.0, 4)])
+def test_eeg_eval_folds_the_time_and_space_convs_into_one(name: str, sfreq: float, seconds: int) -> None:
+    """Eval mode runs temporal conv + spatial conv + BN as one Conv1d (and
+    ShallowNet's mean-pool in blocks where the stride divides the window):
+    the same function as the layers one by one. 256 Hz: the pool (77) is not
+    a multiple of the stride (15), the plain pool is used."""
+    n_times = int(seconds * sfreq)
+    model = _randomise_bn(build_encoder(name, n_chans=7, n_times=n_times, sfreq=sfreq, embed_dim=16)).eval()
+    spatial = model.conv_spat if name == "shallow" else model.features[1]
+    calls = []
+    spatial.register_forward_hook(lambda *_: calls.append(1))
+    x = torch.randn(3, 7, n_times, generator=torch.Generator().manual_seed(1)) * 2.0
+    with torch.no_grad():
+        got = model(x)
+        assert calls == []  # the folded path ran
+        want = _factorised_reference(model, x)
+        assert calls == [1]
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=2e-5)
+        model64 = model.double()
+        torch.testing.assert_close(model64(x.double()), _factorised_reference(model64, x.double()),
+                                   rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["shallow", "deep4"])
+def test_eeg_training_mode_keeps_the_factorised_layers(name: str) -> None:
+    model = _build(name).train()
+    bn = model.bn if name == "shallow" else model.features[2]
+    before = bn.running_mean.clone()
+    out = model(torch.randn(4, 19, 400))
+    out.sum().backward()
+    assert not torch.equal(bn.running_mean, before)  # BN saw the batch: not folded
+    conv_spat = model.conv_spat if name == "shallow" else model.features[1]
+    assert conv_spat.weight.grad is not None and conv_spat.weight.grad.abs().sum() > 0
 
 
 def test_eeg_signal_kwargs_from_an_eeg_spec() -> None:
