@@ -195,6 +195,18 @@ def test_eeg_round_trip(eeg_bundle: Path, eeg_data: Path) -> None:
     p = b.predict(rec, k=3)[0]
     assert p.ok and p.windows == 3  # 12 s recording, 4 s windows, 4 s stride
     assert len({n.id for n in p.neighbours}) == len(p.neighbours) <= 3  # neighbours are recordings
+    # the recording's value and uncertainty from its windows, by hand: the mean of
+    # the windows' kNN predictions; sqrt(mean within-window spread^2 + their variance)
+    from supemb.train import metrics
+
+    rows, _, _ = b.encoder.embed_rows([rec])
+    sim, idx = b.index.search(rows, 3)
+    knn = b.knn
+    pred, spread = metrics.neighbour_regress(sim.astype(np.float64), b.targets[idx], weighting=knn["weighting"],
+                                             temperature=knn["temperature"], reduce=knn["reduce"])
+    assert p.value == pytest.approx(pred.mean(), abs=1e-9)
+    assert p.uncertainty == pytest.approx(np.sqrt(np.mean(spread**2) + np.var(pred)), abs=1e-9)
+    assert np.var(pred) > 0  # the windows disagree: the combination is exercised
     raw = mne.io.read_raw_edf(rec, preload=True, verbose="error")
     age_path = supemb.predict_brain_age(rec, bundle=eeg_bundle)
     assert supemb.predict_brain_age(raw, bundle=eeg_bundle) == pytest.approx(age_path, abs=1e-5)

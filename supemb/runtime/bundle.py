@@ -319,24 +319,35 @@ class Bundle:
             sim, idx = self.index.search(emb, k)
             sim = sim.astype(np.float64)
             knn = self.knn
+            # Per input, over its rows (an EEG recording's windows): the mean
+            # prediction; for regression the uncertainty combines the mean
+            # within-row spread and the spread of the rows' predictions.
+            # Vectorised over all inputs; the loop below only builds objects.
+            n_rows = np.bincount(owner, minlength=len(items)).astype(np.float64)
+            per_input = np.maximum(n_rows, 1.0)
             if self.task == "regression":
                 pred, spread = metrics.neighbour_regress(
                     sim, self.targets[idx], weighting=knn.get("weighting", "softmax"),
                     temperature=float(knn.get("temperature", 0.1)), reduce=reduce or knn.get("reduce", "mean"))
+                value = np.bincount(owner, pred, minlength=len(items)) / per_input
+                var = (np.bincount(owner, spread**2 + (pred - value[owner]) ** 2, minlength=len(items))
+                       / per_input)
+                uncertainty = np.sqrt(var)
             else:
                 probs = metrics.neighbour_vote(sim, self.targets[idx], len(self.labels),
                                                float(knn.get("temperature", 0.07)))
+                mean_probs = np.zeros((len(items), probs.shape[1]))
+                np.add.at(mean_probs, owner, probs)
+                mean_probs /= per_input[:, None]
+                top_class = mean_probs.argmax(axis=1)
             for pos, rows in rows_by_owner(owner):
                 p = Prediction(source=describe(items[pos], int(pos)))
                 if self.task == "regression":
-                    value = float(pred[rows].mean())
-                    var = float(np.mean(spread[rows] ** 2) + np.var(pred[rows]))
-                    p.value, p.uncertainty = value, float(np.sqrt(var))
+                    p.value, p.uncertainty = float(value[pos]), float(uncertainty[pos])
                 else:
-                    pr = probs[rows].mean(axis=0)
-                    top = int(pr.argmax())
+                    pr, top = mean_probs[pos], int(top_class[pos])
                     p.label, p.uncertainty = self.labels[top], float(1.0 - pr[top])
-                    p.probabilities = {name: float(v) for name, v in zip(self.labels, pr)}
+                    p.probabilities = dict(zip(self.labels, pr.tolist()))
                 p.neighbours = self._neighbours(idx[rows], sim[rows], k)
                 if self.modality == "eeg":
                     p.windows = len(rows)
@@ -351,8 +362,8 @@ class Bundle:
     def _neighbours(self, idx: np.ndarray, sim: np.ndarray, k: int) -> list[Neighbour]:
         """Neighbours of one input from its rows' search results idx, sim [r, k]."""
         if self.groups is None:  # images: the first (only) row's neighbours
-            return [Neighbour(int(j), self._label_of(int(j)), float(s), self.ids[int(j)] if self.ids else None)
-                    for j, s in zip(idx[0], sim[0])]
+            return [Neighbour(j, self._label_of(j), s, self.ids[j] if self.ids else None)
+                    for j, s in zip(idx[0].tolist(), sim[0].tolist())]
         # EEG: gallery windows -> their recordings, best similarity per recording
         flat_j, flat_s = idx.reshape(-1), sim.reshape(-1)
         order = np.argsort(-flat_s, kind="stable")
