@@ -212,9 +212,9 @@ class ShallowConvNet(_EEGEncoder):
         pool, stride = self.pool.kernel_size[1], self.pool.stride[1]
         if pool % stride or pool == stride:
             return self.pool(h.unsqueeze(2)).squeeze(2)
-        n_out = (h.shape[-1] - pool) // stride + 1
-        n_blocks = n_out - 1 + pool // stride
-        blocks = h[..., : n_blocks * stride].unflatten(-1, (n_blocks, stride)).mean(-1)
+        # floor(T / stride) blocks give floor(T / stride) - pool / stride + 1
+        # windows, as many as the plain pool's floor((T - pool) / stride) + 1.
+        blocks = F.avg_pool1d(h, stride, stride=stride)
         return F.avg_pool1d(blocks, pool // stride, stride=1)
 
 
