@@ -327,6 +327,18 @@ def _throughput(fn, batch: int, min_time: float = 0.3, repeats: int = 5) -> floa
     return float(np.median(rates))
 
 
+def ort_session(model: str | bytes, device: str):
+    """An ONNX Runtime session set up as supemb's Encoder sets it up: all
+    graph optimisations, worker threads that sleep instead of spinning."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    return ort.InferenceSession(model, so, providers=providers)
+
+
 def flops_per_item(model, item_shape: tuple[int, ...]) -> float:
     """Floating-point operations (2 per multiply-add) that `model` does per
     input item of shape `item_shape`: the matmuls and convolutions PyTorch
@@ -348,10 +360,9 @@ def flops_per_item(model, item_shape: tuple[int, ...]) -> float:
 def fp32_probe_rates(repeats: int = 3) -> dict[str, float]:
     """GFLOP/s of large float32 kernels on this machine, at the threads the
     benchmark uses: torch.mm and ONNX Runtime MatMul (2048^3), and an ONNX
-    Runtime 3x3 convolution (256 -> 256 channels, 16x16, batch 32, ~38.7
+    Runtime 3x3 convolution (256 -> 256 channels, 16x16, batch 32, 9.7
     GFLOP). Medians over `repeats`; the best of them is a measured floor for
     the machine's float32 peak."""
-    import onnxruntime as ort
     import torch
     from onnx import TensorProto, helper, numpy_helper
 
@@ -371,11 +382,8 @@ def fp32_probe_rates(repeats: int = 3) -> dict[str, float]:
         [helper.make_tensor_value_info("X", f32, [cb, cc, hw, hw])],
         [helper.make_tensor_value_info("Y", f32, [cb, cc, hw, hw])], initializer=[w]),
         opset_imports=[helper.make_opsetid("", 17)])
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    s_mm = ort.InferenceSession(matmul.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    s_conv = ort.InferenceSession(conv.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    s_mm = ort_session(matmul.SerializeToString(), "cpu")
+    s_conv = ort_session(conv.SerializeToString(), "cpu")
     x = rng.standard_normal((cb, cc, hw, hw), dtype=np.float32)
     flops = {"torch_mm": 2 * n**3, "onnx_matmul": 2 * n**3, "onnx_conv3x3": 2 * cb * cc * hw * hw * cc * 9}
     fns = {"torch_mm": lambda: torch.mm(ta, tb), "onnx_matmul": lambda: s_mm.run(None, {"A": a, "B": b}),
@@ -427,11 +435,7 @@ def bench_embed(args: argparse.Namespace) -> dict:
             path = Path(tmp) / "enc.onnx"
             export_onnx(model, torch.randn(2, *shape), path, input_name="input", output_name="embedding")
             for device in devices:
-                providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-                so = ort.SessionOptions()
-                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as supemb's Encoder
-                sess = ort.InferenceSession(str(path), so, providers=providers)
+                sess = ort_session(str(path), device)
                 m_dev = model.to(device)
                 for batch in args.batches:
                     x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)

@@ -3,17 +3,10 @@ so benchmarks/losses.py compares like with like."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-import torch
+from benchmark_module import load_benchmark
 
-_spec = importlib.util.spec_from_file_location(
-    "bench_losses", Path(__file__).resolve().parents[1] / "benchmarks" / "losses.py"
-)
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+bench = load_benchmark("losses")
 
 
 @pytest.mark.parametrize("loss_name", ["rnc", "supcon"])

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from benchmark_module import load_benchmark
 from torch import nn
 
 from supemb.models.registry import build_encoder
@@ -14,11 +12,7 @@ from supemb.models.registry import build_encoder
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location(
-        "bench_runtime_tools", Path(__file__).resolve().parents[1] / "benchmarks" / "runtime.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("runtime")
 
 
 def test_flops_per_item_by_hand(bench) -> None:

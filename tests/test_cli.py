@@ -42,3 +42,21 @@ def test_unknown_option_is_a_usage_error() -> None:
 def test_module_entry_point_runs() -> None:
     out = subprocess.run([sys.executable, "-m", "supemb", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and __version__ in out.stdout
+
+
+def test_closed_stdout_pipe_ends_quietly(tmp_path) -> None:
+    """`supemb predict ... --json | head -c 10`: once the reader has gone, no traceback."""
+    import numpy as np
+    from PIL import Image
+
+    from supemb.runtime.api import default_bundle_path
+
+    face = tmp_path / "face.png"
+    Image.fromarray(np.full((48, 48, 3), 128, np.uint8)).save(face)
+    proc = subprocess.Popen(
+        [sys.executable, "-W", "ignore", "-m", "supemb", "predict", str(default_bundle_path("age")), str(face),
+         "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader leaves before anything is written
+    _, err = proc.communicate(timeout=120)
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
+    assert proc.returncode == 141

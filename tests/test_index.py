@@ -3,16 +3,21 @@ indexes, persistence, input checks and concurrent searches."""
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_module import load_benchmark
 
 from supemb.errors import UserError
-from supemb.runtime.index import GalleryIndex, default_nlist, default_nprobe, gpu_available
+from supemb.runtime.index import (
+    GalleryIndex,
+    default_nlist,
+    default_nprobe,
+    gpu_available,
+)
 
 APPROX_BUILD = {"ivf": {}, "hnsw": {"hnsw_m": 16, "ef_construction": 64}}  # small M: a quick build
 LOW_SETTING = {"ivf": {"nprobe": 1}, "hnsw": {"ef_search": 10}}
@@ -328,11 +333,7 @@ def test_add_during_searches_gives_a_consistent_gallery() -> None:
 # -------------------------------------------------- the benchmark's baseline
 
 def test_benchmark_numpy_baseline_is_exact() -> None:
-    spec = importlib.util.spec_from_file_location(
-        "bench_runtime", Path(__file__).resolve().parents[1] / "benchmarks" / "runtime.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("runtime")
     gallery, queries = random_unit(2500, 16, seed=25), random_unit(30, 16, seed=26)
     sim, idx = bench.numpy_topk(gallery, queries, 10, block=300, seed_block=100)  # ragged last block
     ref_sim, ref_idx = brute_force(gallery, queries, 10)
