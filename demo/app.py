@@ -40,6 +40,7 @@ from .views import (
     eeg_spectrum,
     image_neighbours,
     prediction_json,
+    similarity_name,
     summary_markdown,
 )
 
@@ -234,8 +235,8 @@ def _tab(served: Served, examples: list[Any], max_pixels: int) -> None:
         extra = [gr.Image(label="spectrum", show_label=False, type="numpy", interactive=False, format="png",
                           render=False, elem_id=f"{spec.name}-spectrum")]
     else:
-        neighbours = gr.Gallery(label=f"nearest gallery {spec.items} (label · cosine similarity)", render=False,
-                                columns=5, object_fit="contain", elem_id=f"{spec.name}-neighbours")
+        neighbours = gr.Gallery(label=f"nearest gallery {spec.items} (label · {similarity_name(b)})",
+                                render=False, columns=5, object_fit="contain", elem_id=f"{spec.name}-neighbours")
         extra = []
     gallery_map = gr.Image(label="where your input lands among the gallery", show_label=False, type="numpy",
                            interactive=False, format="png", render=False, elem_id=f"{spec.name}-map")

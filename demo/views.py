@@ -24,7 +24,8 @@ THUMB_PX = 96  # gallery thumbnails are shown enlarged to this (nearest neighbou
 
 
 def gallery_vectors(bundle: Bundle, max_points: int = MAP_POINTS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(positions [M], unit vectors [M, D]) of at most `max_points` gallery items.
+    """(positions [M], embeddings [M, D]) of at most `max_points` gallery items, as the
+    index holds them: unit vectors for a cosine bundle, raw encoder outputs for l2.
 
     Read from a fresh copy of the bundle's index.faiss (checked when the
     bundle loaded) rather than the serving index, which stays untouched: an
@@ -197,6 +198,11 @@ def _render(fig: Any) -> np.ndarray:
 
 
 # ----------------------------------------------------------------- text bits
+
+
+def similarity_name(bundle: Bundle) -> str:
+    """What a neighbour's similarity number is, in the bundle's metric."""
+    return "cosine similarity" if bundle.metric == "cosine" else "similarity = −distance"
 
 
 def fmt_value(value: float, unit: str) -> str:

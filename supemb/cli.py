@@ -23,6 +23,16 @@ Handler = Callable[[argparse.Namespace], int]
 _SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Handler]]] = {}
 
 
+# The names of supemb.data.transforms.IMAGE_AUGMENTS and supemb.data.eeg_augment.EEG_AUGMENTS and the
+# defaults of supemb.train.data.DEFAULT_AUGMENT, spelled out so `supemb --help` imports none of them
+# (torch); tests/test_augment_presets.py keeps them in step.
+AUGMENT_HELP = ("augmentation preset; images: simclr (SupCon recipe: crops, flips, colour jitter with hue, "
+                "greyscale), colour (crops, flips, brightness/contrast only: keeps colour), light (colour "
+                "without flips: digits, text), none; EEG: eeg, eeg-light, none. Default: by task "
+                "(image classes: light, image values: colour, EEG: eeg). "
+                "A YAML config may give {preset: NAME, field: value, ...}")
+
+
 def _train_parser(p: argparse.ArgumentParser) -> Handler:
     from supemb.train.config import LOSSES
 
@@ -42,6 +52,7 @@ def _train_parser(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--image-size", type=int, help="square input size for images (default 64)")
     p.add_argument("--ema-decay", type=float, help="EMA of weights, e.g. 0.999 (default off)")
     p.add_argument("--grad-clip", type=float, help="max gradient norm, 0 = off (default 5)")
+    p.add_argument("--augment", metavar="NAME", help=AUGMENT_HELP)
     p.add_argument("--seed", type=int, help="seed of splits, initialisation and augmentation (default 0)")
     p.add_argument("--device", help="auto | cpu | cuda (default auto)")
     p.add_argument("--num-workers", type=int, help="data-loading processes (default 0)")
@@ -55,8 +66,8 @@ def _train_parser(p: argparse.ArgumentParser) -> Handler:
         from supemb.train.trainer import resume_run, train
 
         keys = ["data", "target", "out", "loss", "task", "format", "encoder", "epochs", "linear_epochs",
-                "batch_size", "lr", "temperature", "image_size", "ema_decay", "grad_clip", "seed", "device",
-                "num_workers", "on_error", "viz"]
+                "batch_size", "lr", "temperature", "image_size", "ema_decay", "grad_clip", "augment", "seed",
+                "device", "num_workers", "on_error", "viz"]
         overrides = {k: getattr(args, k) for k in keys}
         if args.resume:
             if not args.out:
@@ -88,10 +99,10 @@ def _viz_parser(p: argparse.ArgumentParser) -> Handler:
         from supemb.train.trainer import embed_run
         from supemb.train.viz import embedding_map
 
-        emb, targets, cfg = embed_run(args.run, args.split)
+        emb, targets, cfg, metric = embed_run(args.run, args.split)
         out = Path(args.out) if args.out else Path(args.run) / f"embeddings-{args.split}.png"
         embedding_map(emb, targets, out, title=f"{cfg.loss}: {args.split} embeddings ({len(emb)})",
-                      method=args.method, discrete=cfg.task == "classification", seed=cfg.seed)
+                      method=args.method, discrete=cfg.task == "classification", seed=cfg.seed, metric=metric)
         print(f"wrote {out}")
         return 0
 

@@ -258,7 +258,7 @@ def test_load_refuses_a_damaged_file(tmp_path: Path, small_index: GalleryIndex) 
         GalleryIndex.load(truncated)
 
 
-@pytest.mark.parametrize("key, value", [("dim", 16), ("ntotal", 51), ("kind", "ivf")])
+@pytest.mark.parametrize("key, value", [("dim", 16), ("ntotal", 51), ("kind", "ivf"), ("metric", "l2")])
 def test_load_refuses_params_that_do_not_match_the_file(
     tmp_path: Path, small_index: GalleryIndex, key: str, value
 ) -> None:
@@ -272,6 +272,98 @@ def test_load_refuses_params_that_do_not_match_the_file(
 def test_save_into_a_missing_folder_is_a_user_error(tmp_path: Path, small_index: GalleryIndex) -> None:
     with pytest.raises(UserError, match="could not write the index"):
         small_index.save(tmp_path / "no" / "such" / "index.faiss")
+
+
+# ------------------------------------------------------------ the l2 metric
+
+def brute_force_l2(gallery: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k by float64 -Euclidean distance (not squared); ties by increasing index."""
+    diff = queries.astype(np.float64)[:, None, :] - gallery.astype(np.float64)[None, :, :]
+    sim = -np.sqrt((diff**2).sum(axis=2))
+    idx = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sim, idx, 1), idx
+
+
+def raw_vectors(n: int, d: int, seed: int) -> np.ndarray:
+    """Not unit length: norms spread over 0.2-5, so L2 and inner-product neighbours differ."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, d)) * rng.uniform(0.2, 5.0, (n, 1))).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_l2_index_returns_negative_euclidean_distances(kind: str, tmp_path: Path) -> None:
+    gallery, queries = raw_vectors(2000, 16, seed=40), raw_vectors(50, 16, seed=41)
+    # exhaustive settings: the approximate kinds then find the exact neighbours too
+    opts = {"ivf": {"nprobe": 10_000}, "hnsw": {"ef_search": 2000}}.get(kind, {})
+    index = GalleryIndex.build(gallery, kind, metric="l2", **opts)
+    assert index.metric == "l2" and index.params()["metric"] == "l2"
+    sim, idx = index.search(queries, 10)
+    ref_sim, ref_idx = brute_force_l2(gallery, queries, 10)
+    np.testing.assert_array_equal(idx, ref_idx)
+    # FAISS's squared distances, as -sqrt: float32 rounding of d ~ 100 is ~1e-5, ~1e-6 after the sqrt
+    np.testing.assert_allclose(sim, ref_sim, rtol=1e-5, atol=1e-4)
+    assert sim.dtype == np.float32 and np.all(sim <= 0) and np.all(np.diff(sim, axis=1) <= 0)
+    # a gallery item finds itself at similarity 0 (distance 0)
+    self_sim, self_idx = index.search(gallery[:20], 1)
+    np.testing.assert_array_equal(self_idx[:, 0], np.arange(20))
+    np.testing.assert_allclose(self_sim[:, 0], 0.0, atol=1e-3)
+    # the inner-product index over the same raw vectors ranks differently
+    assert not np.array_equal(GalleryIndex.build(gallery, "flat").search(queries, 10)[1], idx)
+    # save / load keeps the metric (read from the FAISS file) and the results
+    path = tmp_path / "index.faiss"
+    index.save(path)
+    params = index.params()
+    for loaded in (GalleryIndex.load(path, params), GalleryIndex.load(path), GalleryIndex.load(path, metric="l2")):
+        assert loaded.metric == "l2" and loaded.params() == params
+        after = loaded.search(queries, 10)
+        np.testing.assert_array_equal(after[1], idx)
+        np.testing.assert_array_equal(after[0], sim)
+    assert faiss_metric_type(path) == "METRIC_L2"
+
+
+def faiss_metric_type(path: Path) -> str:
+    import faiss
+
+    t = faiss.read_index(str(path)).metric_type
+    return {faiss.METRIC_L2: "METRIC_L2", faiss.METRIC_INNER_PRODUCT: "METRIC_INNER_PRODUCT"}[t]
+
+
+def test_l2_ivf_rows_short_of_k_are_searched_exhaustively() -> None:
+    gallery, queries = raw_vectors(200, 8, seed=42), raw_vectors(30, 8, seed=43)
+    sim, idx = GalleryIndex.build(gallery, "ivf", nlist=50, nprobe=1, metric="l2").search(queries, 20)
+    assert idx.min() >= 0 and np.all(np.isfinite(sim)) and np.all(np.diff(sim, axis=1) <= 0)
+    want = -np.linalg.norm(queries[:, None, :].astype(np.float64) - gallery[idx].astype(np.float64), axis=2)
+    np.testing.assert_allclose(sim, want, rtol=1e-5, atol=1e-4)
+
+
+def test_l2_add_extends_the_gallery() -> None:
+    gallery = raw_vectors(300, 8, seed=44)
+    index = GalleryIndex.build(gallery[:200], metric="l2")
+    index.add(gallery[200:])
+    sim, idx = index.search(gallery[200:], 1)
+    np.testing.assert_array_equal(idx[:, 0], np.arange(200, 300))
+    np.testing.assert_allclose(sim[:, 0], 0.0, atol=1e-3)
+
+
+def test_cosine_index_is_unchanged_and_the_metric_is_checked(tmp_path: Path, small_index: GalleryIndex) -> None:
+    assert small_index.metric == "cosine" and small_index.params()["metric"] == "cosine"
+    assert faiss_metric_type(_saved(small_index, tmp_path / "c.faiss")) == "METRIC_INNER_PRODUCT"
+    with pytest.raises(UserError, match="metric must be one of cosine, l2"):
+        GalleryIndex.build(random_unit(10, 8, seed=45), metric="dot")
+    # a manifest that says l2 around an inner-product file (and the reverse) is refused
+    with pytest.raises(UserError, match="has metric 'cosine' but the bundle says 'l2'"):
+        GalleryIndex.load(tmp_path / "c.faiss", metric="l2")
+    l2_path = _saved(GalleryIndex.build(raw_vectors(20, 8, seed=46), metric="l2"), tmp_path / "l.faiss")
+    with pytest.raises(UserError, match="has metric 'l2' but the bundle says 'cosine'"):
+        GalleryIndex.load(l2_path, metric="cosine")
+    # old params without a metric still load
+    old = {k: v for k, v in small_index.params().items() if k != "metric"}
+    assert GalleryIndex.load(tmp_path / "c.faiss", old).metric == "cosine"
+
+
+def _saved(index: GalleryIndex, path: Path) -> Path:
+    index.save(path)
+    return path
 
 
 # ---------------------------------------------------------------- devices

@@ -12,6 +12,7 @@ import pytest
 from supemb.train.metrics import (
     accuracy,
     aggregate,
+    alignment,
     balanced_accuracy,
     embedding_report,
     knn_classify,
@@ -22,6 +23,7 @@ from supemb.train.metrics import (
     ordinality,
     precision_at_1,
     regression_metrics,
+    uniformity,
 )
 
 
@@ -429,3 +431,188 @@ def test_embedding_report_rejects_a_bad_k() -> None:
     emb, lab = _clusters(4, 2)
     with pytest.raises(ValueError, match="positive integer"):
         embedding_report(emb, lab, emb, lab, "classification", k=0)
+
+
+# -------------------------------------------------------- the "l2" metric
+
+
+def _brute_l2(q: np.ndarray, g: np.ndarray, k: int, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k by -Euclidean distance (not squared) of the rows as given, one query at a time;
+    ties by increasing index (stable sort)."""
+    idx, sim = [], []
+    for i, row in enumerate(q):
+        s = -np.sqrt(((g - row) ** 2).sum(axis=1))
+        if exclude_self:
+            s[i] = -np.inf
+        order = np.argsort(-s, kind="stable")[:k]
+        idx.append(order)
+        sim.append(s[order])
+    return np.array(idx), np.array(sim)
+
+
+def _scaled_data(seed: int, n_q: int = 40, n_g: int = 150, d: int = 6):
+    """Rows with very different norms, so the l2 and cosine neighbours differ."""
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=(n_q, d)) * rng.uniform(0.2, 5.0, (n_q, 1))
+    g = rng.normal(size=(n_g, d)) * rng.uniform(0.2, 5.0, (n_g, 1))
+    return q, g
+
+
+@pytest.mark.parametrize("k", [1, 5, 150])
+def test_l2_nearest_neighbours_match_brute_force(k: int) -> None:
+    q, g = _scaled_data(20)
+    idx, sim = nearest_neighbours(q, g, k, metric="l2")
+    ref_idx, ref_sim = _brute_l2(q, g, k)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(sim, ref_sim, rtol=1e-10, atol=1e-9)
+    assert np.all(sim <= 0) and np.all(np.diff(sim, axis=1) <= 0)
+    # Not normalised: the cosine neighbours of the same rows are different ones.
+    assert not np.array_equal(idx, nearest_neighbours(q, g, k, metric="cosine")[0]) or k == 150
+
+
+def test_l2_exclude_self_and_duplicates() -> None:
+    q, _ = _scaled_data(21, n_q=60)
+    q[17] = q[3]  # an exact duplicate stays a neighbour (at distance 0), itself does not
+    idx, sim = nearest_neighbours(q, q, 4, exclude_self=True, metric="l2")
+    ref_idx, ref_sim = _brute_l2(q, q, 4, exclude_self=True)
+    # 3 and 17 tie as neighbours of any other row; which comes first depends on
+    # the last bits of a BLAS product, so compare with 17 counted as 3.
+    same = {17: 3}
+    np.testing.assert_array_equal(np.vectorize(lambda i: same.get(i, i))(idx),
+                                  np.vectorize(lambda i: same.get(i, i))(ref_idx))
+    np.testing.assert_allclose(sim, ref_sim, atol=1e-9)
+    assert idx[3, 0] == 17 and idx[17, 0] == 3 and sim[3, 0] == pytest.approx(0.0, abs=1e-7)
+    assert all(i not in row for i, row in enumerate(idx))
+
+
+def test_l2_is_not_scale_invariant_and_scaling_both_scales_distances() -> None:
+    q, g = _scaled_data(22)
+    _, sim = nearest_neighbours(q, g, 5, metric="l2")
+    idx2, sim2 = nearest_neighbours(q * 3.0, g * 3.0, 5, metric="l2")
+    np.testing.assert_array_equal(idx2, nearest_neighbours(q, g, 5, metric="l2")[0])
+    np.testing.assert_allclose(sim2, 3.0 * sim, rtol=1e-9)
+
+
+def test_l2_knn_classify_and_regress_match_brute_force() -> None:
+    q, g = _scaled_data(23)
+    rng = np.random.default_rng(24)
+    lab, y = rng.integers(0, 4, len(g)), rng.normal(size=len(g))
+    t, k = 0.7, 6
+    ref_idx, ref_sim = _brute_l2(q, g, k)
+    w = np.exp(ref_sim / t)
+    w /= w.sum(axis=1, keepdims=True)
+    ref_probs = np.zeros((len(q), 4))
+    for i in range(len(q)):
+        for j in range(k):
+            ref_probs[i, lab[ref_idx[i, j]]] += w[i, j]
+    pred, probs = knn_classify(q, g, lab, k, n_classes=4, temperature=t, metric="l2")
+    np.testing.assert_allclose(probs, ref_probs, atol=1e-12)
+    np.testing.assert_array_equal(pred, ref_probs.argmax(axis=1))
+    value, spread = knn_regress(q, g, y, k, temperature=t, metric="l2")
+    ref_value = (w * y[ref_idx]).sum(axis=1)
+    np.testing.assert_allclose(value, ref_value, atol=1e-12)
+    np.testing.assert_allclose(spread, np.sqrt((w * (y[ref_idx] - ref_value[:, None]) ** 2).sum(axis=1)), atol=1e-12)
+
+
+def test_l2_retrieval_matches_brute_force() -> None:
+    q, g = _scaled_data(25)
+    rng = np.random.default_rng(26)
+    lab = rng.integers(0, 4, len(g))
+    # leave-one-out within g, ranked by Euclidean distance, against a loop
+    order, _ = _brute_l2(g, g, len(g) - 1, exclude_self=True)
+    aps, hits = [], []
+    for i in range(len(g)):
+        r = int(np.sum(lab == lab[i])) - 1
+        rel = lab[order[i, :r]] == lab[i]
+        aps.append(sum(rel[: j + 1].sum() / (j + 1) for j in range(r) if rel[j]) / r)
+        hits.append(lab[order[i, 0]] == lab[i])
+    assert map_at_r(g, lab, metric="l2") == pytest.approx(np.mean(aps))
+    assert precision_at_1(g, lab, metric="l2") == pytest.approx(np.mean(hits))
+    assert map_at_r(g, lab, metric="l2") != pytest.approx(map_at_r(g, lab))  # the geometry matters here
+
+
+def test_l2_embedding_report_matches_the_standalone_functions(monkeypatch: pytest.MonkeyPatch) -> None:
+    from supemb.train import metrics
+
+    q, g = _scaled_data(27, n_q=50, n_g=200)
+    rng = np.random.default_rng(28)
+    g_lab, v_lab = rng.integers(0, 5, 200), rng.integers(0, 5, 50)
+    g_y, v_y = rng.normal(size=200), rng.normal(size=50)
+
+    def reports() -> tuple[dict, dict]:
+        return (embedding_report(g, g_lab, q, v_lab, "classification", k=7, temperature=0.5, metric="l2"),
+                embedding_report(g, g_y, q, v_y, "regression", k=7, temperature=0.5, metric="l2"))
+
+    cls, reg = reports()
+    pred, _ = knn_classify(q, g, g_lab, k=7, temperature=0.5, metric="l2")
+    assert cls["knn_acc"] == pytest.approx(accuracy(pred, v_lab))
+    assert cls["p_at_1"] == pytest.approx(precision_at_1(q, v_lab, g, g_lab, metric="l2"))
+    assert cls["map_at_r"] == pytest.approx(map_at_r(q, v_lab, g, g_lab, metric="l2"))
+    value, spread = knn_regress(q, g, g_y, 7, temperature=0.5, metric="l2")
+    assert reg["knn_mae"] == pytest.approx(regression_metrics(value, v_y)["mae"])
+    assert reg["knn_spread"] == pytest.approx(float(np.mean(spread)))
+    assert reg["ordinality"] == pytest.approx(ordinality(q, v_y, normalize=False))
+    monkeypatch.setattr(metrics, "_BLOCK_ELEMENTS", 300)  # one or two query rows per block
+    for blocked, whole in zip(reports(), (cls, reg)):  # equal up to the last bits of a BLAS product
+        assert blocked == pytest.approx(whole, rel=1e-12)
+    with pytest.raises(ValueError, match="metric must be 'cosine' or 'l2'"):
+        embedding_report(g, g_y, q, v_y, "regression", metric="dot")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="metric must be"):
+        nearest_neighbours(q, g, 3, metric="euclid")  # type: ignore[arg-type]
+
+
+def test_cosine_is_the_default_and_unchanged() -> None:
+    q, g = _scaled_data(29)
+    rng = np.random.default_rng(30)
+    lab, y = rng.integers(0, 3, len(g)), rng.normal(size=len(g))
+    a = nearest_neighbours(q, g, 5)
+    b = nearest_neighbours(q, g, 5, metric="cosine")
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    sim = l2_normalize(q) @ l2_normalize(g).T  # brute-force cosine
+    ref = np.argsort(-sim, axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(a[0], ref)
+    np.testing.assert_allclose(a[1], np.take_along_axis(sim, ref, 1), atol=1e-12)
+    assert embedding_report(g, lab, q, lab[:40], "classification", k=5) == embedding_report(
+        g, lab, q, lab[:40], "classification", k=5, metric="cosine")
+    assert ordinality(q, y[:40]) == ordinality(q, y[:40], normalize=True) == ordinality(q, y[:40], metric="cosine")
+    assert ordinality(q, y[:40], metric="l2") == ordinality(q, y[:40], normalize=False)
+
+
+# ---------------------------------------------------- alignment, uniformity
+
+
+def test_alignment_matches_a_loop() -> None:
+    rng = np.random.default_rng(31)
+    a, b = rng.normal(size=(25, 5)) * 4.0, rng.normal(size=(25, 5))
+    for alpha in (2.0, 1.0, 0.5):
+        want = np.mean([np.linalg.norm(x / np.linalg.norm(x) - z / np.linalg.norm(z)) ** alpha
+                        for x, z in zip(a, b)])
+        assert alignment(a, b, alpha=alpha) == pytest.approx(want, rel=1e-12)
+    assert alignment(a, a * 7.0) == pytest.approx(0.0, abs=1e-12)  # computed on normalised rows
+    assert alignment(a, -a) == pytest.approx(4.0)  # antipodal pairs: ||2u||^2
+    with pytest.raises(ValueError, match="shape"):
+        alignment(a, b[:-1])
+    with pytest.raises(ValueError, match="alpha"):
+        alignment(a, b, alpha=0)
+
+
+def test_uniformity_matches_a_loop() -> None:
+    rng = np.random.default_rng(32)
+    x = rng.normal(size=(30, 4)) * rng.uniform(0.5, 3.0, (30, 1))
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    for t in (2.0, 0.5):
+        terms = [np.exp(-t * np.sum((u[i] - u[j]) ** 2)) for i in range(30) for j in range(30) if i != j]
+        assert uniformity(x, t=t) == pytest.approx(np.log(np.mean(terms)), rel=1e-12)
+    assert uniformity(np.ones((6, 3))) == pytest.approx(0.0, abs=1e-12)  # one point
+    assert uniformity(np.array([[1.0, 0.0], [-1.0, 0.0]]), t=2.0) == pytest.approx(-8.0)  # antipodal: -4t
+    assert uniformity(x, t=500.0) > -np.inf  # log-sum-exp: no underflow to log(0)
+    # Subsampled pairs: deterministic for a seed, close to the full value.
+    big = rng.normal(size=(400, 8))
+    sub = uniformity(big, max_pairs=20_000, seed=1)
+    assert sub == uniformity(big, max_pairs=20_000, seed=1) != uniformity(big, max_pairs=20_000, seed=2)
+    assert abs(sub - uniformity(big)) < 0.05  # 20k of the 79800 pairs: about 0.015 off
+    with pytest.raises(ValueError, match="at least 2"):
+        uniformity(x[:1])
+    with pytest.raises(ValueError, match="t must be"):
+        uniformity(x, t=-1.0)

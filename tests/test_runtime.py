@@ -1,7 +1,9 @@
 """Export and serving: train tiny models, export bundles, load them, predict.
 
 One image regression, one image classification and one EEG bundle are built
-once per module (a few seconds each on CPU) and shared by the tests.
+once per module (a few seconds each on CPU) and shared by the tests. The two
+RnC bundles serve metric "l2" (raw encoder output, similarity = -Euclidean
+distance), the SupCon one "cosine" (unit vectors, similarity = dot product).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def webcam(work: Path) -> Path:
 def reg_bundle(work: Path, webcam: Path) -> Path:
     from supemb.runtime.export import export_run
 
-    run = _train(webcam, work / "run_reg", target="temperature", loss="rnc")
+    run = _train(webcam, work / "run_reg", target="temperature", loss="rnc", metric="l2")
     export_run(run, work / "b_reg", unit="°C", thumbnails=8)
     return work / "b_reg"
 
@@ -70,7 +72,7 @@ def class_folder(work: Path) -> Path:
 def cls_bundle(work: Path, class_folder: Path) -> Path:
     from supemb.runtime.export import export_run
 
-    run = _train(class_folder, work / "run_cls", target="class", loss="supcon", epochs=2)
+    run = _train(class_folder, work / "run_cls", target="class", loss="supcon", epochs=2, metric="cosine")
     export_run(run, work / "b_cls")
     return work / "b_cls"
 
@@ -87,7 +89,7 @@ def eeg_bundle(work: Path, eeg_data: Path) -> Path:
     """Exported as a .zip: loading a zipped bundle is part of the contract."""
     from supemb.runtime.export import export_run
 
-    run = _train(eeg_data, work / "run_eeg", target="age", loss="rnc", batch_size=8,
+    run = _train(eeg_data, work / "run_eeg", target="age", loss="rnc", batch_size=8, metric="l2",
                  eeg={"window_s": 4.0, "stride_s": 4.0})
     export_run(run, work / "b_eeg.zip", unit="years")
     return work / "b_eeg.zip"
@@ -116,7 +118,7 @@ def test_image_regression_round_trip(reg_bundle: Path, webcam: Path) -> None:
     graph = onnx.load(str(reg_bundle / "encoder.onnx")).graph
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param
     emb = b.embed(_images(webcam, 5))
-    assert emb.shape == (5, b.embedding_dim) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    assert emb.shape == (5, b.embedding_dim)
     preds = b.predict(_images(webcam, 5), k=4)
     targets = b.targets
     for p in preds:
@@ -140,16 +142,22 @@ def test_bundle_files_get_usual_permissions(reg_bundle: Path, tmp_path: Path) ->
         assert f.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777, f.name
 
 
-def test_gallery_item_finds_itself(reg_bundle: Path) -> None:
+@pytest.mark.parametrize("which", ["reg", "cls"])
+def test_gallery_item_finds_itself(which: str, reg_bundle: Path, cls_bundle: Path) -> None:
     """The gallery was embedded by the exported ONNX model through serving's
-    own preprocessing, so a gallery image's nearest neighbour is itself."""
-    b = load_bundle(reg_bundle, device="cpu")
+    own preprocessing, so a gallery image's nearest neighbour is itself:
+    at similarity 1 (cosine) or 0 (l2: minus a distance of 0)."""
+    b = load_bundle(reg_bundle if which == "reg" else cls_bundle, device="cpu")
+    assert b.metric == ("l2" if which == "reg" else "cosine")
     ids = b.ids[:4]
-    root = Path(b.manifest["gallery"]["source"].split(" (")[0]).parent
+    root = Path(b.manifest["gallery"]["source"].split(" (")[0])
+    root = root.parent if root.is_file() else root
     preds = b.predict([root / i for i in ids], k=1)
     for j, p in enumerate(preds):
-        assert p.neighbours[0].index == j and p.neighbours[0].similarity == pytest.approx(1.0, abs=1e-5)
-        assert p.value == pytest.approx(float(b.targets[j]), abs=1e-5)
+        best = 1.0 if b.metric == "cosine" else 0.0
+        assert p.neighbours[0].index == j and p.neighbours[0].similarity == pytest.approx(best, abs=1e-3)
+        if b.task == "regression":
+            assert p.value == pytest.approx(float(b.targets[j]), abs=1e-5)
 
 
 def test_input_kinds_agree(reg_bundle: Path, webcam: Path) -> None:
@@ -364,10 +372,12 @@ def test_fp16_export(work: Path, tmp_path: Path, webcam: Path) -> None:
 
     m = export_run(work / "run_reg", tmp_path / "half", fp16=True)
     diff = max(m["onnx"]["parity_max_abs_diff"].values())
-    assert m["onnx"]["dtype"] == "float16" and 0 < diff <= 1e-2
+    # l2: raw embeddings, the tolerance scaled by their largest norm when above 1
+    assert m["onnx"]["dtype"] == "float16" and m["metric"] == "l2" and 0 < diff <= m["onnx"]["parity_tolerance"]
+    assert m["onnx"]["parity_tolerance"] >= 1e-2
     full = load_bundle(work / "b_reg").embed(_images(webcam, 4))
     half = load_bundle(tmp_path / "half").embed(_images(webcam, 4))
-    assert np.abs(full - half).max() <= 1e-2
+    assert np.abs(full - half).max() <= m["onnx"]["parity_tolerance"]
 
 
 def test_index_rebuild_and_append(reg_bundle: Path, tmp_path: Path, webcam: Path, capsys) -> None:
@@ -379,10 +389,15 @@ def test_index_rebuild_and_append(reg_bundle: Path, tmp_path: Path, webcam: Path
     assert cli(["index", str(b_dir), "--data", str(webcam), "--append"]) == 0
     b = load_bundle(b_dir)
     assert b.index.ntotal == 120 and n0 < 60
+    assert b.metric == b.index.metric == "l2"  # appending keeps the bundle's metric
     assert cli(["index", str(b_dir), "--data", str(webcam), "--index", "hnsw"]) == 0
     b = load_bundle(b_dir)
     assert b.manifest["index"]["kind"] == "hnsw" and b.index.ntotal == 60
+    assert b.manifest["metric"] == b.manifest["index"]["metric"] == b.index.metric == "l2"  # so does a rebuild
     assert b.predict(_images(webcam, 1))[0].ok
+    # the rebuilt index answers in the l2 convention: a gallery item finds itself at -distance 0
+    sim, idx = b.index.search(b.embed([webcam.parent / b.ids[0]]), 1)
+    assert idx[0, 0] == 0 and sim[0, 0] == pytest.approx(0.0, abs=1e-3)
 
 
 def test_eval_cli(reg_bundle: Path, cls_bundle: Path, eeg_bundle: Path, webcam: Path, class_folder: Path,
@@ -425,3 +440,143 @@ def test_cuda_requested_without_cuda_is_a_clear_error(reg_bundle: Path) -> None:
         load_bundle(reg_bundle, device="cuda")
     with pytest.raises(UserError, match="auto, cpu or cuda"):
         load_bundle(reg_bundle, device="tpu")
+
+
+# ------------------------------------------------------------ metrics: cosine and l2
+
+
+def test_l2_bundle_serves_raw_embeddings_by_euclidean_distance(reg_bundle: Path, work: Path, webcam: Path) -> None:
+    """An RnC (L2-distance) run exported: raw encoder output, an L2 FAISS index,
+    similarities -||q - g||, and kNN weights with the run's own temperature."""
+    import faiss
+    import torch
+
+    from supemb.runtime.export import load_run_model
+    from supemb.train import metrics
+
+    b = load_bundle(reg_bundle, device="cpu")
+    m = b.manifest
+    meta = json.loads((work / "run_reg" / "model.json").read_text())
+    assert meta["metric"] == "l2" and meta["embedding"] == "encoder output"
+    assert m["metric"] == b.metric == b.index.metric == m["index"]["metric"] == "l2"
+    assert faiss.read_index(str(reg_bundle / "index.faiss")).metric_type == faiss.METRIC_L2
+    assert m["knn"]["temperature"] == pytest.approx(meta["knn_temperature"])
+    # the ONNX output is the raw encoder output (not unit length), as PyTorch computes it
+    module, _, _ = load_run_model(work / "run_reg")
+    x = np.concatenate([b.encoder.decode(p) for p in _images(webcam, 6)])
+    with torch.no_grad():
+        raw = module.m.encoder(torch.from_numpy(x)).numpy()
+    emb = b.embed_arrays(x)
+    np.testing.assert_allclose(emb, raw, atol=1e-4)
+    assert not np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-3)
+    # neighbours and similarities: brute force over the gallery's vectors
+    gallery = faiss.read_index(str(reg_bundle / "index.faiss")).reconstruct_n(0, b.index.ntotal)
+    dist = np.linalg.norm(emb[:, None, :].astype(np.float64) - gallery[None].astype(np.float64), axis=2)
+    preds = b.predict_embeddings(emb, np.arange(len(emb)), [f"q{i}" for i in range(len(emb))], k=4)
+    for i, p in enumerate(preds):
+        want = np.argsort(dist[i], kind="stable")[:4]
+        assert [n.index for n in p.neighbours] == want.tolist()
+        np.testing.assert_allclose([n.similarity for n in p.neighbours], -dist[i, want], rtol=1e-4, atol=1e-4)
+        # the prediction: softmax weights exp(-d / t) with the manifest's (the run's) temperature
+        value, spread = metrics.neighbour_regress(-dist[i, want][None], b.targets[want][None],
+                                                  temperature=meta["knn_temperature"])
+        assert p.value == pytest.approx(float(value[0]), abs=1e-4)
+        assert p.uncertainty == pytest.approx(float(spread[0]), abs=1e-4)
+
+
+def test_eeg_l2_recording_embedding_is_the_plain_mean(eeg_bundle: Path, eeg_data: Path) -> None:
+    from supemb.runtime.bundle import recording_embeddings
+
+    b = load_bundle(eeg_bundle, device="cpu")
+    assert b.metric == "l2"
+    recs = sorted(eeg_data.glob("*.edf"))[:2]
+    rows, owner, _ = b.encoder.embed_rows(recs)
+    got = b.embed(recs)
+    want = np.stack([rows[owner == i].mean(axis=0) for i in range(2)])
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-3)  # not normalised
+    # cosine bundles keep today's: the normalised mean of the windows' unit vectors
+    unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    cos = recording_embeddings(unit, owner, 2, "cosine")
+    mean = np.stack([unit[owner == i].mean(axis=0) for i in range(2)])
+    np.testing.assert_allclose(cos, mean / np.linalg.norm(mean, axis=1, keepdims=True), rtol=1e-5)
+
+
+def test_old_manifest_without_a_metric_is_cosine(cls_bundle: Path, class_folder: Path, tmp_path: Path) -> None:
+    """Bundles written before the metric was recorded (no "metric", no index
+    "metric") load and predict exactly as before: cosine."""
+    b_dir = _copy(cls_bundle, tmp_path)
+    m = json.loads((b_dir / "manifest.json").read_text())
+    assert m["metric"] == "cosine" and m["knn"]["temperature"] > 0
+    old = {k: v for k, v in m.items() if k not in ("files", "metric")}
+    old["index"] = {k: v for k, v in m["index"].items() if k != "metric"}
+    mf.seal(b_dir, old)
+    assert "metric" not in json.loads((b_dir / "manifest.json").read_text())
+    new, legacy = load_bundle(cls_bundle, device="cpu"), load_bundle(b_dir, device="cpu")
+    assert legacy.metric == legacy.index.metric == "cosine"
+    paths = [class_folder / c / f"{i}.png" for c in ("red", "green", "blue") for i in (0, 5)]
+    for p, q in zip(new.predict(paths, k=5), legacy.predict(paths, k=5)):
+        assert p.to_dict() == q.to_dict()
+    emb = legacy.embed(paths)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert cli(["predict", str(b_dir), str(paths[0])]) == 0
+
+
+def test_the_default_bundles_are_cosine() -> None:
+    """The shipped bundles (until rebuilt) are old-style cosine bundles and still load as such."""
+    from supemb.runtime import api
+
+    for name in api.DEFAULT_BUNDLES:
+        b = load_bundle(api.default_bundle_path(name), device="cpu")
+        assert b.metric == b.index.metric == b.manifest.get("metric", "cosine")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"metric": "l2"}, "has metric 'cosine' but the bundle says 'l2'"),
+    ({"metric": "dot"}, "metric must be one of cosine, l2"),
+])
+def test_manifest_metric_must_match_the_index(cls_bundle: Path, tmp_path: Path, change: dict, message: str) -> None:
+    b_dir = _copy(cls_bundle, tmp_path)
+    m = json.loads((b_dir / "manifest.json").read_text())
+    m = {k: v for k, v in m.items() if k != "files"}
+    m["index"] = {k: v for k, v in m["index"].items() if k != "metric"}
+    mf.seal(b_dir, {**m, **change})
+    with pytest.raises(UserError, match=message):
+        load_bundle(b_dir, device="cpu")
+
+
+def test_run_metric_and_temperature_from_model_json(work: Path, reg_bundle: Path, webcam: Path,
+                                                    tmp_path: Path) -> None:
+    from supemb.runtime import export
+    from supemb.train.trainer import Model
+
+    assert export.EMBEDDINGS == Model.EMBEDDINGS  # export reads what the trainer writes
+    assert export.run_metric({}) == "cosine"  # a run older than the metric
+    assert export.run_metric({"embedding": "l2-normalised encoder output"}) == "cosine"
+    assert export.run_metric({"metric": "l2", "embedding": "encoder output"}) == "l2"
+    with pytest.raises(UserError, match="cannot export"):
+        export.run_metric({"metric": "l2", "embedding": "l2-normalised encoder output"})
+    with pytest.raises(UserError, match="cannot export"):
+        export.run_metric({"embedding": "projection output"})
+    with pytest.raises(UserError, match="metric 'dot'"):
+        export.run_metric({"metric": "dot"})
+    assert export.run_knn_temperature({}, "regression") == 0.1
+    assert export.run_knn_temperature({"knn_temperature": None}, "classification") == 0.07
+    assert export.run_knn_temperature({"knn_temperature": 0.8}, "regression") == 0.8
+    with pytest.raises(UserError, match="knn_temperature"):
+        export.run_knn_temperature({"knn_temperature": -1}, "regression")
+    # a run whose model.json says cosine exports a normalising graph and an inner-product index
+    run = tmp_path / "run"
+    shutil.copytree(work / "run_reg", run)
+    meta = json.loads((run / "model.json").read_text())
+    meta.update(metric="cosine", embedding="l2-normalised encoder output")
+    del meta["knn_temperature"]
+    (run / "model.json").write_text(json.dumps(meta))
+    m = export.export_run(run, tmp_path / "b")
+    assert m["metric"] == m["index"]["metric"] == "cosine" and m["knn"]["temperature"] == 0.1
+    b = load_bundle(tmp_path / "b", device="cpu")
+    x = np.concatenate([b.encoder.decode(p) for p in _images(webcam, 3)])
+    emb = b.embed_arrays(x)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    raw = load_bundle(reg_bundle, device="cpu").embed_arrays(x)  # the same weights served as l2
+    np.testing.assert_allclose(emb, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-5)

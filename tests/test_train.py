@@ -12,6 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from supemb.cli import main
+from supemb.data.eeg_augment import EEGAugment
 from supemb.errors import UsageError, UserError
 from supemb.train import trainer as trainer_mod
 from supemb.train.config import TrainConfig, load_config
@@ -88,6 +89,7 @@ def test_image_regression_l1_baseline_run(image_values: Path, tmp_path: Path) ->
     assert {"val_head_mae", "val_knn_mae", "val_ordinality", "test_head_mae"} <= set(final)
     meta = json.loads((tmp_path / "run" / "model.json").read_text())
     assert meta["has_linear_head"] and 20 < meta["target_mean"] < 80
+    assert meta["data"]["augment"]["preset"] == "colour"  # the baseline's augmentation is recorded
     # supemb viz redraws the map from the finished run
     png = tmp_path / "map.png"
     assert main(["viz", str(tmp_path / "run"), "--split", "test", "--method", "pca", "--out", str(png)]) == 0
@@ -100,6 +102,7 @@ def test_eeg_rnc_run_reports_recording_level(eeg_folder: Path, tmp_path: Path) -
     assert "val_rec_knn_mae" in final and "test_rec_linear_mae" in final
     meta = json.loads((tmp_path / "run" / "model.json").read_text())
     assert meta["modality"] == "eeg" and meta["encoder"] == "shallow"
+    assert meta["data"]["augment"] == {"preset": "eeg", **EEGAugment().to_dict()}
     # RnC orders the encoder output itself (no projection head, as in its paper)
     assert meta["projection"] == "none"
     assert not any(k.startswith("head.") for k in load_file(str(tmp_path / "run" / "model.safetensors")))

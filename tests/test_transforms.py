@@ -198,12 +198,12 @@ def test_two_views_stack_and_differ() -> None:
 
 
 def test_identity_augmentation_equals_eval() -> None:
-    # No crop, no flip, no jitter: the view is the square image, resized.
-    arr = _random_image(48, 48)
+    # Scale (1, 1) is no random crop but the evaluation crop: with no flip and
+    # no jitter the view is exactly the evaluation input, any image shape.
     aug = AugmentSpec(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grey_p=0.0)
-    spec = PreprocessSpec.square(24)
-    view = ContrastiveAugment(spec, aug)(Image.fromarray(arr), torch.Generator().manual_seed(0))
-    np.testing.assert_allclose(view.numpy(), eval_preprocess_array(arr, spec), atol=0.05)
+    for arr, spec in ((_random_image(48, 48), PreprocessSpec.square(24)), (_random_image(50, 70), SPEC)):
+        view = ContrastiveAugment(spec, aug)(Image.fromarray(arr), torch.Generator().manual_seed(0))
+        np.testing.assert_array_equal(view.numpy(), eval_preprocess_array(arr, spec))
 
 
 def test_flip_and_greyscale_always() -> None:

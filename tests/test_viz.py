@@ -104,6 +104,23 @@ def test_projection_is_deterministic_for_a_seed() -> None:
     np.testing.assert_allclose(p1, p2, atol=1e-12)  # rows are normalised: scale does not matter
 
 
+def test_l2_projection_keeps_the_raw_rows(tmp_path: Path) -> None:
+    """An "l2" embedding is drawn as served: its rows' norms are part of the geometry."""
+    rng = np.random.default_rng(4)
+    direction = rng.normal(size=6)
+    emb = np.outer(np.linspace(1.0, 5.0, 30), direction) + 0.01 * rng.normal(size=(30, 6))  # one ray
+    cos_xy, _ = project_2d(emb, "pca", metric="cosine")
+    l2_xy, _ = project_2d(emb, "pca", metric="l2")
+    # the points differ along the ray by their norm: l2 spreads them, cosine collapses them
+    assert np.ptp(l2_xy[:, 0]) > 100 * np.ptp(cos_xy[:, 0])
+    centred = emb - emb.mean(axis=0)
+    assert np.abs(l2_xy[:, 0]).max() == pytest.approx(np.abs(centred @ direction / np.linalg.norm(direction)).max(),
+                                                       rel=1e-3)
+    _read_png(embedding_map(emb, np.arange(30.0), tmp_path / "l2.png", discrete=False, method="pca", metric="l2"))
+    with pytest.raises(ValueError, match="metric"):
+        project_2d(emb, "pca", metric="dot")
+
+
 def test_same_seed_same_png(tmp_path: Path) -> None:
     emb, lab = _clusters(40, 4)
     a = embedding_map(emb, lab, tmp_path / "a.png", discrete=True, seed=1).read_bytes()

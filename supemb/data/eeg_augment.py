@@ -9,13 +9,19 @@ so a CPU generator works for CUDA tensors too.
 In DataLoader workers pass no generator: a torch.Generator object copied
 into each worker would repeat the same draws in every worker, while torch's
 global RNG is seeded per worker.
+
+`EEG_AUGMENTS` names presets of `EEGAugment` ("eeg": the defaults,
+"eeg-light": milder, "none": identity); `eeg_augment(value)` resolves a setting.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
+
+from supemb.errors import UserError
 
 
 def _batched(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -122,6 +128,9 @@ class EEGAugment:
     max_shift_frac: largest circular shift as a fraction of the window.
     Dropout comes last so dropped channels are exactly zero.
     Call: aug(x [C, W] or [B, C, W], generator=None) -> same shape and dtype.
+    Every step draws its numbers whatever its setting (a zero shift, unit
+    scale, zero noise or dropout included), so the draw count never depends
+    on the preset; with all of them off the output equals the input.
     """
 
     max_shift_frac: float = 0.5
@@ -129,6 +138,35 @@ class EEGAugment:
     scale_high: float = 1.2
     noise_rel_std: float = 0.1
     channel_drop_p: float = 0.1
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise UserError(f"EEG augmentation: {f.name} must be a number, not {v!r}")
+            object.__setattr__(self, f.name, float(v))
+        if not 0 <= self.max_shift_frac <= 1:
+            raise UserError(f"EEG augmentation: max_shift_frac must be in [0, 1], not {self.max_shift_frac}")
+        if not 0 <= self.scale_low <= self.scale_high:
+            raise UserError("EEG augmentation: need 0 <= scale_low <= scale_high, "
+                            f"not {self.scale_low}, {self.scale_high}")
+        if not self.noise_rel_std >= 0:
+            raise UserError(f"EEG augmentation: noise_rel_std must be >= 0, not {self.noise_rel_std}")
+        if not 0 <= self.channel_drop_p <= 1:
+            raise UserError(f"EEG augmentation: channel_drop_p must be in [0, 1], not {self.channel_drop_p}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly; `from_dict(to_dict())` gives an equal augmentation."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EEGAugment:
+        """From `to_dict()` output; unknown keys are refused."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise UserError(f"EEG augmentation: unknown keys {unknown} (known: {known})")
+        return cls(**d)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         w = x.shape[-1]
@@ -153,3 +191,26 @@ class TwoViews:
         v1 = self.augment(x, self.generator)
         v2 = self.augment(x, self.generator)
         return torch.stack([v1, v2], dim=0 if x.dim() == 2 else 1)
+
+
+EEG_AUGMENTS: dict[str, EEGAugment] = {
+    # Time shift up to half a window, amplitude 0.8-1.2, noise 0.1 of the channel std, dropout 0.1.
+    "eeg": EEGAugment(),
+    # Milder: amplitude 0.9-1.1, half the noise, no channel dropout.
+    "eeg-light": EEGAugment(max_shift_frac=0.5, scale_low=0.9, scale_high=1.1, noise_rel_std=0.05,
+                            channel_drop_p=0.0),
+    # Identity (a control).
+    "none": EEGAugment(max_shift_frac=0.0, scale_low=1.0, scale_high=1.0, noise_rel_std=0.0, channel_drop_p=0.0),
+}
+
+
+def eeg_augment(value: str | dict[str, Any] | EEGAugment) -> tuple[str, EEGAugment]:
+    """A preset name ("eeg-light"), a mapping `{"preset": NAME, **field overrides}`
+    or an `EEGAugment` -> (preset name or "custom", augmentation). Bad names
+    or fields: a one-line `UsageError` naming the presets."""
+    from supemb.data.presets import CUSTOM, resolve_preset
+
+    if isinstance(value, EEGAugment):
+        names = [n for n, p in EEG_AUGMENTS.items() if p == value]
+        return (names[0] if names else CUSTOM), value
+    return resolve_preset(value, EEG_AUGMENTS, EEGAugment, "EEG")

@@ -17,6 +17,9 @@ Augmentation (`ContrastiveAugment`, the SupCon recipe): random resized crop,
 horizontal flip, colour jitter (brightness, contrast, saturation, hue, in a
 random order, applied with probability jitter_p), random greyscale, then the
 same normalisation. `TwoViews` stacks two independent draws.
+`IMAGE_AUGMENTS` names label-preserving presets of it ("simclr": the SupCon
+recipe; "colour", "light": no hue shift, no greyscale; "none": the
+evaluation preprocessing); `image_augment(value)` resolves a setting.
 
 torch is imported only where a tensor is made: serving preprocesses with
 numpy and Pillow without paying for the torch import (about 2 s).
@@ -215,6 +218,8 @@ class AugmentSpec:
     """The SupCon augmentation recipe's parameters (defaults: the paper's).
 
     scale: area fraction range of the random crop; ratio: its aspect range.
+    scale (1, 1) means no random crop: the view is the evaluation crop
+    (`crop_box`), so with no flip, jitter or greyscale it equals `eval_preprocess`.
     brightness/contrast/saturation: factor drawn from [1 - v, 1 + v]; hue:
     shift drawn from [-v, v] of the colour circle (<= 0.5). jitter_p: the
     chance that colour jitter runs at all; grey_p: chance of greyscale.
@@ -257,6 +262,36 @@ class AugmentSpec:
         if unknown:
             raise UserError(f"augmentation: unknown keys {unknown} (known: {sorted(known)})")
         return cls(**d)
+
+
+# Label-preserving presets (see docs/DESIGN.md, "Augmentation presets"). Hue
+# shifts and greyscale destroy colour (which carries e.g. outdoor temperature
+# in a webcam image, or skin and hair tone in a face); flips change digits.
+_COLOUR_SAFE = dict(scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3), brightness=0.2, contrast=0.2, saturation=0.0,
+                    hue=0.0, jitter_p=0.8, grey_p=0.0)
+IMAGE_AUGMENTS: dict[str, AugmentSpec] = {
+    # The SupCon/SimCLR recipe: classes whose identity survives colour changes.
+    "simclr": AugmentSpec(),
+    # Colour-preserving: targets carried by colour (webcam temperature, faces).
+    "colour": AugmentSpec(flip_p=0.5, **_COLOUR_SAFE),
+    # "colour" without the flip: orientation-bearing images (digits, text).
+    "light": AugmentSpec(flip_p=0.0, **_COLOUR_SAFE),
+    # No augmentation: the evaluation preprocessing (a control).
+    "none": AugmentSpec(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0, brightness=0.0, contrast=0.0,
+                        saturation=0.0, hue=0.0, jitter_p=0.0, grey_p=0.0),
+}
+
+
+def image_augment(value: str | dict[str, Any] | AugmentSpec) -> tuple[str, AugmentSpec]:
+    """A preset name ("colour"), a mapping `{"preset": NAME, **field overrides}`
+    or an `AugmentSpec` -> (preset name or "custom", spec). Bad names or
+    fields: a one-line `UsageError` naming the presets."""
+    from supemb.data.presets import CUSTOM, resolve_preset
+
+    if isinstance(value, AugmentSpec):
+        names = [n for n, p in IMAGE_AUGMENTS.items() if p == value]
+        return (names[0] if names else CUSTOM), value
+    return resolve_preset(value, IMAGE_AUGMENTS, AugmentSpec, "image")
 
 
 def random_crop_box(
@@ -372,8 +407,13 @@ class ContrastiveAugment:
         a, s = self.aug, self.spec.image_size
         image = to_rgb(image)
         box = random_crop_box(image.width, image.height, a.scale, a.ratio, draw)
-        # reducing_gap: shrink big photos by whole factors first (much faster, same look).
-        view = image.resize((s, s), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
+        if a.scale == (1.0, 1.0):
+            # No random crop: the evaluation crop, resized exactly as `resize_crop` does.
+            # (The box above was still drawn, so every preset consumes the same numbers.)
+            view = image.resize((s, s), Image.Resampling.BILINEAR, box=crop_box(image.width, image.height, self.spec))
+        else:
+            # reducing_gap: shrink big photos by whole factors first (much faster, same look).
+            view = image.resize((s, s), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
         u = draw(11)  # fixed count: flip, jitter?, 4 factors, 4 order keys, grey
         if u[0] < a.flip_p:
             view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)

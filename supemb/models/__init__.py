@@ -4,7 +4,8 @@
   (image: small_cnn, resnet18/34/50 and their `_small`-stem variants; EEG:
   shallow, deep4; `timm:<name>` when timm is installed).
 - `ProjectionHead` (stage 1), `LinearHead` (stage 2), `NormalizedEncoder`
-  (L2-normalised output, what a bundle's encoder.onnx computes).
+  (L2-normalised output, what a cosine bundle's encoder.onnx computes; an
+  "l2" bundle's computes the encoder's raw output).
 - `export_onnx(module, example_input, path)`: one .onnx file, dynamic batch.
 
 Every encoder is an `nn.Module` with `embed_dim` and `modality` and returns

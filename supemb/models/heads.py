@@ -8,7 +8,7 @@
 - `LinearHead`: stage 2. One linear layer on the frozen encoder's features,
   to n_classes logits (CE) or n_targets values (L1).
 - `NormalizedEncoder`: encoder + L2 normalisation, what `encoder.onnx` in a
-  bundle computes.
+  cosine bundle computes (an "l2" bundle serves the encoder's raw output).
 """
 
 from __future__ import annotations
@@ -79,8 +79,9 @@ class LinearHead(nn.Module):
 class NormalizedEncoder(nn.Module):
     """Wraps an encoder so it returns unit-length embeddings `[B, embed_dim]`.
 
-    This is the module to export as a bundle's `encoder.onnx`: FAISS inner
-    product on these vectors is cosine similarity.
+    This is what a cosine bundle's `encoder.onnx` computes: FAISS inner
+    product on these vectors is cosine similarity. (An "l2" bundle serves
+    the encoder's raw output, compared by Euclidean distance.)
     """
 
     def __init__(self, encoder: nn.Module, eps: float = 1e-12) -> None:

@@ -3,7 +3,9 @@
 `depth` blocks of 3x3 conv-BN-ReLU; every block halves the resolution (stride
 2) and block i has `width * 2**i` channels, so with the defaults (width 32,
 depth 3) it has about 94k parameters, a 64x64 input ends as an 8x8 map and
-the embedding has 128 dimensions.
+the embedding has 128 dimensions. `convs` > 1 adds stride-1 convolutions of
+the same width after each block's strided one (deeper at little cost: they
+run at the reduced resolution).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class SmallCNN(nn.Module):
         width: channels of the first block; block i has width * 2**i.
         depth: number of blocks (each one stride 2).
         in_chans: input channels.
+        convs: convolutions per block (the first strided, the rest stride 1).
 
     Forward: `x: [B, in_chans, H, W]` -> `[B, embed_dim]`,
     `embed_dim = width * 2**(depth - 1)`.
@@ -28,22 +31,23 @@ class SmallCNN(nn.Module):
 
     modality = "image"
 
-    def __init__(self, *, width: int = 32, depth: int = 3, in_chans: int = 3) -> None:
+    def __init__(self, *, width: int = 32, depth: int = 3, in_chans: int = 3, convs: int = 1) -> None:
         super().__init__()
-        if width < 1 or depth < 1 or in_chans < 1:
+        if width < 1 or depth < 1 or in_chans < 1 or convs < 1:
             raise UserError(
-                f"small_cnn: width, depth and in_chans must be >= 1, got {width}, {depth}, {in_chans}"
+                f"small_cnn: width, depth, in_chans and convs must be >= 1, got {width}, {depth}, {in_chans}, {convs}"
             )
         layers: list[nn.Module] = []
         c_in = in_chans
         for i in range(depth):
             c_out = width * 2**i
-            layers += [
-                nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True),
-            ]
-            c_in = c_out
+            for j in range(convs):
+                layers += [
+                    nn.Conv2d(c_in, c_out, 3, stride=2 if j == 0 else 1, padding=1, bias=False),
+                    nn.BatchNorm2d(c_out),
+                    nn.ReLU(inplace=True),
+                ]
+                c_in = c_out
         self.features = nn.Sequential(*layers)
         self.embed_dim: int = c_in
         for m in self.modules():
@@ -55,6 +59,6 @@ class SmallCNN(nn.Module):
         return torch.mean(self.features(x), dim=(2, 3))
 
 
-def small_cnn(*, width: int = 32, depth: int = 3, in_chans: int = 3) -> SmallCNN:
-    """The default small encoder (~94k parameters at width 32, depth 3)."""
-    return SmallCNN(width=width, depth=depth, in_chans=in_chans)
+def small_cnn(*, width: int = 32, depth: int = 3, in_chans: int = 3, convs: int = 1) -> SmallCNN:
+    """The default small encoder (~94k parameters at width 32, depth 3, convs 1)."""
+    return SmallCNN(width=width, depth=depth, in_chans=in_chans, convs=convs)

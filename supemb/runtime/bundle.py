@@ -1,16 +1,24 @@
 """Load a bundle and predict from it: ONNX Runtime for the encoder, FAISS for the gallery.
 
     bundle = supemb.load_bundle("bundles/age")            # device="auto"
-    bundle.embed(["a.jpg", "b.jpg"])                        # float32 [2, D], unit length
+    bundle.embed(["a.jpg", "b.jpg"])                        # float32 [2, D]
     p = bundle.predict("a.jpg")[0]                          # Prediction
     p.value, p.uncertainty, p.neighbours[0]
 
-Prediction from neighbours (the k most cosine-similar gallery items, weights
-w_j ∝ exp(s_j / t)):
-- classes: the similarity-weighted vote gives class probabilities (t = 0.07);
-  the uncertainty is 1 - the top probability;
-- values: the weighted mean (or median) of the neighbours' targets (t = 0.1),
-  with the weighted standard deviation of those targets as the uncertainty;
+The manifest's "metric" is the geometry the encoder's training loss shaped,
+and everything here uses it: "cosine" (encoder.onnx outputs unit-length
+embeddings; similarity s = their dot product) or "l2" (the raw encoder output;
+s = -Euclidean distance, larger = more similar). A manifest without a metric
+(older bundles) means cosine.
+
+Prediction from neighbours (the k most similar gallery items, weights
+w_j ∝ exp(s_j / t), t the manifest's kNN temperature, in s's units):
+- classes: the similarity-weighted vote gives class probabilities (t = 0.07
+  unless the manifest says otherwise); the uncertainty is 1 - the top
+  probability;
+- values: the weighted mean (or median) of the neighbours' targets (t = 0.1
+  unless the manifest says otherwise), with the weighted standard deviation
+  of those targets as the uncertainty;
 - EEG: every window of a recording is predicted and the recording gets the
   mean (class probabilities averaged); its uncertainty pools the windows'
   spreads and their disagreement (law of total variance), and its neighbours
@@ -44,7 +52,8 @@ _PROGRESS_MIN = 200  # inputs: with progress=None, a bar from this many on, on a
 @dataclass(frozen=True)
 class Neighbour:
     """A gallery item behind a prediction: its position in the gallery, label
-    (target value or class name), cosine similarity to the query, and id
+    (target value or class name), similarity to the query in the bundle's
+    metric (cosine similarity, or -Euclidean distance for "l2"), and id
     (file name, or the recording for EEG)."""
 
     index: int
@@ -126,8 +135,9 @@ def spec_from_preprocessing(prep: dict[str, Any], modality: str) -> Any:
 
 class Encoder:
     """An ONNX encoder in ONNX Runtime with the decoding of its inputs:
-    inputs -> unit-length embeddings. Used by `Bundle` and by export (which
-    embeds the gallery with the exported model itself)."""
+    inputs -> embeddings (unit length for a cosine bundle, raw for l2). Used
+    by `Bundle` and by export (which embeds the gallery with the exported
+    model itself)."""
 
     def __init__(self, onnx_path: Path, modality: str, spec: Any, device: Device = "auto") -> None:
         import onnxruntime as ort
@@ -222,6 +232,7 @@ class Bundle:
         target = m.get("target") or {}
         self.target_name: str = target.get("name", "target")
         self.unit: str = target.get("unit", "")
+        self.metric: str = m.get("metric", "cosine")  # checked by read_manifest
         self.knn: dict[str, Any] = dict(m["knn"])
         self.default_k = int(self.knn.get("k", 10))
         self.name: str = m.get("name") or self.source.name
@@ -235,7 +246,8 @@ class Bundle:
                             f"manifest says {self.embedding_dim}; the bundle's files do not belong together")
 
         # --- gallery
-        self.index = GalleryIndex.load(root / "index.faiss", params=m.get("index"), device=device)
+        self.index = GalleryIndex.load(root / "index.faiss", params=m.get("index"), device=device,
+                                       metric=self.metric)
         if self.index.dim != self.embedding_dim:
             raise UserError(f"{root / 'index.faiss'}: holds {self.index.dim}-d vectors but encoder.onnx outputs "
                             f"{self.embedding_dim}-d embeddings; the bundle's files do not belong together")
@@ -261,7 +273,7 @@ class Bundle:
     def __repr__(self) -> str:
         what = f"{len(self.labels)} classes" if self.task == "classification" else f"{self.target_name}"
         return (f"Bundle({str(self.source)!r}, {self.modality} {self.task} of {what}, "
-                f"{self.embedding_dim}-d, gallery {self.index.ntotal}, encoder on {self.device}, "
+                f"{self.embedding_dim}-d {self.metric}, gallery {self.index.ntotal}, encoder on {self.device}, "
                 f"index on {'gpu' if self.index.on_gpu else 'cpu'})")
 
     @property
@@ -276,15 +288,14 @@ class Bundle:
         return self.encoder.embed_arrays(x)
 
     def embed(self, inputs: Any, batch_size: int = 64, progress: bool | None = None) -> np.ndarray:
-        """Inputs (paths, PIL images, uint8 arrays; or EEG recordings) -> float32 `[N, D]`,
-        unit-length rows. An EEG recording's row is the normalised mean of its windows'."""
+        """Inputs (paths, PIL images, uint8 arrays; or EEG recordings) -> float32 `[N, D]`
+        in the bundle's metric: unit-length rows (cosine) or raw encoder outputs (l2).
+        An EEG recording's row is `recording_embeddings` of its windows'."""
         items, _ = _as_list(inputs)
         emb, owner, _ = self.encoder.embed_rows(items, batch_size, progress, "raise")
         if self.modality == "image":
             return emb
-        out = np.zeros((len(items), self.embedding_dim), np.float32)
-        np.add.at(out, owner, emb)
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return recording_embeddings(emb, owner, len(items), self.metric)
 
     # -------------------------------------------------------------- predict
 
@@ -377,6 +388,25 @@ class Bundle:
                 if len(seen) == k:
                     break
         return list(seen.values())
+
+
+def recording_embeddings(emb: np.ndarray, owner: np.ndarray, n: int, metric: str) -> np.ndarray:
+    """One embedding per input from its rows (an EEG recording's windows).
+
+    emb: [R, D] row embeddings, owner: [R] input position (0 .. n-1) of each
+    row. "cosine": the L2-normalised mean of the rows (a unit vector, like
+    the rows); "l2": the plain mean of the rows' raw embeddings (the point
+    closest, in squared Euclidean distance, to all of them). An input with
+    no rows gets zeros. Returns float32 [n, D].
+    """
+    emb = np.asarray(emb, np.float32)
+    owner = np.asarray(owner, np.int64)
+    out = np.zeros((n, emb.shape[1]), np.float32)
+    np.add.at(out, owner, emb)
+    if metric == "cosine":  # the sum has the direction of the mean
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    counts = np.bincount(owner, minlength=n).astype(np.float32)
+    return out / np.maximum(counts, 1.0)[:, None]
 
 
 def rows_by_owner(owner: np.ndarray) -> list[tuple[int, np.ndarray]]:

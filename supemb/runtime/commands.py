@@ -123,7 +123,8 @@ def evaluate_bundle(bundle: Any, data: str | Path, *, target: str | None = None,
     """Metrics of a bundle's kNN predictions on labelled `data` (as in training):
     regression MAE/RMSE/R², mean spread, embedding ordinality; classification
     accuracy, balanced accuracy, P@1 and MAP@R against the gallery. EEG
-    metrics are per recording ("rec_" keys, as the trainer names them)."""
+    metrics are per recording ("rec_" keys, as the trainer names them).
+    Everything compares embeddings in the bundle's metric (cosine or l2)."""
     from supemb.runtime.export import data_gallery
     from supemb.train import metrics
 
@@ -143,9 +144,9 @@ def evaluate_bundle(bundle: Any, data: str | Path, *, target: str | None = None,
         pred = np.array([preds[i].value for i in ok])
         out.update({f"{prefix}_{n}": v for n, v in metrics.regression_metrics(pred, y).items()})
         out[f"{prefix}_spread"] = float(np.mean([preds[i].uncertainty for i in ok]))
-        rec_emb = _per_input(emb, owner, ok)
+        rec_emb = _per_input(emb, owner, ok, bundle.metric)
         if len(ok) >= 2:
-            out["ordinality"] = metrics.ordinality(rec_emb, y)
+            out["ordinality"] = metrics.ordinality(rec_emb, y, metric=bundle.metric)
     else:
         y = [str(src.targets[i]) for i in ok]
         names = sorted(set(y) | set(bundle.labels))
@@ -159,7 +160,7 @@ def evaluate_bundle(bundle: Any, data: str | Path, *, target: str | None = None,
         gallery_counts = np.bincount(bundle.targets, minlength=len(bundle.labels))
         r_max = int(gallery_counts.max())
         if r_max <= 2000:
-            rec_emb = _per_input(emb, owner, ok)
+            rec_emb = _per_input(emb, owner, ok, bundle.metric)
             sim, idx = bundle.index.search(rec_emb, r_max)
             ap = []
             for row, label in enumerate(y):
@@ -174,12 +175,15 @@ def evaluate_bundle(bundle: Any, data: str | Path, *, target: str | None = None,
     return {key: (float(v) if isinstance(v, (np.floating, float)) else v) for key, v in out.items()}
 
 
-def _per_input(emb: np.ndarray, owner: np.ndarray, positions: list[int]) -> np.ndarray:
-    """One unit vector per input (EEG: the normalised mean of its windows)."""
+def _per_input(emb: np.ndarray, owner: np.ndarray, positions: list[int], metric: str = "cosine") -> np.ndarray:
+    """One embedding per input at `positions` (EEG: from its windows), in the bundle's metric:
+    a unit vector, the normalised mean of its rows (cosine), or the plain mean of its rows (l2)."""
     from supemb.runtime.bundle import rows_by_owner
 
     rows = dict(rows_by_owner(owner))
     out = np.stack([emb[rows[pos]].mean(axis=0) for pos in positions]).astype(np.float64)
+    if metric != "cosine":
+        return out
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 

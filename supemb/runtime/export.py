@@ -2,7 +2,9 @@
 
 export_run(run, out):
 1. rebuild the run's encoder from model.json + model.safetensors and wrap it
-   so it outputs L2-normalised embeddings (the trainer's `Model.embed`);
+   so it outputs the embedding in the geometry its loss shaped (the trainer's
+   `Model.embed`): L2-normalised for model.json's metric "cosine" (and for
+   runs older than the metric), the raw encoder output for "l2";
 2. write it as one ONNX file with a dynamic batch axis (weights inside);
    `fp16=True` casts the weights to float16 inside the graph (inputs and
    outputs stay float32), for GPU serving;
@@ -12,8 +14,13 @@ export_run(run, out):
 4. check parity, ONNX Runtime against PyTorch on the same real inputs at
    batch 1 and a larger batch: max |difference| <= 1e-4 (float32 graph) or
    <= 1e-2 (float16 graph: about 3 significant digits on unit vectors), and
-   fail loudly otherwise;
-5. write manifest.json with the checksums of every file.
+   fail loudly otherwise; raw "l2" embeddings are not unit length, so there
+   the tolerance is scaled by the largest embedding norm (when above 1);
+5. write manifest.json with the checksums of every file, the metric
+   ("cosine" or "l2") that the FAISS index, the kNN weights and the
+   uncertainty all use, and the kNN temperature (model.json's
+   knn_temperature, in that metric's similarity units; else 0.1 for
+   regression, 0.07 for classification).
 
 The bundle is assembled in a temporary directory beside `out` and moved into
 place at the end, so a failed export leaves nothing half-written.
@@ -37,7 +44,11 @@ from supemb.runtime import manifest as mf
 from supemb.runtime.bundle import Encoder, load_bundle, spec_from_preprocessing
 
 PARITY_TOL = {"float32": 1e-4, "float16": 1e-2}
-KNN_TEMPERATURE = {"regression": 0.1, "classification": 0.07}  # as the trainer's evaluation
+KNN_TEMPERATURE = {"regression": 0.1, "classification": 0.07}  # as the trainer's evaluation, when the run has none
+METRICS = ("cosine", "l2")
+# What the trainer's `Model.EMBEDDINGS` records in model.json per metric (kept here too, so a
+# trainer from before the metric still reads runs that have one).
+EMBEDDINGS = {"cosine": "l2-normalised encoder output", "l2": "encoder output"}
 
 
 @dataclass
@@ -63,11 +74,40 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
         raise UserError(f"{path}: not valid JSON ({err})") from None
 
 
-def load_run_model(run: Path):
-    """(embedding module: inputs -> unit-length embeddings, model.json, preprocessing.json).
+def run_metric(meta: dict[str, Any], where: Path | str = "model.json") -> str:
+    """The served geometry of a run from its model.json: "cosine" or "l2".
 
-    The embedding is the trainer's `Model.embed` (the L2-normalised encoder
-    output), so only the encoder's weights are needed; heads stay behind."""
+    No "metric" (runs written before it was recorded) means cosine. The
+    "embedding" string, when present, must be the one the trainer records
+    for that metric; anything else is refused (an embedding this supemb
+    cannot rebuild)."""
+    metric = meta.get("metric", "cosine")
+    if metric not in METRICS:
+        raise UserError(f"{where}: metric {metric!r} is not one this supemb serves ({', '.join(METRICS)})")
+    embedding = meta.get("embedding", EMBEDDINGS[metric])
+    if embedding != EMBEDDINGS[metric]:
+        raise UserError(f"{where}: the embedding is {embedding!r}, which this supemb cannot export "
+                        f"for metric {metric!r} (it exports the {EMBEDDINGS[metric]})")
+    return metric
+
+
+def run_knn_temperature(meta: dict[str, Any], task: str, where: Path | str = "model.json") -> float:
+    """model.json's knn_temperature (in its metric's similarity units), else the cosine defaults."""
+    t = meta.get("knn_temperature")
+    if t is None:
+        return KNN_TEMPERATURE[task]
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not (float(t) > 0 and np.isfinite(float(t))):
+        raise UserError(f"{where}: knn_temperature must be a positive number, got {t!r}")
+    return float(t)
+
+
+def load_run_model(run: Path):
+    """(embedding module: inputs -> embeddings, model.json, preprocessing.json).
+
+    The embedding is the trainer's `Model.embed` in model.json's metric: the
+    L2-normalised encoder output for "cosine" (also runs without a metric),
+    the raw encoder output for "l2". Only the encoder's weights are needed;
+    heads stay behind."""
     import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -78,9 +118,7 @@ def load_run_model(run: Path):
 
     meta = _read_json(run / "model.json", "model.json")
     prep = _read_json(run / "preprocessing.json", "preprocessing.json")
-    if meta.get("embedding", Model.EMBEDDING) != Model.EMBEDDING:
-        raise UserError(f"{run / 'model.json'}: the embedding is {meta['embedding']!r}, which this supemb "
-                        f"cannot export (it exports the {Model.EMBEDDING})")
+    metric = run_metric(meta, run / "model.json")
     weights_path = run / "model.safetensors"
     if not weights_path.is_file():
         raise UserError(f"{weights_path}: not found; has the run in {run} finished?")
@@ -96,14 +134,19 @@ def load_run_model(run: Path):
                         f"({str(err).splitlines()[0]})") from None
 
     class Embed(nn.Module):
-        def __init__(self, m: Model) -> None:
+        """inputs -> the embedding: `Model.embedding_of` in the run's metric."""
+
+        def __init__(self, m: Model, metric: str) -> None:
             super().__init__()
-            self.m = m
+            self.m, self.metric = m, metric
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.m.embed(x)
+            features = self.m.encoder(x)
+            if self.metric == "l2":
+                return features  # the raw encoder output, what an L2-distance loss shaped
+            return self.m.embedding_of(features)  # L2-normalised (the default metric of embedding_of)
 
-    return Embed(model).eval(), meta, prep
+    return Embed(model, metric).eval(), meta, prep
 
 
 def _half_wrapper(module):
@@ -252,11 +295,12 @@ def make_thumbnails(items: list[Any], size: int) -> np.ndarray:
     return out
 
 
-def write_gallery(root: Path, g: IndexedGallery, index_kind: str, index_opts: dict[str, Any] | None = None):
-    """index.faiss, targets.npy, gallery.json (and thumbnails.npy) into `root`; returns the index."""
+def write_gallery(root: Path, g: IndexedGallery, index_kind: str, index_opts: dict[str, Any] | None = None,
+                  metric: str = "cosine"):
+    """index.faiss (in `metric`), targets.npy, gallery.json (and thumbnails.npy) into `root`; returns the index."""
     from supemb.runtime.index import GalleryIndex
 
-    index = GalleryIndex.build(g.emb, kind=index_kind, **(index_opts or {}))
+    index = GalleryIndex.build(g.emb, kind=index_kind, metric=metric, **(index_opts or {}))
     index.save(root / "index.faiss")
     mf.save_npy_atomic(root / "targets.npy", g.targets)
     mf.write_json_atomic(root / "gallery.json", g.gallery_json)
@@ -287,6 +331,19 @@ def parity(module, encoder: Encoder, x: np.ndarray, tol: float) -> dict[str, flo
             raise UserError(f"export parity check failed: max |ONNX Runtime - PyTorch| = {diff:.3g} at batch {n} "
                             f"(allowed {tol:g}); the ONNX graph does not reproduce the model")
     return out
+
+
+def _parity_scale(module, x: np.ndarray, metric: str) -> float:
+    """1 for unit-length ("cosine") embeddings; for raw "l2" ones the largest
+    row norm of the PyTorch embeddings of `x` (at least 1), so the parity
+    tolerance is relative to the size of what is compared."""
+    if metric == "cosine":
+        return 1.0
+    import torch
+
+    with torch.no_grad():
+        emb = module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).float().numpy()
+    return max(1.0, float(np.linalg.norm(emb, axis=1).max()))
 
 
 def _final_metrics(run: Path) -> dict[str, float]:
@@ -337,6 +394,8 @@ def export_run(
         raise UserError(f"{out}: already exists; choose another --out or pass --force to replace it")
     module, meta, prep = load_run_model(run)
     modality, task = meta["modality"], meta["task"]
+    metric = run_metric(meta, run / "model.json")
+    knn_temperature = run_knn_temperature(meta, task, run / "model.json")
     spec = spec_from_preprocessing(prep, modality)
     src = data_gallery(gallery, modality, task, meta["target"], on_error=on_error) if gallery else \
         run_training_gallery(run, meta)
@@ -361,25 +420,26 @@ def export_run(
         export_onnx(graph_module, torch.from_numpy(examples[:2] if len(examples) > 1 else examples),
                     tmp / "encoder.onnx", input_name="input", output_name="embedding", opset=opset)
         encoder = Encoder(tmp / "encoder.onnx", modality, spec, device="cpu")
-        diffs = parity(module, encoder, examples, PARITY_TOL[dtype])
+        tolerance = PARITY_TOL[dtype] * _parity_scale(module, examples, metric)
+        diffs = parity(module, encoder, examples, tolerance)
         labels = list(meta.get("classes") or []) if task == "classification" else []
         indexed = embed_gallery(encoder, src, task, labels, thumbnails if modality == "image" else 0, on_error)
-        idx = write_gallery(tmp, indexed, index)
+        idx = write_gallery(tmp, indexed, index, metric=metric)
         manifest = {
             "format": mf.FORMAT, "format_version": mf.FORMAT_VERSION,
             "name": name or out.stem, "created_with": f"supemb {__version__}",
             "task": task, "modality": modality, "synthetic": bool(synthetic) if synthetic is not None else False,
             "preprocessing": prep, "embedding_dim": int(encoder.output_dim or indexed.emb.shape[1]),
-            "metric": "cosine",
+            "metric": metric,
             "target": {"name": meta.get("target", "target"), "unit": unit},
             "labels": indexed.labels if task == "classification" else None,
             "knn": {"k": int(k or meta.get("knn_k", 10)), "weighting": "softmax",
-                    "temperature": KNN_TEMPERATURE[task], "reduce": "mean"},
+                    "temperature": knn_temperature, "reduce": "mean"},
             "index": idx.params(),
             "onnx": {"file": "encoder.onnx", "input": "input", "output": "embedding", "opset": opset,
                      "dtype": dtype, "exporter": resolve_exporter("auto"),
                      "input_shape": ["batch", *examples.shape[1:]],
-                     "parity_max_abs_diff": diffs, "parity_tolerance": PARITY_TOL[dtype]},
+                     "parity_max_abs_diff": diffs, "parity_tolerance": tolerance},
             "gallery": {"source": src.source, "items": int(len(indexed.targets)),
                         "inputs": len(src.items) - len(indexed.gallery_json.get("skipped", [])),
                         "thumbnails": int(thumbnails) if indexed.thumbnails is not None else 0},
@@ -441,7 +501,7 @@ def reindex(bundle_dir: str | Path, data: str | Path, *, append: bool = False, i
             (root / "thumbnails.npy").unlink()
         idx, n_items, labels, has_thumbs = bundle.index, len(targets), new.labels, thumbs is not None
     else:
-        idx = write_gallery(root, new, index or m["index"]["kind"])
+        idx = write_gallery(root, new, index or m["index"]["kind"], metric=bundle.metric)
         n_items, labels, has_thumbs = len(new.targets), new.labels, new.thumbnails is not None
     m = {**m, "index": idx.params(), "labels": labels if bundle.task == "classification" else None}
     m["gallery"] = {"source": (f"{m['gallery']['source']} + {src.source}" if append else src.source),

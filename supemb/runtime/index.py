@@ -1,14 +1,25 @@
-r"""The gallery's nearest-neighbour index: FAISS over L2-normalised embeddings.
+r"""The gallery's nearest-neighbour index: FAISS over a bundle's embeddings.
 
-Similarity is cosine. The encoder outputs L2-normalised vectors, and for unit
-vectors ``cos(q, x) = <q, x> / (|q| |x|) = <q, x>``, so every index here uses
-the inner-product metric and a search returns cosine similarities in [-1, 1]
-(largest first). The index does not normalise: it stores and compares what it
-is given, so vectors that are not unit length give plain inner products.
+Two metrics, the geometry the embedding's training loss shaped (a bundle's
+manifest says which):
+
+- ``"cosine"`` (the default): the encoder outputs L2-normalised vectors, and
+  for unit vectors ``cos(q, x) = <q, x> / (|q| |x|) = <q, x>``, so the index
+  uses the inner-product metric (``IndexFlatIP``, ``METRIC_INNER_PRODUCT``)
+  and a search returns cosine similarities in [-1, 1].
+- ``"l2"``: the encoder outputs raw (not normalised) vectors compared by
+  Euclidean distance: ``IndexFlatL2`` / ``METRIC_L2``. FAISS returns squared
+  distances ``d``; a search converts them to the similarity
+  ``s = -sqrt(max(d, 0)) = -||q - x||_2`` (negated, so larger is more similar,
+  as in Rank-N-Contrast's own similarity), in (-inf, 0].
+
+Either way a search returns similarities, largest first. The index does not
+normalise: it stores and compares what it is given (vectors that are not
+unit length give plain inner products under "cosine").
 
 Which index when:
 
-- ``"flat"`` (``IndexFlatIP``, the default): exact. A search is one matrix
+- ``"flat"`` (``IndexFlatIP`` / ``IndexFlatL2``, the default): exact. A search is one matrix
   product with the gallery plus a top-k selection, O(N d) per query; on two CPU
   cores that is a few milliseconds per query at 1M x 128. Fine for every
   gallery this project builds from a labelled training set.
@@ -62,6 +73,10 @@ from supemb.errors import UserError
 IndexKind = Literal["flat", "ivf", "hnsw"]
 KINDS: tuple[str, ...] = ("flat", "ivf", "hnsw")
 DEVICES: tuple[str, ...] = ("cpu", "cuda", "auto")
+Metric = Literal["cosine", "l2"]
+METRICS: tuple[str, ...] = ("cosine", "l2")
+_FAISS_METRIC = {"cosine": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+_FLAT = {"cosine": faiss.IndexFlatIP, "l2": faiss.IndexFlatL2}
 
 MIN_POINTS_PER_CENTROID = 39  # below this FAISS's k-means warns and centroids are poor
 MAX_POINTS_PER_CENTROID = 64  # training sample size cap, per centroid
@@ -151,6 +166,28 @@ def _positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+def _check_metric(metric: Any) -> str:
+    if metric not in METRICS:
+        raise UserError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    return metric
+
+
+def _metric_of(index: faiss.Index) -> str | None:
+    """"cosine" for an inner-product index, "l2" for an L2 one, None for any other metric."""
+    for name, code in _FAISS_METRIC.items():
+        if index.metric_type == code:
+            return name
+    return None
+
+
+def _similarities(dist: np.ndarray, metric: str) -> np.ndarray:
+    """FAISS search scores -> similarities: inner products as they are; squared
+    L2 distances d -> -sqrt(max(d, 0)) (max: rounding can make d slightly negative)."""
+    if metric == "cosine":
+        return dist
+    return -np.sqrt(np.maximum(dist, 0.0))
+
+
 def _kind_of(index: faiss.Index) -> str | None:
     if isinstance(index, faiss.IndexHNSWFlat):
         return "hnsw"
@@ -162,7 +199,8 @@ def _kind_of(index: faiss.Index) -> str | None:
 
 
 class GalleryIndex:
-    """Cosine kNN over a gallery of L2-normalised float32 embeddings [N, dim].
+    """kNN over a gallery of float32 embeddings [N, dim]: cosine (inner product
+    of L2-normalised vectors) or l2 (negated Euclidean distance), `metric`.
 
     Build with `GalleryIndex.build` or `GalleryIndex.load`, not the
     constructor. `search` returns (similarities [Q, k] float32, indices
@@ -171,6 +209,11 @@ class GalleryIndex:
 
     def __init__(self, index: faiss.Index, kind: str, *, hnsw_m: int | None = None, device: str = "cpu") -> None:
         self.kind = kind
+        metric = _metric_of(index)
+        if metric is None:
+            raise UserError(f"a FAISS index with metric type {index.metric_type}; supemb uses inner product "
+                            "(cosine) or L2")
+        self.metric: str = metric
         self.dim = int(index.d)
         self._hnsw_m = hnsw_m
         self._lock = _ReadWriteLock()
@@ -197,9 +240,12 @@ class GalleryIndex:
         ef_construction: int = 200,
         seed: int = 0,
         device: str = "cpu",
+        metric: Metric = "cosine",
     ) -> GalleryIndex:
         """Index the gallery `emb` [N, dim] (N >= 1).
 
+        metric: "cosine" (inner product; give L2-normalised vectors) or "l2"
+        (Euclidean distance of the vectors as given).
         ivf: `nlist` cells (default `default_nlist(N)`, at most N), `nprobe`
         probed per query (default `default_nprobe(nlist)`); k-means on a
         seeded sample of at most 64 * nlist rows. hnsw: `hnsw_m` links per
@@ -209,6 +255,8 @@ class GalleryIndex:
         if kind not in KINDS:
             raise UserError(f"index kind must be one of {', '.join(KINDS)}, got {kind!r}")
         _check_device(device)
+        _check_metric(metric)
+        faiss_metric = _FAISS_METRIC[metric]
         emb = _as_vectors(emb, "gallery embeddings")
         n, dim = emb.shape
         if n == 0:
@@ -219,7 +267,7 @@ class GalleryIndex:
             raise UserError(f"ef_search applies to an hnsw index, not {kind}")
 
         if kind == "flat":
-            index = faiss.IndexFlatIP(dim)
+            index = _FLAT[metric](dim)
             index.add(emb)
             return cls(index, kind, device=device)
 
@@ -228,7 +276,7 @@ class GalleryIndex:
             if nlist > n:
                 raise UserError(f"nlist ({nlist}) cannot exceed the gallery size ({n})")
             nprobe = default_nprobe(nlist) if nprobe is None else min(_positive_int(nprobe, "nprobe"), nlist)
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            index = faiss.IndexIVFFlat(_FLAT[metric](dim), dim, nlist, faiss_metric)
             index.cp.seed = seed
             index.cp.max_points_per_centroid = MAX_POINTS_PER_CENTROID
             index.cp.min_points_per_centroid = 1  # small galleries: nlist is already clamped; no warning
@@ -242,7 +290,7 @@ class GalleryIndex:
             return cls(index, kind, device=device)
 
         hnsw_m = _positive_int(hnsw_m, "hnsw_m")
-        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss_metric)
         index.hnsw.efConstruction = _positive_int(ef_construction, "ef_construction")
         index.hnsw.efSearch = DEFAULT_EF_SEARCH if ef_search is None else _positive_int(ef_search, "ef_search")
         # HNSW draws node levels from its own RNG: seed it for a reproducible graph.
@@ -281,7 +329,8 @@ class GalleryIndex:
 
         queries: [Q, dim]. Returns (sim [Q, k'] float32, idx [Q, k'] int64)
         with k' = min(k, ntotal), rows by decreasing similarity, equal
-        similarities by increasing index.
+        similarities by increasing index. sim: inner products ("cosine") or
+        -||q - x||_2 ("l2").
         """
         k = _positive_int(k, "k")
         queries = _as_vectors(queries, "queries", self.dim)
@@ -294,6 +343,7 @@ class GalleryIndex:
             short = np.flatnonzero((idx < 0).any(axis=1))
             if len(short):
                 sim[short], idx[short] = self._exhaustive(queries[short], k)
+        sim = _similarities(sim, self.metric)
         order = np.lexsort((idx, -sim), axis=-1)
         return np.take_along_axis(sim, order, -1), np.take_along_axis(idx, order, -1)
 
@@ -312,6 +362,7 @@ class GalleryIndex:
         index = self._index
         return {
             "kind": self.kind,
+            "metric": self.metric,
             "dim": self.dim,
             "ntotal": self.ntotal,
             "nlist": int(index.nlist) if self.kind == "ivf" else None,
@@ -338,9 +389,13 @@ class GalleryIndex:
                 raise
 
     @classmethod
-    def load(cls, path: str | os.PathLike, params: dict | None = None, device: str = "auto") -> GalleryIndex:
+    def load(cls, path: str | os.PathLike, params: dict | None = None, device: str = "auto",
+             metric: Metric | None = None) -> GalleryIndex:
         """Read an index written by `save`; `params` (from `params()`) restores
-        nprobe / ef_search and is checked against the file (kind, dim, ntotal)."""
+        nprobe / ef_search and is checked against the file (kind, metric, dim,
+        ntotal). The metric comes from the file (FAISS's metric type: inner
+        product = "cosine", L2 = "l2"); `metric`, when given (a bundle's
+        manifest), must match it."""
         _check_device(device)
         path = Path(path)
         if not path.is_file():
@@ -353,10 +408,16 @@ class GalleryIndex:
         kind = _kind_of(index)
         if kind is None:
             raise UserError(f"{path}: a {type(index).__name__} index; supemb reads flat, ivf and hnsw indexes")
-        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-            raise UserError(f"{path}: the index does not use the inner-product metric; cosine search needs it")
+        actual_metric = _metric_of(index)
+        if actual_metric is None:
+            raise UserError(f"{path}: the index uses neither the inner-product metric (cosine) nor L2 "
+                            f"(FAISS metric type {index.metric_type})")
+        if metric is not None and _check_metric(metric) != actual_metric:
+            raise UserError(f"{path}: the index file has metric {actual_metric!r} but the bundle says "
+                            f"{metric!r}; the bundle's files do not belong together")
         params = dict(params or {})
-        for key, actual in (("kind", kind), ("dim", int(index.d)), ("ntotal", int(index.ntotal))):
+        for key, actual in (("kind", kind), ("metric", actual_metric), ("dim", int(index.d)),
+                            ("ntotal", int(index.ntotal))):
             expected = params.get(key)
             if expected is not None and expected != actual:
                 raise UserError(f"{path}: the index file has {key} {actual!r} but its parameters say {expected!r}")
@@ -371,7 +432,8 @@ class GalleryIndex:
 
     def __repr__(self) -> str:
         where = "gpu" if self.on_gpu else "cpu"
-        return f"GalleryIndex(kind={self.kind!r}, dim={self.dim}, ntotal={self.ntotal}, {where})"
+        return (f"GalleryIndex(kind={self.kind!r}, metric={self.metric!r}, dim={self.dim}, "
+                f"ntotal={self.ntotal}, {where})")
 
 
 def _check_device(device: str) -> None:

@@ -6,7 +6,12 @@ A bundle is a directory (or a .zip of one) holding
                      size, metric, labels or target name/unit, kNN settings,
                      index settings, training summary, and the sha256 and size
                      of every other file
-    encoder.onnx     one file, dynamic batch axis, L2-normalised embeddings
+    encoder.onnx     one file, dynamic batch axis, outputs the embedding in the
+                     geometry its loss shaped (L2-normalised for a cosine loss,
+                     the raw encoder output for an L2-distance loss); the
+                     manifest's "metric" ("cosine" or "l2"; absent = cosine)
+                     says which, and the FAISS index, kNN weights and
+                     uncertainty use that same metric
     index.faiss      the labelled gallery's embeddings (a FAISS index)
     targets.npy      gallery labels: float64 [G] (regression) or int64 [G] (class ids)
     gallery.json     per gallery item: an id (file name) and, for EEG windows,
@@ -37,6 +42,7 @@ MANIFEST = "manifest.json"
 REQUIRED_FILES = ("encoder.onnx", "index.faiss", "targets.npy", "gallery.json")
 TASKS = ("classification", "regression")
 MODALITIES = ("image", "eeg")
+METRICS = ("cosine", "l2")  # the manifest's "metric"; a manifest without one is cosine
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -116,6 +122,8 @@ def read_manifest(root: Path) -> dict[str, Any]:
     for key, allowed in (("task", TASKS), ("modality", MODALITIES)):
         if m.get(key) not in allowed:
             raise UserError(f"{path}: {key} must be one of {', '.join(allowed)}, got {m.get(key)!r}")
+    if m.get("metric", "cosine") not in METRICS:
+        raise UserError(f"{path}: metric must be one of {', '.join(METRICS)}, got {m.get('metric')!r}")
     for key in ("embedding_dim", "preprocessing", "files", "knn"):
         if key not in m:
             raise UserError(f"{path}: the manifest has no {key!r} field; the bundle is damaged")

@@ -26,6 +26,14 @@ CONTRASTIVE = ("supcon", "rnc", "tsc")
 # L2-normalised encoder output; with "none" it is the space the loss orders.
 PROJECTIONS = ("mlp", "none")
 PROJECTION_OF_LOSS = {"supcon": "mlp", "tsc": "mlp", "rnc": "none"}
+# The geometry an embedding is served in: "cosine" compares L2-normalised
+# encoder outputs by their dot product, "l2" compares raw encoder outputs by
+# negative Euclidean distance. A contrastive run serves the geometry its loss
+# shaped (SupCon/TSC: cosine; RnC: its `similarity`); a baseline's is chosen
+# on validation unless `metric` says.
+METRICS = ("cosine", "l2")
+SIMILARITIES = ("l2", "cosine")  # RnC's feature similarity (its paper's default: l2)
+HEAD_FITS = ("convex", "sgd")
 TASK_OF_LOSS = {"supcon": "classification", "tsc": "classification", "ce": "classification",
                 "rnc": "regression", "l1": "regression"}
 
@@ -46,12 +54,15 @@ class TrainConfig:
     linear_epochs: int = 10  # stage 2 (frozen encoder, linear head); contrastive losses only
     batch_size: int = 64
     lr: float = 1e-3
-    linear_lr: float = 1e-2
+    linear_lr: float = 1e-2  # head_fit "sgd" only
+    head_fit: str = "convex"  # stage 2: "convex" (ridge / logistic regression, regularisation chosen on val) | "sgd"
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
     temperature: float | None = None  # None: the loss's default (SupCon 0.1, RnC 2.0, TSC 0.1)
     projection: str | None = None  # stage-1 head: "mlp" | "none"; None: the loss's paper (see PROJECTION_OF_LOSS)
     projection_dim: int = 128
+    similarity: str | None = None  # RnC's feature similarity "l2" | "cosine"; None: l2 (its paper's)
+    metric: str | None = None  # served geometry "cosine" | "l2"; None: the loss's (baselines: chosen on val)
     label_smoothing: float = 0.1
     grad_clip: float = 5.0  # max gradient norm; 0 = off
     ema_decay: float = 0.0  # 0 = off; e.g. 0.999
@@ -61,7 +72,10 @@ class TrainConfig:
     num_workers: int = 0
     image_size: int = 64
     eeg: dict[str, Any] = field(default_factory=dict)  # EEGSpec fields (channels, sfreq, window_s, ...)
-    knn_k: int = 10
+    # Augmentation preset ("colour"), or {"preset": NAME, field: value, ...}; None: the task's default
+    # (supemb.train.data.DEFAULT_AUGMENT). Names and fields are checked once the modality is known.
+    augment: str | dict[str, Any] | None = None
+    knn_k: int | None = None  # None: chosen on validation from KNN_KS (with the kNN temperature)
     on_error: str = "fail"  # bad data rows: fail | skip
     viz: bool = True
 
@@ -75,7 +89,7 @@ class TrainConfig:
             raise UsageError(f"--loss {self.loss} is for {TASK_OF_LOSS[self.loss]}, but the task is {task}")
         object.__setattr__(self, "task", task)
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-                    "knn_k": self.knn_k, "image_size": self.image_size, "projection_dim": self.projection_dim}
+                    "knn_k": 1 if self.knn_k is None else self.knn_k, "image_size": self.image_size, "projection_dim": self.projection_dim}
         for name, value in positive.items():
             if value <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {value}")
@@ -93,6 +107,17 @@ class TrainConfig:
             raise UsageError(f"projection must be one of {', '.join(PROJECTIONS)}, got {self.projection!r}")
         if self.projection == "none" and self.loss == "tsc":
             raise UsageError("loss tsc needs its projection head (its class targets live in the projection space)")
+        for name, allowed in (("similarity", SIMILARITIES), ("metric", METRICS), ("head_fit", HEAD_FITS)):
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise UsageError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.similarity is not None and self.loss != "rnc":
+            raise UsageError(f"similarity is RnC's setting; loss {self.loss} compares features by cosine")
+        if self.augment is not None and not isinstance(self.augment, (str, dict)):
+            raise UsageError(f"--augment must be a preset name or a mapping {{preset: NAME, field: value}}, "
+                             f"got {type(self.augment).__name__}")
+        if isinstance(self.augment, dict) and not isinstance(self.augment.get("preset"), str):
+            raise UsageError(f"augment: a mapping needs 'preset: NAME' to start from, got {self.augment!r}")
         if self.on_error not in ("fail", "skip"):
             raise UsageError(f"--on-error must be fail or skip, got {self.on_error!r}")
 
@@ -106,6 +131,17 @@ class TrainConfig:
         if not self.contrastive:
             return "none"
         return self.projection or PROJECTION_OF_LOSS[self.loss]
+
+    @property
+    def served_metric(self) -> str | None:
+        """The geometry served: fixed by `metric` or the contrastive loss; None = choose on validation."""
+        if self.metric is not None:
+            return self.metric
+        if self.loss == "rnc":
+            return "cosine" if self.similarity == "cosine" else "l2"
+        if self.loss in ("supcon", "tsc"):
+            return "cosine"
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -3,7 +3,9 @@
 `prepare_data(cfg)` reads `--data` (an image layout or a folder/CSV of EEG
 recordings), splits it, and returns a `PreparedData`: per split an indexable
 `Split` (raw item loader + targets + group ids), the train and eval
-transforms, and the preprocessing spec that is saved with the model.
+transforms, the preprocessing spec that is saved with the model, and the
+augmentation used (`augment_spec`: a preset of `IMAGE_AUGMENTS` or
+`EEG_AUGMENTS`, chosen by `--augment` or, when unset, `DEFAULT_AUGMENT`).
 
 Randomness is a pure function of (seed, epoch, index): `SeededDataset` gives
 every item its own generator and `epoch_order` the batch order, so a run
@@ -13,7 +15,7 @@ resumed mid-epoch sees exactly the data an uninterrupted run would.
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,13 +24,57 @@ import numpy as np
 import torch
 
 from supemb.data import eeg as eeg_data
-from supemb.data.eeg_augment import EEGAugment
+from supemb.data.eeg_augment import EEG_AUGMENTS, EEGAugment, eeg_augment
 from supemb.data.images import ImageRecord, load_image, load_image_table
-from supemb.data.transforms import ContrastiveAugment, EvalTransform, PreprocessSpec
-from supemb.errors import UserError
+from supemb.data.transforms import (
+    IMAGE_AUGMENTS,
+    AugmentSpec,
+    ContrastiveAugment,
+    EvalTransform,
+    PreprocessSpec,
+    image_augment,
+)
+from supemb.errors import UsageError, UserError
 from supemb.train.config import TrainConfig
 
 SPLITS = ("train", "val", "test")
+
+# The augmentation preset of a run that sets none, by (modality, task). Image
+# presets: supemb.data.transforms.IMAGE_AUGMENTS; EEG: supemb.data.eeg_augment.EEG_AUGMENTS.
+DEFAULT_AUGMENT: dict[tuple[str, str], str] = {
+    ("image", "classification"): "light",
+    ("image", "regression"): "colour",
+    ("eeg", "regression"): "eeg",
+}
+
+
+def resolve_augment(value: str | Mapping[str, Any] | None, modality: str,
+                    task: str) -> tuple[AugmentSpec | EEGAugment, dict[str, Any]]:
+    """`TrainConfig.augment` for this modality and task -> (spec, record).
+
+    value: None (the task's default, `DEFAULT_AUGMENT`), a preset name, or a
+    mapping `{"preset": NAME, **field overrides}`. record: the resolved
+    augmentation, `{"preset": NAME or "custom", **every field}` (JSON-friendly;
+    resolving it again gives the same spec). A name or field the modality
+    lacks is a one-line `UsageError` naming the allowed presets.
+    """
+    presets, other, resolve = {
+        "image": (IMAGE_AUGMENTS, EEG_AUGMENTS, image_augment),
+        "eeg": (EEG_AUGMENTS, IMAGE_AUGMENTS, eeg_augment),
+    }[modality]
+    if value is None:
+        try:
+            value = DEFAULT_AUGMENT[(modality, task)]
+        except KeyError:
+            raise UsageError(f"no default augmentation for {modality} {task}; set --augment "
+                             f"({', '.join(presets)})") from None
+    name = value.get("preset") if isinstance(value, Mapping) else value
+    if isinstance(name, str) and name not in presets and name in other:
+        here, there = ("image", "EEG") if modality == "image" else ("EEG", "image")
+        raise UsageError(f"augmentation {name!r} is an {there} preset, but --data is {here} data; "
+                         f"{here} presets: {', '.join(presets)}")
+    name, spec = resolve(value)
+    return spec, {"preset": name, **spec.to_dict()}
 
 
 @dataclass
@@ -52,10 +98,12 @@ class PreparedData:
     classes: tuple[str, ...]
     splits: dict[str, Split]
     preprocessing: dict[str, Any]  # saved with the model; serving rebuilds eval_transform from it
-    augment: Callable[[Any, torch.Generator], torch.Tensor]  # one augmented view
+    augment: Callable[[Any, torch.Generator], torch.Tensor]  # one augmented view (contrastive and baselines)
     eval_transform: Callable[[Any], torch.Tensor]
     encoder_kwargs: dict[str, Any]
-    summary: dict[str, Any]
+    summary: dict[str, Any]  # includes "augment": augment_spec
+    # The augmentation used, fully resolved: {"preset": NAME or "custom", **every field} (see resolve_augment).
+    augment_spec: dict[str, Any] = field(default_factory=dict)
 
 
 def _seed_for(*parts: int) -> int:
@@ -139,6 +187,7 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
 
 
 def _prepare_images(cfg: TrainConfig, data: Path) -> PreparedData:
+    aug, aug_record = resolve_augment(cfg.augment, "image", cfg.task)  # before reading data: fail fast
     table = load_image_table(
         data, cfg.target, format=cfg.format, task=cfg.task, seed=cfg.seed,
         on_error="raise" if cfg.on_error == "fail" else "skip",
@@ -147,7 +196,7 @@ def _prepare_images(cfg: TrainConfig, data: Path) -> PreparedData:
         raise UserError(f"{data}: target {cfg.target!r} is {table.task} data, but --loss {cfg.loss} "
                         f"is for {cfg.task}")
     spec = PreprocessSpec.square(cfg.image_size, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    contrastive = ContrastiveAugment(spec)
+    contrastive = ContrastiveAugment(spec, aug)
     evaluate = EvalTransform(spec)
 
     def split_of(records: tuple[ImageRecord, ...]) -> Split:
@@ -166,17 +215,17 @@ def _prepare_images(cfg: TrainConfig, data: Path) -> PreparedData:
         splits=splits, preprocessing={"modality": "image", **spec.to_dict()},
         augment=lambda img, g: contrastive(img, generator=g),
         eval_transform=lambda img: evaluate(img),
-        encoder_kwargs={}, summary=table.summary(),
+        encoder_kwargs={}, summary={**table.summary(), "augment": aug_record}, augment_spec=aug_record,
     )
 
 
 def _prepare_eeg(cfg: TrainConfig, data: Path) -> PreparedData:
     if cfg.task != "regression":
         raise UserError("EEG training supports continuous targets (e.g. --target age) in this version")
+    augment, aug_record = resolve_augment(cfg.augment, "eeg", cfg.task)
     spec = eeg_data.EEGSpec.from_dict(cfg.eeg) if cfg.eeg else eeg_data.EEGSpec()
     records = eeg_data.assign_splits(eeg_data.list_recordings(data, cfg.target), seed=cfg.seed)
     datasets = eeg_data.split_datasets(records, spec)
-    augment = EEGAugment()
 
     def split_of(ds: eeg_data.EEGWindowDataset) -> Split:
         return Split(
@@ -195,7 +244,9 @@ def _prepare_eeg(cfg: TrainConfig, data: Path) -> PreparedData:
         augment=lambda x, g: augment(x, g),
         eval_transform=lambda x: x,
         encoder_kwargs={"n_chans": spec.n_channels, "n_times": spec.window_samples, "sfreq": spec.sfreq},
-        summary={"source": str(data), "target": cfg.target, "task": "regression", "splits": counts},
+        summary={"source": str(data), "target": cfg.target, "task": "regression", "splits": counts,
+                 "augment": aug_record},
+        augment_spec=aug_record,
     )
 
 

@@ -15,10 +15,16 @@ from supemb.train import metrics
 def embedding_metrics(
     train_emb: np.ndarray, train_targets: np.ndarray, emb: np.ndarray, targets: np.ndarray,
     groups: np.ndarray, task: str, k: int, per_recording: bool,
+    metric: str = "cosine", temperature: float | None = None,
 ) -> dict[str, float]:
-    """kNN (queries `emb` [N, D] against the train gallery), retrieval, ordinality."""
+    """kNN (queries `emb` [N, D] against the train gallery), retrieval, ordinality.
+
+    metric: "cosine" or "l2", the geometry the embeddings are compared in
+    (`supemb.train.metrics`); temperature: of the kNN weights, in that
+    metric's similarity units (None: the cosine defaults of `embedding_report`)."""
     return metrics.embedding_report(
-        train_emb, train_targets, emb, targets, task, k=k, val_groups=groups if per_recording else None,
+        train_emb, train_targets, emb, targets, task, k=k, temperature=temperature,
+        val_groups=groups if per_recording else None, metric=metric,
     )
 
 

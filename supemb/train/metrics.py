@@ -3,10 +3,22 @@ kNN prediction from embeddings, retrieval and ordinality.
 
 Everything here is numpy/scipy and computes in float64. Conventions:
 
-- Embeddings are `[N, D]` float arrays. kNN and retrieval use the cosine
-  similarity: rows are L2-normalised first (a zero row stays zero and is
-  similar to nothing), so the numbers match a FAISS `IndexFlatIP` over the
-  normalised vectors that serving uses.
+- Embeddings are `[N, D]` float arrays. kNN and retrieval compare them in
+  one of two geometries, the `metric` argument (the geometry the training
+  loss shaped; a bundle's manifest records it for serving):
+
+  - "cosine" (the default): rows are L2-normalised first (a zero row stays
+    zero and is similar to nothing) and s(q, g) = <q, g>, the cosine
+    similarity in [-1, 1]; the numbers match a FAISS `IndexFlatIP` over the
+    normalised vectors that serving uses.
+  - "l2": rows are used as given (not normalised) and
+    s(q, g) = -||q - g||_2, the negated Euclidean distance (not squared), so
+    larger is more similar, as in Rank-N-Contrast's own similarity. It is
+    computed as -sqrt(max(|q|^2 + |g|^2 - 2 <q, g>, 0)), and matches a FAISS
+    `IndexFlatL2` (which returns squared distances d: s = -sqrt(max(d, 0))).
+
+  kNN softmax weights exp(s / t) use s in that metric's units, so a
+  temperature tuned for one metric does not carry over to the other.
 - Neighbours are ranked by similarity, ties broken by the lower gallery index
   (where equal similarities straddle the k-th place, which of them make the
   cut is numpy's choice), so every result is deterministic.
@@ -34,6 +46,11 @@ from scipy.stats import spearmanr
 # Similarity blocks are computed a few query rows at a time, so memory stays
 # bounded (about 32 MB of float64) whatever the gallery size.
 _BLOCK_ELEMENTS = 1 << 22
+# Pairs whose distances are computed at once (alignment, uniformity): [chunk, D] at a time.
+_PAIR_CHUNK = 1 << 14
+
+Metric = Literal["cosine", "l2"]
+METRICS: tuple[str, ...] = ("cosine", "l2")
 
 
 # ------------------------------------------------------------------ checks
@@ -84,6 +101,13 @@ def _as_embeddings(x: npt.ArrayLike, name: str) -> np.ndarray:
 def _same_length(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
     if len(a) != len(b):
         raise ValueError(f"{name_a} has {len(a)} rows but {name_b} has {len(b)}")
+
+
+def check_metric(metric: str) -> str:
+    """`metric` if it is "cosine" or "l2"; ValueError otherwise."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be 'cosine' or 'l2', got {metric!r}")
+    return metric
 
 
 def l2_normalize(emb: npt.ArrayLike, eps: float = 1e-12) -> np.ndarray:
@@ -189,20 +213,32 @@ def _top_k(sim: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _top_k_blocks(
-    query: np.ndarray, gallery: np.ndarray, k: int, self_index: np.ndarray | None = None
+    query: np.ndarray, gallery: np.ndarray, k: int, self_index: np.ndarray | None = None,
+    metric: Metric = "cosine",
 ) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
-    """Top-k cosine neighbours, a block of query rows at a time, so memory
-    stays bounded whatever the gallery size.
+    """Top-k neighbours, a block of query rows at a time, so memory stays
+    bounded whatever the gallery size.
 
-    query: [N, D], gallery: [G, D], both L2-normalised. self_index: [N]
-    gallery index of each query never to return (leave-one-out), or None.
+    query: [N, D], gallery: [G, D]: L2-normalised for "cosine" (s = <q, g>),
+    as given for "l2" (s = -||q - g||_2). self_index: [N] gallery index of
+    each query never to return (leave-one-out), or None.
     Yields (rows, idx [n, k], sim [n, k]) as `_top_k`.
     """
     n, g = len(query), len(gallery)
     step = max(1, _BLOCK_ELEMENTS // max(g, 1))
+    if metric == "l2":
+        q_sq = np.einsum("nd,nd->n", query, query)
+        g_sq = np.einsum("gd,gd->g", gallery, gallery)
     for start in range(0, n, step):
         rows = slice(start, min(start + step, n))
         sim = query[rows] @ gallery.T
+        if metric == "l2":  # in place: -sqrt(max(|q|^2 + |g|^2 - 2 <q, g>, 0)), no second block
+            sim *= -2.0
+            sim += q_sq[rows, None]
+            sim += g_sq[None, :]
+            np.maximum(sim, 0.0, out=sim)
+            np.sqrt(sim, out=sim)
+            np.negative(sim, out=sim)
         if self_index is not None:
             sim[np.arange(rows.stop - rows.start), self_index[rows]] = -np.inf
         idx, top = _top_k(sim, k)
@@ -217,10 +253,15 @@ def _check_k(k: int, available: int) -> int:
     return int(k)
 
 
-def _pair(query_emb: npt.ArrayLike, gallery_emb: npt.ArrayLike, exclude_self: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Validated, L2-normalised (query [N, D], gallery [G, D])."""
-    q = l2_normalize(_as_embeddings(query_emb, "query_emb"))
-    g = l2_normalize(_as_embeddings(gallery_emb, "gallery_emb"))
+def _pair(
+    query_emb: npt.ArrayLike, gallery_emb: npt.ArrayLike, exclude_self: bool, metric: Metric = "cosine"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validated (query [N, D], gallery [G, D]): L2-normalised for "cosine", as given for "l2"."""
+    check_metric(metric)
+    q = _as_embeddings(query_emb, "query_emb")
+    g = _as_embeddings(gallery_emb, "gallery_emb")
+    if metric == "cosine":
+        q, g = l2_normalize(q), l2_normalize(g)
     if q.shape[1] != g.shape[1]:
         raise ValueError(f"query_emb has dimension {q.shape[1]} but gallery_emb has {g.shape[1]}")
     if exclude_self and len(q) != len(g):
@@ -235,21 +276,24 @@ def nearest_neighbours(
     gallery_emb: npt.ArrayLike,
     k: int,
     exclude_self: bool = False,
+    metric: Metric = "cosine",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The k most cosine-similar gallery items of each query.
+    """The k most similar gallery items of each query.
 
-    query_emb: [N, D], gallery_emb: [G, D] (normalised here).
+    query_emb: [N, D], gallery_emb: [G, D]. metric: "cosine" (rows
+    normalised here, s = cosine similarity) or "l2" (rows as given,
+    s = -Euclidean distance); see the module docstring.
     exclude_self: the query set is the gallery (N == G); item i is not its
     own neighbour. k must be at most G (G - 1 with exclude_self).
     Returns (indices [N, k] int64, similarities [N, k] float64), each row
     sorted by decreasing similarity, ties by increasing index.
     """
-    q, g = _pair(query_emb, gallery_emb, exclude_self)
+    q, g = _pair(query_emb, gallery_emb, exclude_self, metric)
     k = _check_k(k, len(g) - int(exclude_self))
     idx = np.empty((len(q), k), dtype=np.int64)
     sim = np.empty((len(q), k), dtype=np.float64)
     self_index = np.arange(len(q)) if exclude_self else None
-    for rows, bi, bs in _top_k_blocks(q, g, k, self_index):
+    for rows, bi, bs in _top_k_blocks(q, g, k, self_index, metric):
         idx[rows], sim[rows] = bi, bs
     return idx, sim
 
@@ -275,7 +319,8 @@ def _vote(idx: np.ndarray, sim: np.ndarray, labels: np.ndarray, n_classes: int, 
 def neighbour_vote(sim: np.ndarray, labels_k: np.ndarray, n_classes: int, temperature: float = 0.07) -> np.ndarray:
     """Class probabilities from already-found neighbours (the vote of `knn_classify`).
 
-    sim: [n, k] cosine similarities sorted in decreasing order per row;
+    sim: [n, k] similarities (in either metric's convention, larger = more
+    similar) sorted in decreasing order per row;
     labels_k: [n, k] the neighbours' class ids. Returns probs [n, n_classes].
     Shared by evaluation and serving (`supemb.runtime`), so both vote alike.
     """
@@ -301,13 +346,15 @@ def knn_classify(
     n_classes: int | None = None,
     temperature: float = 0.07,
     exclude_self: bool = False,
+    metric: Metric = "cosine",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Similarity-weighted kNN vote over cosine similarities.
+    """Similarity-weighted kNN vote.
 
     query_emb: [N, D], gallery_emb: [G, D], gallery_labels: [G] class ids.
     Each of the k nearest neighbours j votes for its class with weight
-    exp(s_ij / temperature) (s_ij the cosine similarity; the weighted kNN of
-    Wu et al. 2018, with their temperature 0.07 as default):
+    exp(s_ij / temperature) (s_ij the similarity in `metric`: cosine, or
+    -Euclidean distance for "l2"; the weighted kNN of Wu et al. 2018, with
+    their cosine temperature 0.07 as default):
 
         probs[i, c] = sum_{j in kNN(i), y_j = c} exp(s_ij / t) / sum_{j in kNN(i)} exp(s_ij / t)
 
@@ -321,7 +368,7 @@ def knn_classify(
     _same_length(labels, g, "gallery_labels", "gallery_emb")
     t = _check_temperature(temperature)
     c = _n_classes(labels, n_classes)
-    idx, sim = nearest_neighbours(query_emb, g, k, exclude_self)
+    idx, sim = nearest_neighbours(query_emb, g, k, exclude_self, metric)
     probs = _vote(idx, sim, labels, c, t)
     return probs.argmax(axis=1).astype(np.int64), probs
 
@@ -353,10 +400,13 @@ def knn_regress(
     temperature: float = 0.1,
     reduce: Literal["mean", "median"] = "mean",
     exclude_self: bool = False,
+    metric: Metric = "cosine",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """kNN regression over cosine similarities, with an uncertainty.
+    """kNN regression, with an uncertainty.
 
     query_emb: [N, D], gallery_emb: [G, D], gallery_targets: [G].
+    Neighbours and similarities s_ij in `metric` (cosine, or -Euclidean
+    distance for "l2"; see the module docstring).
     Weights of the k nearest neighbours: "softmax" w_j ∝ exp(s_ij / t),
     "uniform" w_j = 1/k. Prediction: the weighted mean ("mean") or the
     weighted median ("median", robust to a stray neighbour: the first sorted
@@ -376,7 +426,7 @@ def knn_regress(
     t = _check_temperature(temperature)
     g = _as_embeddings(gallery_emb, "gallery_emb")
     _same_length(y, g, "gallery_targets", "gallery_emb")
-    idx, sim = nearest_neighbours(query_emb, g, k, exclude_self)
+    idx, sim = nearest_neighbours(query_emb, g, k, exclude_self, metric)
     return neighbour_regress(sim, y[idx], weighting, t, reduce)
 
 
@@ -389,8 +439,8 @@ def neighbour_regress(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The prediction and spread of `knn_regress` from already-found neighbours.
 
-    sim: [n, k] cosine similarities sorted in decreasing order per row;
-    targets_k: [n, k] the neighbours' targets. Returns (pred [n], spread [n]).
+    sim: [n, k] similarities (either metric, larger = more similar) sorted
+    in decreasing order per row; targets_k: [n, k] the neighbours' targets. Returns (pred [n], spread [n]).
     Shared by evaluation and serving (`supemb.runtime`).
     """
     if weighting not in ("softmax", "uniform"):
@@ -411,12 +461,13 @@ def neighbour_regress(
 
 
 class _Retrieval(NamedTuple):
-    q: np.ndarray  # [N, D] normalised queries
+    q: np.ndarray  # [N, D] queries (normalised for cosine)
     q_labels: np.ndarray  # [N]
-    g: np.ndarray  # [G, D] normalised gallery
+    g: np.ndarray  # [G, D] gallery (normalised for cosine)
     g_labels: np.ndarray  # [G]
     self_index: np.ndarray | None  # [N] leave-one-out: the query's own gallery index
     r: np.ndarray  # [N] relevant gallery items per query
+    metric: str = "cosine"
 
 
 def _retrieval_setup(
@@ -424,18 +475,19 @@ def _retrieval_setup(
     query_labels: npt.ArrayLike,
     gallery_emb: npt.ArrayLike | None,
     gallery_labels: npt.ArrayLike | None,
+    metric: Metric = "cosine",
 ) -> _Retrieval:
     ql = _as_labels(query_labels, "query_labels")
     if (gallery_emb is None) != (gallery_labels is None):
         raise ValueError("give both gallery_emb and gallery_labels, or neither")
     loo = gallery_emb is None
-    q, g = _pair(query_emb, query_emb if loo else gallery_emb, exclude_self=loo)
+    q, g = _pair(query_emb, query_emb if loo else gallery_emb, exclude_self=loo, metric=metric)
     gl = ql if loo else _as_labels(gallery_labels, "gallery_labels")
     _same_length(ql, q, "query_labels", "query_emb")
     _same_length(gl, g, "gallery_labels", "gallery_emb")
     counts = np.bincount(gl, minlength=int(max(ql.max(), gl.max())) + 1)
     r = counts[ql] - int(loo)  # in leave-one-out the query itself is not relevant
-    return _Retrieval(q, ql, g, gl, np.arange(len(q)) if loo else None, r)
+    return _Retrieval(q, ql, g, gl, np.arange(len(q)) if loo else None, r, metric)
 
 
 def _average_precision_at_r(idx: np.ndarray, q_labels: np.ndarray, g_labels: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -453,7 +505,7 @@ def _retrieval_pass(ret: _Retrieval, k: int = 0) -> Iterator[tuple[slice, np.nda
     and ap the AP@R of each query (NaN where R = 0).
     """
     depth = max(k, int(ret.r.max()), 1)
-    for rows, idx, sim in _top_k_blocks(ret.q, ret.g, depth, ret.self_index):
+    for rows, idx, sim in _top_k_blocks(ret.q, ret.g, depth, ret.self_index, ret.metric):
         r = ret.r[rows]
         ap = np.full(len(r), np.nan)
         m = r > 0
@@ -466,22 +518,24 @@ def precision_at_1(
     query_labels: npt.ArrayLike,
     gallery_emb: npt.ArrayLike | None = None,
     gallery_labels: npt.ArrayLike | None = None,
+    metric: Metric = "cosine",
 ) -> float:
     """Fraction of queries whose nearest gallery item has the query's label.
 
     query_emb: [N, D], query_labels: [N]; gallery_emb: [G, D] and
     gallery_labels: [G], or neither, meaning leave-one-out retrieval within
-    the query set (each item against all the others).
+    the query set (each item against all the others). metric: "cosine" or
+    "l2", which neighbour is nearest (module docstring).
     Queries with no relevant gallery item (R = 0, see `map_at_r`) are skipped,
     as in MAP@R; NaN if every query is skipped.
     """
-    ret = _retrieval_setup(query_emb, query_labels, gallery_emb, gallery_labels)
+    ret = _retrieval_setup(query_emb, query_labels, gallery_emb, gallery_labels, metric)
     keep = np.flatnonzero(ret.r > 0)
     if len(keep) == 0:
         return float("nan")
     self_index = None if ret.self_index is None else ret.self_index[keep]
     hits = 0
-    for rows, idx, _ in _top_k_blocks(ret.q[keep], ret.g, 1, self_index):
+    for rows, idx, _ in _top_k_blocks(ret.q[keep], ret.g, 1, self_index, ret.metric):
         hits += int(np.sum(ret.g_labels[idx[:, 0]] == ret.q_labels[keep[rows]]))
     return hits / len(keep)
 
@@ -491,12 +545,14 @@ def map_at_r(
     query_labels: npt.ArrayLike,
     gallery_emb: npt.ArrayLike | None = None,
     gallery_labels: npt.ArrayLike | None = None,
+    metric: Metric = "cosine",
 ) -> float:
     """Mean average precision at R (Musgrave et al., "A Metric Learning
     Reality Check", 2020).
 
     query_emb: [N, D], query_labels: [N]; gallery as in `precision_at_1`
-    (absent: leave-one-out within the query set). For query i, R_i is the
+    (absent: leave-one-out within the query set); neighbours ranked in
+    `metric` ("cosine" or "l2"). For query i, R_i is the
     number of gallery items with its label (itself excluded) and
 
         MAP@R_i = 1/R_i sum_{j=1..R_i} P(j) * rel(j)
@@ -510,7 +566,7 @@ def map_at_r(
     Retrieval needs discrete relevance: for continuous targets, bin them
     first (e.g. `np.digitize(y, edges)`) and pass the bin ids as labels.
     """
-    ret = _retrieval_setup(query_emb, query_labels, gallery_emb, gallery_labels)
+    ret = _retrieval_setup(query_emb, query_labels, gallery_emb, gallery_labels, metric)
     if not np.any(ret.r > 0):
         return float("nan")
     ap = np.concatenate([block_ap for _, _, _, block_ap in _retrieval_pass(ret)])
@@ -525,7 +581,8 @@ def ordinality(
     target: npt.ArrayLike,
     max_pairs: int = 200_000,
     seed: int = 0,
-    normalize: bool = True,
+    normalize: bool | None = None,
+    metric: Metric = "cosine",
 ) -> float:
     """How well embedding distances follow target distances.
 
@@ -537,10 +594,15 @@ def ordinality(
     d_emb is the cosine distance of L2-normalised rows (`normalize=True`; the
     Euclidean distance between normalised rows ranks identically) or the
     Euclidean distance of the rows as given (`normalize=False`).
+    `normalize=None` (the default) follows `metric`: True for "cosine",
+    False for "l2" (the distance an L2-distance loss ordered).
     When N (N - 1) / 2 > max_pairs, `max_pairs` pairs (i != j) are drawn
     uniformly at random with `seed`, so the value is deterministic.
     NaN if either distance is constant over the pairs (e.g. one target).
     """
+    check_metric(metric)
+    if normalize is None:
+        normalize = metric == "cosine"
     e = _as_embeddings(emb, "emb")
     y = np.asarray(target, dtype=np.float64)
     if y.ndim == 1:
@@ -571,6 +633,83 @@ def ordinality(
     if np.ptp(d_emb) == 0.0 or np.ptp(d_y) == 0.0:
         return float("nan")
     return float(spearmanr(d_emb, d_y).statistic)
+
+
+# ------------------------------------------- alignment and uniformity
+
+
+def _pair_indices(n: int, max_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs i < j, or `max_pairs` pairs (i != j) drawn uniformly with `seed`
+    when there are more (as `ordinality` draws them)."""
+    if int(max_pairs) < 1:
+        raise ValueError(f"max_pairs must be at least 1, got {max_pairs}")
+    if n * (n - 1) // 2 <= max_pairs:
+        return np.triu_indices(n, k=1)
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, n, size=int(max_pairs))
+    j = rng.integers(0, n - 1, size=int(max_pairs))
+    return i, j + (j >= i)
+
+
+def _sq_distances(a: np.ndarray, b: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """||a_i - b_j||^2 for each pair (i[p], j[p]), `_PAIR_CHUNK` pairs at a time."""
+    out = np.empty(len(i), dtype=np.float64)
+    for start in range(0, len(i), _PAIR_CHUNK):
+        s = slice(start, start + _PAIR_CHUNK)
+        diff = a[i[s]] - b[j[s]]
+        out[s] = np.einsum("pd,pd->p", diff, diff)
+    return out
+
+
+def alignment(emb_a: npt.ArrayLike, emb_b: npt.ArrayLike, alpha: float = 2.0) -> float:
+    """Alignment of positive pairs (Wang & Isola, "Understanding Contrastive
+    Representation Learning through Alignment and Uniformity on the
+    Hypersphere", 2020):
+
+        align = mean_i ||a_i - b_i||_2^alpha
+
+    emb_a, emb_b: [N, D], row i of each a positive pair (e.g. two views of
+    one item). Both are L2-normalised here first (the quantity is defined on
+    the unit hypersphere; a zero row stays zero), whatever metric the
+    embedding is served in. 0 when every pair coincides, at most 2^alpha;
+    lower is better. alpha > 0.
+    """
+    a = l2_normalize(_as_embeddings(emb_a, "emb_a"))
+    b = l2_normalize(_as_embeddings(emb_b, "emb_b"))
+    if a.shape != b.shape:
+        raise ValueError(f"emb_a has shape {a.shape} but emb_b has {b.shape}")
+    alpha = float(alpha)
+    if not (np.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be a positive number, got {alpha!r}")
+    rows = np.arange(len(a))
+    d = np.sqrt(np.maximum(_sq_distances(a, b, rows, rows), 0.0))
+    return float(np.mean(d**alpha))
+
+
+def uniformity(emb: npt.ArrayLike, t: float = 2.0, max_pairs: int = 200_000, seed: int = 0) -> float:
+    """Uniformity of an embedding on the hypersphere (Wang & Isola 2020):
+
+        unif = log mean_{i != j} exp(-t ||x_i - x_j||_2^2)
+
+    over distinct pairs of rows of emb: [N, D] (N >= 2), L2-normalised here
+    first (the quantity is defined on the unit hypersphere; a zero row stays
+    zero), whatever metric the embedding is served in. Lower (more negative)
+    is more uniform: 0 when every row is the same point, -4t when each pair
+    is antipodal. The pairs i < j are all used when N (N - 1) / 2 <=
+    max_pairs; otherwise `max_pairs` pairs (i != j) are drawn uniformly at
+    random with `seed`, so the value is deterministic. Computed with a
+    max-shifted log-sum-exp, so a large t does not underflow to log(0).
+    """
+    e = l2_normalize(_as_embeddings(emb, "emb"))
+    t = float(t)
+    if not (np.isfinite(t) and t > 0):
+        raise ValueError(f"t must be a positive number, got {t!r}")
+    if len(e) < 2:
+        raise ValueError(f"uniformity needs at least 2 items, got {len(e)}")
+    i, j = _pair_indices(len(e), max_pairs, seed)
+    v = -t * np.maximum(_sq_distances(e, e, i, j), 0.0)
+    top = float(v.max())
+    return float(top + np.log(np.mean(np.exp(v - top))))
 
 
 # ------------------------------------------------------------ EEG records
@@ -615,13 +754,18 @@ def embedding_report(
     val_groups: npt.ArrayLike | None = None,
     max_pairs: int = 200_000,
     seed: int = 0,
+    metric: Metric = "cosine",
 ) -> dict[str, float]:
     """The per-epoch embedding evaluation: val queries against the train gallery.
 
     train_emb: [G, D], train_targets: [G]; val_emb: [N, D], val_targets: [N]
     (class ids for classification). k is capped at G.
-    temperature: of the kNN weights; default 0.07 for classes
-    (`knn_classify`) and 0.1 for values (`knn_regress`, softmax weighting).
+    metric: the geometry neighbours, similarities and ordinality use
+    ("cosine" or "l2"; module docstring).
+    temperature: of the kNN weights, in `metric`'s similarity units; default
+    0.07 for classes (`knn_classify`) and 0.1 for values (`knn_regress`,
+    softmax weighting), values chosen for cosine similarities: pass the
+    run's own temperature for "l2".
     val_groups: [N] optional recording ids (EEG windows): adds recording-level
     metrics ("rec_" keys) from window predictions averaged per recording
     (class probabilities averaged, then argmax).
@@ -638,6 +782,7 @@ def embedding_report(
     """
     if task not in ("regression", "classification"):
         raise ValueError(f"task must be 'regression' or 'classification', got {task!r}")
+    check_metric(metric)
     g = _as_embeddings(train_emb, "train_emb")
     v = _as_embeddings(val_emb, "val_emb")
     kk = min(_check_k(k, available=int(k)), len(g))
@@ -651,11 +796,11 @@ def embedding_report(
         yv = _as_float_1d(val_targets, "val_targets")
         _same_length(yv, v, "val_targets", "val_emb")
         t = 0.1 if temperature is None else temperature
-        pred, spread = knn_regress(v, g, yt, kk, weighting="softmax", temperature=t)
+        pred, spread = knn_regress(v, g, yt, kk, weighting="softmax", temperature=t, metric=metric)
         out.update({f"knn_{name}": val for name, val in regression_metrics(pred, yv).items()})
         out["knn_spread"] = float(np.mean(spread))
         if len(v) >= 2:
-            out["ordinality"] = ordinality(v, yv, max_pairs=max_pairs, seed=seed)
+            out["ordinality"] = ordinality(v, yv, max_pairs=max_pairs, seed=seed, metric=metric)
         if groups is not None:
             _, rec_pred = aggregate(pred, groups)
             rec_y = _group_targets(yv, groups)
@@ -666,7 +811,7 @@ def embedding_report(
         _same_length(lv, v, "val_targets", "val_emb")
         _same_length(lt, g, "train_targets", "train_emb")
         t = _check_temperature(0.07 if temperature is None else temperature)
-        ret = _retrieval_setup(v, lv, g, lt)
+        ret = _retrieval_setup(v, lv, g, lt, metric)
         probs = np.zeros((len(v), int(max(lt.max(), lv.max())) + 1))
         hit = np.zeros(len(v), dtype=bool)
         ap = np.full(len(v), np.nan)

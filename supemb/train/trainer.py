@@ -4,12 +4,22 @@ Stage 1: encoder (+ projection head), two augmented views per sample, a
 contrastive loss (SupCon / RnC / TSC). Where the loss is applied follows each
 loss's paper (`TrainConfig.projection`): SupCon and TSC on an MLP projection
 that is dropped after stage 1, RnC directly on the encoder output, as in the
-RnC reference code. The embedding is always the L2-normalised encoder output
-(`Model.embed`); with RnC that is the space the loss orders.
+RnC reference code.
 
-Stage 2: the encoder frozen, a linear head fitted on its embeddings
-(cross-entropy with label smoothing, or L1 on standardised targets). `--loss ce|l1` trains encoder + linear head end to end
-instead (one augmented view), on the same data, augmentation and budget.
+The served embedding is the geometry the loss shaped (`TrainConfig.served_metric`):
+SupCon/TSC compare L2-normalised features ("cosine"); RnC with its default
+similarity (negative Euclidean distance) orders the raw encoder output ("l2"),
+so that is what kNN evaluation, ordinality, the maps and the exported bundle
+use. A baseline's geometry (no contrastive loss shaped it) and every run's
+kNN temperature are chosen on the validation split at the end; model.json
+records both.
+
+Stage 2: the encoder frozen, a linear head fitted to convergence on its raw
+features: ridge regression, or multinomial logistic regression, each with its
+regularisation chosen on validation (`supemb.train.probe`). `--loss ce|l1`
+trains encoder + linear head end to end instead (one augmented view), on the
+same data, augmentation and budget; its frozen encoder then gets the same
+converged linear probe, so every comparison is like for like.
 
 The run directory holds:
 
@@ -29,6 +39,7 @@ after an interruption ends with the same weights as one never interrupted.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -48,33 +59,53 @@ from supemb.errors import UserError
 from supemb.losses import RnCLoss, SupConLoss, TargetedSupConLoss
 from supemb.models.heads import LinearHead, ProjectionHead
 from supemb.models.registry import build_encoder
-from supemb.train import evaluate
+from supemb.train import evaluate, probe
+from supemb.train import metrics as nn_metrics
 from supemb.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from supemb.train.config import TrainConfig, save_config
+from supemb.train.config import METRICS, TrainConfig, save_config
 from supemb.train.data import EvalDataset, PreparedData, SeededDataset, epoch_order, prepare_data
 
+# The default recipe's encoder per modality (chosen on validation: docs/recipe.md).
 DEFAULT_ENCODER = {"image": "small_cnn", "eeg": "shallow"}
+DEFAULT_ENCODER_KWARGS: dict[str, dict[str, Any]] = {"image": {}, "eeg": {}}
+# kNN temperature grid, in units of the median similarity gap between a query's 1st and k-th neighbour.
+KNN_TEMPERATURE_FACTORS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 20.0)
+KNN_KS = (5, 10, 20, 40)  # kNN sizes tried on validation when --knn-k is not given
 
 
 class Model(nn.Module):
     """encoder -> embedding; `head` is the projection (contrastive; `nn.Identity` when the loss
-    is applied to the encoder output) or the linear head (baseline)."""
+    is applied to the encoder output) or the linear head (baseline).
 
-    # What `embed` returns, recorded in model.json: serving and export rebuild it from this.
-    EMBEDDING = "l2-normalised encoder output"
+    metric: the geometry served (see `supemb.train.config.METRICS`): "cosine" embeds
+    the L2-normalised encoder output, "l2" the raw encoder output."""
 
-    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
+    # What `embed` returns per metric, recorded in model.json: serving and export rebuild it from this.
+    EMBEDDINGS = {"cosine": "l2-normalised encoder output", "l2": "encoder output"}
+    EMBEDDING = EMBEDDINGS["cosine"]  # runs written before the metric was recorded
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, metric: str = "cosine") -> None:
         super().__init__()
-        self.encoder, self.head = encoder, head
+        if metric not in self.EMBEDDINGS:
+            raise UserError(f"metric must be one of {', '.join(self.EMBEDDINGS)}, got {metric!r}")
+        self.encoder, self.head, self.metric = encoder, head, metric
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """x: a batch of inputs -> unit-length embeddings `[B, embed_dim]`."""
-        return self.embedding_of(self.encoder(x))
+        """x: a batch of inputs -> embeddings `[B, embed_dim]` in the served geometry."""
+        return self.embedding_of(self.encoder(x), self.metric)
 
     @staticmethod
-    def embedding_of(features: torch.Tensor) -> torch.Tensor:
+    def embedding_of(features: torch.Tensor, metric: str = "cosine") -> torch.Tensor:
         """Encoder features `[B, embed_dim]` -> the embedding (`embed` without re-running the encoder)."""
-        return F.normalize(features, dim=-1)
+        return F.normalize(features, dim=-1) if metric == "cosine" else features
+
+
+def embedding_array(features: np.ndarray, metric: str) -> np.ndarray:
+    """`Model.embedding_of` for numpy features `[N, D]` (float32)."""
+    f = np.asarray(features, np.float32)
+    if metric == "cosine":
+        return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    return f
 
 
 @dataclass
@@ -102,7 +133,7 @@ def build_loss(cfg: TrainConfig, n_classes: int) -> nn.Module:
     if cfg.loss == "supcon":
         return SupConLoss(**t)
     if cfg.loss == "rnc":
-        return RnCLoss(**t)
+        return RnCLoss(similarity=cfg.similarity or "l2", **t)
     if cfg.loss == "tsc":
         return TargetedSupConLoss(n_classes, cfg.projection_dim, seed=cfg.seed, **t)
     if cfg.loss == "ce":
@@ -136,8 +167,13 @@ class Trainer:
         self.data: PreparedData = prepare_data(cfg)
         self.n_classes = len(self.data.classes)
         name = cfg.encoder or DEFAULT_ENCODER[self.data.modality]
+        recipe = dict(DEFAULT_ENCODER_KWARGS[self.data.modality]) if cfg.encoder is None else {}
         self.encoder_name = name
-        self.encoder_kwargs = {**self.data.encoder_kwargs, **cfg.encoder_kwargs}
+        self.encoder_kwargs = {**self.data.encoder_kwargs, **recipe, **cfg.encoder_kwargs}
+        # config.json records what was resolved (encoder, its settings, augmentation), so a
+        # resumed or repeated run does not depend on later changes of the defaults.
+        self.resolved_cfg = dataclasses.replace(cfg, encoder=name, encoder_kwargs={**recipe, **cfg.encoder_kwargs},
+                                                augment=self.data.augment_spec or cfg.augment)
         encoder = build_encoder(name, **self.encoder_kwargs)
         if encoder.modality != self.data.modality:
             raise UserError(f"encoder {name!r} is for {encoder.modality} inputs, but {cfg.data} is {self.data.modality} data")
@@ -151,7 +187,11 @@ class Trainer:
                                else nn.Identity())
         else:
             head = LinearHead(self.embed_dim, out_dim)
-        self.model = Model(encoder, head).to(self.device)
+        # The geometry of the per-epoch kNN evaluation; a baseline's served one is chosen at the end.
+        self.metric = cfg.served_metric or "cosine"
+        self.knn_k = cfg.knn_k or 10  # per-epoch evaluation; chosen on validation at the end
+        self.knn_temperature: float | None = None  # chosen on validation at the end
+        self.model = Model(encoder, head, self.metric).to(self.device)
         self.loss_fn = build_loss(cfg, self.n_classes).to(self.device)
         self.linear = LinearHead(self.embed_dim, out_dim).to(self.device)  # stage 2
         params = list(self.model.parameters())
@@ -216,7 +256,7 @@ class Trainer:
             print(f"resuming {self.out} at stage {self.position.stage}, epoch {self.position.epoch + 1}, "
                   f"step {self.position.step}", file=sys.stderr)
         else:
-            save_config(self.cfg, self.out / "config.json")
+            save_config(self.resolved_cfg, self.out / "config.json")
             (self.out / "preprocessing.json").write_text(json.dumps(self.data.preprocessing, indent=2) + "\n")
             (self.out / "metrics.jsonl").write_text("")
         if self.position.stage == 1:
@@ -323,7 +363,9 @@ class Trainer:
 
     @torch.no_grad()
     def embed_split(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """(embeddings [N, D], targets [N], groups [N], head outputs [N, out] or None)."""
+        """(raw encoder features [N, D], targets [N], groups [N], head outputs [N, out] or None).
+
+        `embedding_array(features, metric)` turns the features into the served embedding."""
         split = self.data.splits[name]
         loader = torch.utils.data.DataLoader(EvalDataset(split, self.data.eval_transform),
                                              batch_size=max(self.cfg.batch_size, 64), shuffle=False,
@@ -336,7 +378,7 @@ class Trainer:
         embs, outs = [], []
         for x, _, _ in loader:
             feats = self.model.encoder(x.to(self.device))
-            embs.append(Model.embedding_of(feats).float().cpu())
+            embs.append(feats.float().cpu())
             if not self.cfg.contrastive:
                 outs.append(self.model.head(feats).float().cpu())
         if current is not None:
@@ -350,14 +392,25 @@ class Trainer:
         return out[:, 0] * self.target_std + self.target_mean
 
     def _evaluate_epoch(self, split: str = "val") -> dict[str, Any]:
-        train_emb, train_t, _, _ = self.embed_split("train")
-        emb, t, groups, head_out = self.embed_split(split)
-        metrics = evaluate.embedding_metrics(train_emb, train_t, emb, t, groups, self.cfg.task,
-                                             self.cfg.knn_k, self.data.modality == "eeg")
+        train_feats, train_t, _, _ = self.embed_split("train")
+        feats, t, groups, head_out = self.embed_split(split)
+        metrics = evaluate.embedding_metrics(
+            embedding_array(train_feats, self.metric), train_t, embedding_array(feats, self.metric), t, groups,
+            self.cfg.task, self.knn_k, self.data.modality == "eeg", metric=self.metric,
+            temperature=self._epoch_knn_temperature())
         if head_out is not None:
             metrics.update(evaluate.head_metrics(self._head_predictions(head_out), t, groups, self.cfg.task,
                                                  self.data.modality == "eeg", prefix="head"))
         return {f"{split}_{k}": v for k, v in metrics.items()}
+
+    def _epoch_knn_temperature(self) -> float | None:
+        """The kNN weights' temperature: the one chosen on validation once there is one; before,
+        the loss's own for an L2 geometry (the scale its softmax works at), else the cosine default."""
+        if self.knn_temperature is not None:
+            return self.knn_temperature
+        if self.metric == "l2" and isinstance(self.loss_fn, RnCLoss):
+            return float(self.loss_fn.temperature)
+        return None
 
     def _score(self, metrics: dict[str, Any]) -> float:
         """Higher is better: the metric that picks the best epoch.
@@ -385,7 +438,49 @@ class Trainer:
     # --------------------------------------------------------------- stage 2
 
     def _stage_two(self) -> None:
-        """Linear head on frozen embeddings (computed once: no augmentation)."""
+        """The linear head on the frozen encoder's raw features (computed once: no augmentation)."""
+        if self.cfg.head_fit == "sgd":
+            self._stage_two_sgd()
+            return
+        info = self._fit_probe(self.linear)
+        val_feats, val_t, val_groups, _ = self.embed_split("val")
+        metrics = self._linear_metrics(val_feats, val_t, val_groups, "val")
+        metrics.update(stage=2, **info)
+        self._log(metrics)
+        print(_summary_line(metrics), file=sys.stderr)
+
+    def _probe_score(self, pred: np.ndarray, targets: np.ndarray, groups: np.ndarray) -> float:
+        """Higher is better: validation accuracy, or minus the (recording-level for EEG) MAE."""
+        m = evaluate.head_metrics(pred, targets, groups, self.cfg.task, self.data.modality == "eeg", prefix="p")
+        if self.cfg.task == "classification":
+            return m["p_acc"]
+        return -m.get("rec_p_mae", m["p_mae"])
+
+    def _fit_probe(self, head: LinearHead) -> dict[str, Any]:
+        """Fit `head` to convergence on the frozen encoder (ridge or multinomial logistic
+        regression, regularisation chosen on validation); returns what the fit chose."""
+        train_feats, train_t, _, _ = self.embed_split("train")
+        val_feats, val_t, val_groups, _ = self.embed_split("val")
+        if self.cfg.task == "regression":
+            fit = probe.fit_ridge(train_feats, train_t, val_feats,
+                                  lambda pred: self._probe_score(pred, val_t, val_groups))
+            # The head outputs standardised targets (see _head_predictions).
+            weight = fit.weight / self.target_std
+            bias = (fit.bias - self.target_mean) / self.target_std
+            info = {"probe": "ridge", "probe_alpha": fit.alpha, "probe_grad_norm": fit.grad_norm}
+        else:
+            fit = probe.fit_logistic(train_feats, train_t, self.n_classes, val_feats,
+                                     lambda probs: self._probe_score(probs.argmax(1), val_t, val_groups))
+            weight, bias = fit.weight, fit.bias
+            info = {"probe": "logistic", "probe_c": fit.c, "probe_converged": fit.converged,
+                    "probe_iterations": fit.n_iter}
+        with torch.no_grad():
+            head.fc.weight.copy_(torch.as_tensor(weight, dtype=head.fc.weight.dtype))
+            head.fc.bias.copy_(torch.as_tensor(bias, dtype=head.fc.bias.dtype))
+        return info
+
+    def _stage_two_sgd(self) -> None:
+        """The former stage 2: AdamW on the linear head for `linear_epochs` (kept for comparison)."""
         cfg = self.cfg
         torch.manual_seed(cfg.seed + 2)
         train_emb, train_t, _, _ = self.embed_split("train")
@@ -421,25 +516,65 @@ class Trainer:
         print(_summary_line(metrics), file=sys.stderr)
 
     @torch.no_grad()
-    def _linear_metrics(self, emb: np.ndarray, t: np.ndarray, groups: np.ndarray, split: str) -> dict[str, Any]:
-        self.linear.eval()
-        out = self.linear(torch.from_numpy(emb).to(self.device)).float().cpu().numpy()
+    def _linear_metrics(self, feats: np.ndarray, t: np.ndarray, groups: np.ndarray, split: str,
+                        head: LinearHead | None = None) -> dict[str, Any]:
+        head = self.linear if head is None else head
+        head.eval()
+        out = head(torch.from_numpy(feats).to(self.device)).float().cpu().numpy()
         m = evaluate.head_metrics(self._head_predictions(out), t, groups, self.cfg.task,
                                   self.data.modality == "eeg", prefix="linear")
         return {f"{split}_{k}": v for k, v in m.items()}
+
+    # ------------------------------------------------------ serving geometry
+
+    def _choose_geometry(self) -> dict[str, Any]:
+        """The metric (where the loss does not fix it) and the kNN weights' temperature,
+        chosen on validation; sets `self.metric`, `self.knn_temperature`."""
+        cfg = self.cfg
+        train_feats, train_t, _, _ = self.embed_split("train")
+        val_feats, val_t, val_groups, _ = self.embed_split("val")
+        candidates = [cfg.served_metric] if cfg.served_metric else list(METRICS)
+        ks = sorted({min(k, len(train_feats)) for k in ([cfg.knn_k] if cfg.knn_k else KNN_KS)})
+        best: tuple[float, str, int, float] | None = None
+        for metric in candidates:
+            g, q = embedding_array(train_feats, metric), embedding_array(val_feats, metric)
+            idx_all, sim_all = nn_metrics.nearest_neighbours(q, g, ks[-1], metric=metric)
+            for k in ks:
+                idx, sim = idx_all[:, :k], sim_all[:, :k]
+                # The grid is relative to how far apart a query's k neighbours are.
+                spread = float(np.median(sim[:, 0] - sim[:, -1])) or 1.0
+                for factor in KNN_TEMPERATURE_FACTORS:
+                    t = float(f"{spread * factor:.3g}")
+                    if cfg.task == "regression":
+                        pred, _ = nn_metrics.neighbour_regress(sim, train_t[idx], temperature=t)
+                    else:
+                        pred = nn_metrics.neighbour_vote(sim, train_t[idx].astype(np.int64), self.n_classes,
+                                                         t).argmax(1)
+                    score = self._probe_score(pred, val_t, val_groups)
+                    if best is None or score > best[0] + 1e-12:
+                        best = (score, metric, k, t)
+        assert best is not None
+        _, self.metric, self.knn_k, self.knn_temperature = best
+        self.model.metric = self.metric
+        return {"metric": self.metric, "knn_k": self.knn_k, "knn_temperature": self.knn_temperature}
 
     # --------------------------------------------------------------- finish
 
     def _finish(self) -> dict[str, Any]:
         cfg = self.cfg
-        final: dict[str, Any] = {"stage": "final"}
+        final: dict[str, Any] = {"stage": "final", **self._choose_geometry()}
+        has_linear = cfg.contrastive and cfg.linear_epochs > 0
+        probe_head = None
+        if not cfg.contrastive:  # the baseline's own encoder gets the same converged linear probe
+            probe_head = LinearHead(self.embed_dim, self.linear.out_dim).to(self.device)
+            final.update(self._fit_probe(probe_head))
         for split in ("val", "test"):
             if split not in self.data.splits or len(self.data.splits[split]) == 0:
                 continue
             final.update(self._evaluate_epoch(split))
-            if cfg.contrastive and cfg.linear_epochs > 0:
-                emb, t, groups, _ = self.embed_split(split)
-                final.update(self._linear_metrics(emb, t, groups, split))
+            if has_linear or probe_head is not None:
+                feats, t, groups, _ = self.embed_split(split)
+                final.update(self._linear_metrics(feats, t, groups, split, probe_head))
         self._log(final)
         # encoder.*, head.* (the projection head, if any) and linear.* (stage 2, or the baseline's head)
         state = self._weights_for_eval()
@@ -455,16 +590,20 @@ class Trainer:
             "encoder": self.encoder_name, "encoder_kwargs": self.encoder_kwargs, "embed_dim": self.embed_dim,
             "modality": self.data.modality, "task": cfg.task, "loss": cfg.loss, "target": self.data.target_name,
             "classes": list(self.data.classes), "target_mean": self.target_mean, "target_std": self.target_std,
-            "knn_k": cfg.knn_k, "has_linear_head": any(k.startswith("linear.") for k in weights),
-            "embedding": Model.EMBEDDING, "projection": cfg.projection_head,
+            "knn_k": self.knn_k, "knn_temperature": self.knn_temperature,
+            "has_linear_head": any(k.startswith("linear.") for k in weights),
+            "metric": self.metric, "embedding": Model.EMBEDDINGS[self.metric], "projection": cfg.projection_head,
+            "linear_head_input": "encoder output", "augment": self.data.augment_spec,
             "data": self.data.summary,
         }
         (self.out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
         if cfg.viz:
-            emb, t, _, _ = self.embed_split("val")
+            feats, t, _, _ = self.embed_split("val")
+            emb = embedding_array(feats, self.metric)
             from supemb.train.viz import embedding_map
 
             embedding_map(emb, t, self.out / "embeddings.png", title=f"{cfg.loss}: validation embeddings",
+                          metric=self.metric,
                           discrete=cfg.task == "classification", seed=cfg.seed)
         print(_summary_line(final), file=sys.stderr)
         return final
@@ -488,13 +627,22 @@ def load_run_config(out: str | Path) -> TrainConfig:
     if not path.is_file():
         raise UserError(f"{path}: not found; is {out} a supemb training run?")
     try:
-        return TrainConfig.from_dict(json.loads(path.read_text()), source=str(path))
+        d = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: not valid JSON ({err})") from None
+    if isinstance(d, dict) and "augment" not in d:
+        # Runs from before the presets: images used the SimCLR recipe, EEG today's default.
+        prep = Path(out) / "preprocessing.json"
+        if prep.is_file() and json.loads(prep.read_text()).get("modality") == "image":
+            d["augment"] = "simclr"
+        for key, old in (("head_fit", "sgd"), ("metric", "cosine")):
+            d.setdefault(key, old)  # what those runs did (stage-2 SGD, cosine everywhere)
+    return TrainConfig.from_dict(d, source=str(path))
 
 
-def embed_run(out: str | Path, split: str = "val") -> tuple[np.ndarray, np.ndarray, TrainConfig]:
-    """The final encoder's embeddings of one split of a finished run: (emb [N, D], targets [N], cfg)."""
+def embed_run(out: str | Path, split: str = "val") -> tuple[np.ndarray, np.ndarray, TrainConfig, str]:
+    """The final encoder's embeddings of one split of a finished run, in its served geometry:
+    (emb [N, D], targets [N], cfg, metric)."""
     cfg = load_run_config(out)
     weights_path = Path(out) / "model.safetensors"
     if not weights_path.is_file():
@@ -508,8 +656,10 @@ def embed_run(out: str | Path, split: str = "val") -> tuple[np.ndarray, np.ndarr
     weights = load_file(str(weights_path))
     encoder = {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
     t.model.encoder.load_state_dict(encoder)
-    emb, targets, _, _ = t.embed_split(split)
-    return emb, targets, cfg
+    feats, targets, _, _ = t.embed_split(split)
+    meta_path = Path(out) / "model.json"
+    metric = json.loads(meta_path.read_text()).get("metric", "cosine") if meta_path.is_file() else "cosine"
+    return embedding_array(feats, metric), targets, cfg, metric
 
 
 def resume_run(out: str | Path) -> dict[str, Any]:

@@ -6,8 +6,10 @@ draw on a bare `matplotlib.figure.Figure` rendered by the Agg canvas: no
 pyplot, no display, no global backend switch, so they work headless and
 inside a running training process.
 
-Projection (`project_2d`): rows are L2-normalised first (serving compares
-cosine similarities) and reduced with t-SNE (scikit-learn; PCA init, fixed
+Projection (`project_2d`): rows are drawn in the geometry they are served
+in, `metric`: L2-normalised first for "cosine" (serving compares cosine
+similarities), as given for "l2" (serving compares Euclidean distances of
+the raw encoder output); then reduced with t-SNE (scikit-learn; PCA init, fixed
 seed, perplexity min(30, (N - 1) / 3)) or PCA (numpy SVD with a fixed sign
 convention). Both are deterministic for a seed. t-SNE needs a handful of
 points; below `MIN_TSNE_POINTS` the map falls back to PCA and says so on its
@@ -76,11 +78,13 @@ def _tsne(x: np.ndarray, seed: int) -> np.ndarray:
         return np.asarray(tsne.fit_transform(x), dtype=np.float64)
 
 
-def project_2d(emb: npt.ArrayLike, method: Method = "tsne", seed: int = 0) -> tuple[np.ndarray, str]:
+def project_2d(emb: npt.ArrayLike, method: Method = "tsne", seed: int = 0,
+               metric: str = "cosine") -> tuple[np.ndarray, str]:
     """Embeddings to 2-D coordinates for plotting.
 
-    emb: [N, D] (N >= 1), L2-normalised here. method: "tsne" or "pca"; t-SNE
-    with fewer than MIN_TSNE_POINTS rows falls back to PCA.
+    emb: [N, D] (N >= 1); L2-normalised here for metric "cosine", used as
+    given for "l2". method: "tsne" or "pca"; t-SNE with fewer than
+    MIN_TSNE_POINTS rows falls back to PCA.
     Returns (xy [N, 2] float64, the method actually used: "t-SNE" or "PCA").
     """
     x = np.asarray(emb, dtype=np.float64)
@@ -90,7 +94,10 @@ def project_2d(emb: npt.ArrayLike, method: Method = "tsne", seed: int = 0) -> tu
         raise ValueError("embeddings contain NaN or Inf values")
     if method not in ("tsne", "pca"):
         raise ValueError(f"method must be 'tsne' or 'pca', got {method!r}")
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    if metric not in ("cosine", "l2"):
+        raise ValueError(f"metric must be 'cosine' or 'l2', got {metric!r}")
+    if metric == "cosine":
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     if method == "tsne" and len(x) >= MIN_TSNE_POINTS:
         return _tsne(x, seed), "t-SNE"
     return _pca(x, 2), "PCA"
@@ -198,14 +205,16 @@ def side_by_side(
     max_points: int | None = 3000,
     suptitle: str = "",
     dpi: int = 100,
+    metric: str = "cosine",
 ) -> Path:
     """Several embedding maps in one PNG, one panel per (emb [N_i, D_i], targets [N_i], title).
 
     All panels share one colour scale: a common colorbar over the pooled
     target range (continuous), or one class -> colour mapping and one legend
     (discrete; the legend is left out past 20 classes). Each panel is
-    projected on its own (`project_2d`, same method and seed) after a seeded
-    subsample to `max_points` (None: keep all).
+    projected on its own (`project_2d`, same method, seed and metric: "cosine"
+    normalises the rows first, "l2" keeps them raw) after a seeded subsample
+    to `max_points` (None: keep all).
     discrete: True for class labels (ints or strings), False for values.
     label_names: legend names for integer class ids.
     Returns the path written.
@@ -222,7 +231,7 @@ def side_by_side(
             raise ValueError(f"panel {i} ({title}): embeddings must have shape [N, D], got {e.shape}")
         t = _check_targets(targets, len(e), discrete)
         keep = _subsample(len(e), max_points, seed)
-        xy, used = project_2d(e[keep], method, seed)
+        xy, used = project_2d(e[keep], method, seed, metric)
         panels.append((xy, t[keep], str(title), used))
 
     n = len(panels)
@@ -274,17 +283,20 @@ def embedding_map(
     max_points: int | None = 3000,
     size: float = 6.0,
     dpi: int = 100,
+    metric: str = "cosine",
 ) -> Path:
     """A 2-D map of embeddings, one point per row, coloured by target.
 
     emb: [N, D] (N >= 1); targets: [N]. discrete=False: a continuous colormap
     with a colorbar (labelled `target_name`); discrete=True: one colour per
     class with a legend (names from `label_names` for integer ids; no legend
-    past 20 classes). Projection as in `project_2d` after a seeded subsample
-    to `max_points`; fewer than MIN_TSNE_POINTS points are drawn with PCA.
+    past 20 classes). Projection as in `project_2d` (rows normalised for
+    metric "cosine", raw for "l2") after a seeded subsample to `max_points`;
+    fewer than MIN_TSNE_POINTS points are drawn with PCA.
     Writes a PNG (parent folders created) and returns its path.
     """
     return side_by_side(
         [(emb, targets, title)], out_png, discrete=discrete, method=method, seed=seed, ncols=1,
         panel_size=size, target_name=target_name, label_names=label_names, max_points=max_points, dpi=dpi,
+        metric=metric,
     )

@@ -1,0 +1,246 @@
+"""Helpers shared by experiments/evidence.py and experiments/temperature.py.
+
+- the data sets both use, each with ONE fixed split whatever the training seed
+  (the webcam and EEG generators write a `split` column; the digits are
+  written as `train|val|test/<class>/` folders);
+- `fresh_work` (refuse a non-empty work folder), `timed_train`;
+- `machine` (the record written beside every figure);
+- `LoadedRun`: a finished run's encoder, data and heads, to embed inputs that
+  the trainer never saw (corrupted test items, augmented views) and to
+  predict from them with kNN (the served geometry and kNN temperature of
+  model.json) or the run's linear head (model.safetensors `linear.*`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Data shapes (not recipe settings): the same in every experiment that uses the data.
+WEBCAM = {"n_images": 2400, "n_cameras": 8, "size": 32, "seed": 0}
+EEG_RECORDINGS, EEG_DURATION_S, EEG_SFREQ = 200, 30.0, 100.0
+EEG_SPEC = {"window_s": 10.0, "stride_s": 5.0, "scaling": "robust"}
+DIGITS_SIZE = 16
+SPLIT_SEED = 0  # the digits split (webcam and EEG: their generators' seed 0)
+
+
+# ------------------------------------------------------------------ plumbing
+
+
+def fresh_work(work: Path) -> Path:
+    """`work`, created; SystemExit when it already holds something."""
+    if work.exists() and any(work.iterdir()):
+        raise SystemExit(f"{work} is not empty: remove it or pass another --work")
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def timed_train(out: Path, **kw: Any) -> tuple[dict, float]:
+    """`supemb.train.trainer.train(TrainConfig(out=out, **kw))` and its wall-clock seconds."""
+    from supemb.train.config import TrainConfig
+    from supemb.train.trainer import train
+
+    t0 = time.perf_counter()
+    final = train(TrainConfig(out=str(out), **kw))
+    return final, time.perf_counter() - t0
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": ".venv/bin/python " + shlex.join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
+    }
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    return (f"Machine: {m['platform']}, CPU {m['cpu']} ({m['cpu_count']} cores), {m['torch_threads']} torch "
+            f"threads, torch {m['torch']}, Python {m['python']}. Date: {m['date']}.")
+
+
+# ---------------------------------------------------------------------- data
+
+
+def webcam_data(out: Path, n_images: int = WEBCAM["n_images"]) -> Path:
+    """The synthetic webcam frames (fixed seeded split); returns labels.csv."""
+    from supemb.data.synthetic_images import make_webcam_dataset
+
+    return make_webcam_dataset(out, n_images, n_cameras=WEBCAM["n_cameras"], size=WEBCAM["size"],
+                               seed=WEBCAM["seed"])
+
+
+def eeg_data(out: Path, n_recordings: int = EEG_RECORDINGS) -> Path:
+    """The synthetic resting EEG (fixed seeded 70/15/15 split over recordings); returns the folder."""
+    from supemb.data.synthetic_eeg import make_eeg_dataset
+
+    return make_eeg_dataset(out, n_recordings, duration_s=EEG_DURATION_S, sfreq=EEG_SFREQ, seed=0)
+
+
+def digits_data(out: Path, n: int | None = None) -> Path:
+    """scikit-learn's bundled digits as `out/<train|val|test>/<class>/<i>.png`, 16x16 RGB.
+
+    The split is fixed here (stratified 80/10/10, seed SPLIT_SEED), so it does
+    not change with the training seed. n: a seeded subset of n digits (smoke runs)."""
+    from sklearn.datasets import load_digits
+
+    from supemb.data.images import split_labels
+
+    digits = load_digits()
+    keep = np.arange(len(digits.target))
+    if n is not None and n < len(keep):
+        keep = np.sort(np.random.default_rng(SPLIT_SEED).choice(len(keep), size=n, replace=False))
+    for k, label in enumerate(sorted(set(int(t) for t in digits.target[keep]))):
+        idx = keep[digits.target[keep] == label]
+        for i, split in zip(idx, split_labels(len(idx), val_frac=0.1, test_frac=0.1, seed=SPLIT_SEED + k)):
+            folder = out / split / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            px = (digits.images[i] / 16.0 * 255).astype(np.uint8)
+            Image.fromarray(px).resize((DIGITS_SIZE, DIGITS_SIZE), Image.NEAREST).convert("RGB").save(
+                folder / f"{i:04d}.png")
+    return out
+
+
+# ------------------------------------------------------------ finished runs
+
+
+Corrupt = Callable[[Any, int, int], Any]  # (raw item, item index, group id) -> raw item
+
+
+@dataclass
+class LoadedRun:
+    """A finished run, rebuilt as `supemb.train.trainer.embed_run` does."""
+
+    path: Path
+    trainer: Any  # supemb.train.trainer.Trainer, set up, final encoder weights loaded
+    meta: dict[str, Any]  # model.json
+    linear: tuple[np.ndarray, np.ndarray] | None  # linear.fc (weight [out, D], bias [out]), if any
+
+    @property
+    def cfg(self):
+        return self.trainer.cfg
+
+    @property
+    def data(self):
+        return self.trainer.data
+
+    @property
+    def metric(self) -> str:
+        return self.meta.get("metric", "cosine")
+
+    def split(self, name: str):
+        return self.trainer.data.splits[name]
+
+    @torch.no_grad()
+    def encode(self, xs: list[torch.Tensor], batch: int = 128) -> np.ndarray:
+        """Model inputs (already transformed) -> raw encoder features [N, D]."""
+        enc = self.trainer.model.encoder
+        enc.eval()
+        out = [enc(torch.stack(xs[i:i + batch]).to(self.trainer.device)).float().cpu()
+               for i in range(0, len(xs), batch)]
+        return torch.cat(out).numpy()
+
+    def features(self, split: str, corrupt: Corrupt | None = None) -> np.ndarray:
+        """Raw encoder features [N, D] of a split's items, each passed through `corrupt` first
+        (on the raw item: a PIL image, or an EEG window [C, W] in model units) and then the
+        evaluation transform."""
+        s = self.split(split)
+        xs = []
+        for i in range(len(s)):
+            raw = s.load(i)
+            if corrupt is not None:
+                raw = corrupt(raw, i, int(s.groups[i]))
+            xs.append(self.data.eval_transform(raw))
+        return self.encode(xs)
+
+    def views(self, split: str, seed: int) -> np.ndarray:
+        """Raw encoder features of one augmented view per item (the training augmentation),
+        item i's drawn with `torch.Generator().manual_seed(seed * 1_000_003 + i)`."""
+        s = self.split(split)
+        xs = [self.data.augment(s.load(i), torch.Generator().manual_seed(seed * 1_000_003 + i))
+              for i in range(len(s))]
+        return self.encode(xs)
+
+    def knn_predict(self, train_feats: np.ndarray, feats: np.ndarray) -> np.ndarray:
+        """kNN regression in the served geometry, with the run's kNN temperature and k."""
+        from supemb.train import metrics
+        from supemb.train.trainer import embedding_array
+
+        g, q = embedding_array(train_feats, self.metric), embedding_array(feats, self.metric)
+        k = min(self.cfg.knn_k, len(g))
+        idx, sim = metrics.nearest_neighbours(q, g, k, metric=self.metric)
+        pred, _ = metrics.neighbour_regress(sim, self.split("train").targets[idx],
+                                            temperature=float(self.meta["knn_temperature"]))
+        return pred
+
+    def head_predict(self, feats: np.ndarray) -> np.ndarray:
+        """The run's linear head (stage 2, or a baseline's end-to-end head) -> target units."""
+        if self.linear is None:
+            raise ValueError(f"{self.path}: no linear head in model.safetensors")
+        w, b = self.linear
+        out = feats.astype(np.float64) @ w.T.astype(np.float64) + b.astype(np.float64)
+        return out[:, 0] * float(self.meta["target_std"]) + float(self.meta["target_mean"])
+
+    def mae(self, pred: np.ndarray, split: str) -> float:
+        """MAE of item predictions; EEG: of the window predictions averaged per recording."""
+        from supemb.train import metrics
+
+        s = self.split(split)
+        if self.data.modality == "eeg":
+            _, p = metrics.aggregate(pred, s.groups)
+            _, t = metrics.aggregate(s.targets, s.groups)
+            return float(np.mean(np.abs(p - t)))
+        return float(np.mean(np.abs(pred - s.targets)))
+
+
+def load_run(run_dir: Path) -> LoadedRun:
+    """A finished run's trainer (data and encoder), model.json and linear head."""
+    from safetensors.torch import load_file
+
+    from supemb.train.trainer import Trainer, load_run_config
+
+    cfg = load_run_config(run_dir)
+    t = Trainer(cfg, resume=True)
+    t._setup()
+    weights = load_file(str(Path(run_dir) / "model.safetensors"))
+    t.model.encoder.load_state_dict({k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")})
+    t.ema = None  # the saved weights are the ones evaluated (EMA ones where the run kept an EMA)
+    t.model.eval()
+    linear = None
+    if "linear.fc.weight" in weights:
+        linear = (weights["linear.fc.weight"].float().numpy(), weights["linear.fc.bias"].float().numpy())
+    meta = json.loads((Path(run_dir) / "model.json").read_text())
+    return LoadedRun(Path(run_dir), t, meta, linear)
+
+
+def load_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
