@@ -191,12 +191,12 @@ class LoadedRun:
         return self.encode(xs)
 
     def knn_predict(self, train_feats: np.ndarray, feats: np.ndarray) -> np.ndarray:
-        """kNN regression in the served geometry, with the run's kNN temperature and k."""
+        """kNN regression in the served geometry, with the run's k and kNN temperature (model.json)."""
         from supemb.train import metrics
         from supemb.train.trainer import embedding_array
 
         g, q = embedding_array(train_feats, self.metric), embedding_array(feats, self.metric)
-        k = min(self.cfg.knn_k, len(g))
+        k = min(int(self.meta.get("knn_k") or self.cfg.knn_k or 10), len(g))
         idx, sim = metrics.nearest_neighbours(q, g, k, metric=self.metric)
         pred, _ = metrics.neighbour_regress(sim, self.split("train").targets[idx],
                                             temperature=float(self.meta["knn_temperature"]))

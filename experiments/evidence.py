@@ -252,7 +252,8 @@ def fractions(name: str, work: Path, epochs: int, data_kw: dict, labels_csv: Pat
         for side, loss in zip(("contrastive", "plain"), task["losses"]):
             f = finals[loss]
             chosen = min(cands[side], key=lambda w: f[_key(task, "val", w)])
-            out[side][str(frac)] = {"chosen": chosen, "chosen_label": shown[side][chosen], "val": f[_key(task, "val", chosen)],
+            out[side][str(frac)] = {"chosen": chosen, "chosen_label": shown[side][chosen],
+                                    "val": f[_key(task, "val", chosen)],
                                     "test": f[_key(task, "test", chosen)],
                                     "all_test": {w: f[_key(task, "test", w)] for w in cands[side]},
                                     "seconds": f["seconds"]}
@@ -382,7 +383,9 @@ def plot_fractions(results: dict, out_png: Path) -> Path | None:
             ys = [fr[side][str(f)]["test"] for f in fr["fractions"]]
             ax.plot(xs, ys, style, label=f"{label} (best by val)")
             for x, f, y in zip(xs, fr["fractions"], ys):
-                ax.annotate(fr[side][str(f)]["chosen_label"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                point = fr[side][str(f)]
+                ax.annotate(point.get("chosen_label", point["chosen"]), (x, y), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7)
         if "predict_mean_mae" in results[name]:
             ax.axhline(results[name]["predict_mean_mae"], color="grey", lw=0.8, ls=":", label="predict the mean")
         ax.set_xscale("log")
@@ -481,11 +484,11 @@ def _task_markdown(name: str, r: dict) -> list[str]:
             "regression" else ("MAP@R and P@1: test queries against the train gallery in each model's served "
                                "geometry; they show how tightly each embedding clusters the classes.")
         lines += ["", what, ""]
-    lines += ["| run | served metric per seed | kNN temperature, seed 0 | training seconds, seed 0 | mean over seeds |",
-              "|---|---|---:|---:|---:|"]
+    lines += ["| run | served metric per seed | kNN k, seed 0 | kNN temperature, seed 0 | training seconds, seed 0 "
+              "| mean over seeds |", "|---|---|---:|---:|---:|---:|"]
     for loss, label in zip(task["losses"], task["names"]):
         per = [run[loss] for run in r["runs"]]
-        lines.append(f"| {label} | {', '.join(x.get('metric', '?') for x in per)} | "
+        lines.append(f"| {label} | {', '.join(x.get('metric', '?') for x in per)} | {per[0].get('knn_k', '?')} | "
                      f"{per[0].get('knn_temperature', float('nan')):.3g} | {per[0]['seconds']:.0f} | "
                      f"{np.mean([x['seconds'] for x in per]):.0f} |")
     lines.append("")
@@ -513,8 +516,9 @@ def _fraction_markdown(results: dict) -> list[str]:
                   "|---:|---:|---:|---:|---:|"]
         for f in fr["fractions"]:
             a, b = fr["contrastive"][str(f)], fr["plain"][str(f)]
-            lines.append(f"| {float(f) * 100:g}% | {fr['n_train'][str(f)]} | {a['test']:.2f} ({a['chosen_label']}) | "
-                         f"{b['test']:.2f} ({b['chosen_label']}) | {a['test'] / b['test']:.3f} |")
+            la, lb = a.get("chosen_label", a["chosen"]), b.get("chosen_label", b["chosen"])
+            lines.append(f"| {float(f) * 100:g}% | {fr['n_train'][str(f)]} | {a['test']:.2f} ({la}) | "
+                         f"{b['test']:.2f} ({lb}) | {a['test'] / b['test']:.3f} |")
         lines.append("")
     lines += ["![test MAE against the fraction of training data](img/evidence-fraction.png)", ""]
     return lines
@@ -550,21 +554,20 @@ def _corruption_markdown(results: dict) -> list[str]:
 def write_markdown(results: dict, docs: Path) -> Path:
     m = results["machine"]
     epochs = ", ".join(f"{k} {results[k]['epochs']}" for k in TASKS if k in results)
-    lines = ["# Evidence: contrastive against plain training", "",
-             f"Reproduce with `{m['command']}` (the figures below come from that one run; epochs: {epochs}).",
-             C.machine_line(m), "",
-             "Every contrastive run and its baseline use the same data, split, encoder, epochs, seed and the "
-             "package's default recipe (batch size, learning rate, augmentation, stage 2: chosen on validation "
-             "splits for both); the figures are on the test splits. Each main table trains both with several "
-             "training seeds on one fixed data set and split and gives seed 0 and the mean (min–max) over the "
-             "seeds. A method is called better only against the best plain figure (the best of the plain "
-             "model's own head, a converged linear probe on its frozen encoder and kNN on it).", ""]
-    for name in TASKS:  # tasks kept from an earlier run (--only)
-        if name in results and results[name].get("machine", m) != m:
-            lines.insert(-1, f"The {name} figures come from an earlier run: `{results[name]['machine']['command']}`, "
-                             f"{results[name]['machine']['date']}.")
+    earlier = [f"The {name} figures come from an earlier run: `{results[name]['machine']['command']}` "
+               f"({results[name]['machine']['date']})." for name in TASKS  # kept by --only
+               if name in results and results[name].get("machine", m) != m]
+    lines = ["# Evidence: contrastive against plain training", ""]
     if results.get("quick"):
-        lines[1:1] = ["", "**SMOKE RUN (--quick): tiny data, 1 epoch; these figures mean nothing.**"]
+        lines += ["**SMOKE RUN (--quick): tiny data, 1 epoch; these figures mean nothing.**", ""]
+    lines += [f"Reproduce with `{m['command']}` (the figures below come from that one run"
+              + (" unless noted" if earlier else "") + f"; epochs: {epochs}).", C.machine_line(m), *earlier, "",
+              "Every contrastive run and its baseline use the same data, split, encoder, epochs, seed and the "
+              "package's default recipe (batch size, learning rate, augmentation, stage 2: chosen on validation "
+              "splits for both); the figures are on the test splits. Each main table trains both with several "
+              "training seeds on one fixed data set and split and gives seed 0 and the mean (min–max) over the "
+              "seeds. A method is called better only against the best plain figure (the best of the plain "
+              "model's own head, a converged linear probe on its frozen encoder and kNN on it).", ""]
     for name in TASKS:
         if name in results:
             lines += _task_markdown(name, results[name])
