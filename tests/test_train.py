@@ -171,3 +171,79 @@ def test_cli_train_exit_codes(image_classes: Path, tmp_path: Path, capsys) -> No
                "--epochs", "1", "--batch-size", "8", "--image-size", "16", "--no-viz"])
     assert rc == 0 and (out / "model.safetensors").is_file()
     assert main(["train", "--resume", "--out", str(tmp_path / "nothing")]) == 1
+
+
+def test_rnc_serves_the_raw_encoder_output_it_ordered(image_values: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    final = train(_cfg(image_values, out, target="value", loss="rnc", knn_k=None))
+    meta = json.loads((out / "model.json").read_text())
+    # RnC's default similarity is the negative L2 distance of raw features: serve that space
+    assert meta["metric"] == final["metric"] == "l2"
+    assert meta["embedding"] == trainer_mod.Model.EMBEDDINGS["l2"] == "encoder output"
+    assert meta["knn_k"] in (*trainer_mod.KNN_KS, 38) and meta["knn_temperature"] > 0  # 38: the tiny train split
+    emb, _, _, metric = trainer_mod.embed_run(out, "val")
+    assert metric == "l2" and not np.allclose(np.linalg.norm(emb, axis=1), 1.0)
+    # the recorded kNN settings reproduce the final validation figure
+    train_emb, train_t, _, _ = trainer_mod.embed_run(out, "train")
+    from supemb.train import metrics as m
+
+    val_t = trainer_mod.Trainer(trainer_mod.load_run_config(out), resume=True)
+    val_t._setup()
+    pred, _ = m.knn_regress(emb, train_emb, train_t, meta["knn_k"], temperature=meta["knn_temperature"],
+                            metric="l2")
+    assert np.abs(pred - val_t.data.splits["val"].targets).mean() == pytest.approx(final["val_knn_mae"], rel=1e-5)
+
+
+def test_cosine_rnc_and_supcon_serve_normalised_embeddings(image_values: Path, image_classes: Path,
+                                                            tmp_path: Path) -> None:
+    train(_cfg(image_values, tmp_path / "rnc", target="value", loss="rnc", similarity="cosine"))
+    assert json.loads((tmp_path / "rnc" / "model.json").read_text())["metric"] == "cosine"
+    emb, _, _, metric = trainer_mod.embed_run(tmp_path / "rnc", "val")
+    assert metric == "cosine" and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(UsageError, match="similarity"):
+        _cfg(image_classes, tmp_path / "x", target="class", loss="supcon", similarity="l2")
+
+
+def test_stage_two_head_is_the_converged_ridge_fit(image_values: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    final = train(_cfg(image_values, out, target="value", loss="rnc", epochs=2))
+    stage2 = [m for m in _read_metrics(out) if m["stage"] == 2]
+    assert len(stage2) == 1 and stage2[0]["probe"] == "ridge" and stage2[0]["probe_grad_norm"] < 1e-6
+    # the saved head equals a direct ridge fit on the frozen features at the chosen alpha
+    from supemb.train import probe
+
+    t = trainer_mod.Trainer(trainer_mod.load_run_config(out), resume=True)
+    t._setup()
+    w = load_file(str(out / "model.safetensors"))
+    t.model.encoder.load_state_dict({k[8:]: v for k, v in w.items() if k.startswith("encoder.")})
+    ftr, ytr, _, _ = t.embed_split("train")
+    fte, yte, _, _ = t.embed_split("test")
+    fit = probe.fit_ridge(ftr, ytr, fte, lambda p: 0.0, alphas=(stage2[0]["probe_alpha"],))
+    meta = json.loads((out / "model.json").read_text())
+    head = (fte @ w["linear.fc.weight"].numpy().T + w["linear.fc.bias"].numpy())[:, 0]
+    np.testing.assert_allclose(head * meta["target_std"] + meta["target_mean"],
+                               fte @ fit.weight[0] + fit.bias[0], rtol=1e-4, atol=1e-3)
+    assert np.abs(fte @ fit.weight[0] + fit.bias[0] - yte).mean() == pytest.approx(final["test_linear_mae"], rel=1e-4)
+
+
+def test_baseline_gets_a_converged_probe_and_a_geometry_chosen_on_validation(image_classes: Path,
+                                                                             tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    final = train(_cfg(image_classes, out, target="class", loss="ce", epochs=2))
+    assert {"val_head_acc", "val_linear_acc", "test_linear_acc", "val_knn_acc"} <= set(final)
+    assert final["probe"] == "logistic" and final["probe_converged"] is True
+    assert json.loads((out / "model.json").read_text())["metric"] in ("cosine", "l2")
+    # config.json records what the defaults resolved to, so a resumed run does not depend on them
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["encoder"] == "small_cnn" and cfg["augment"]["preset"] == "light"
+
+
+def test_runs_from_before_the_presets_resume_with_their_old_settings(image_values: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(_cfg(image_values, out, target="value", loss="rnc"))
+    cfg = json.loads((out / "config.json").read_text())
+    for key in ("augment", "head_fit", "metric"):
+        cfg.pop(key)
+    (out / "config.json").write_text(json.dumps(cfg))
+    old = trainer_mod.load_run_config(out)
+    assert (old.augment, old.head_fit, old.metric) == ("simclr", "sgd", "cosine")
