@@ -43,11 +43,21 @@ def _train_parser(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--loss", choices=LOSSES, help="supcon|tsc (classes), rnc (values); ce|l1: end-to-end baselines")
     p.add_argument("--task", choices=["classification", "regression"], help="default: from the loss")
     p.add_argument("--format", help="auto | csv | folder | utkface | agedb | eeg (default auto)")
-    p.add_argument("--encoder", help="encoder name (default small_cnn for images, shallow for EEG)")
+    p.add_argument("--encoder", help="encoder name (default: the recipe's, small_cnn with 2 convolutions per block "
+                   "for images, shallow for EEG)")
     p.add_argument("--epochs", type=int, help="stage-1 (or baseline) epochs (default 20)")
-    p.add_argument("--linear-epochs", type=int, help="stage-2 linear-head epochs (default 10)")
-    p.add_argument("--batch-size", type=int, help="samples per batch (default 64)")
-    p.add_argument("--lr", type=float, help="peak learning rate, AdamW with warm-up + cosine (default 1e-3)")
+    p.add_argument("--linear-epochs", type=int, help="0 skips stage 2 (the linear head); with --head-fit sgd, "
+                   "its epochs (default 10)")
+    p.add_argument("--head-fit", choices=["convex", "sgd"], help="stage 2: convex (ridge / logistic regression "
+                   "to convergence, regularisation chosen on validation; default) or sgd (AdamW epochs)")
+    p.add_argument("--similarity", choices=["l2", "cosine"], help="RnC's feature similarity (default l2, as in "
+                   "its paper); the run serves the same geometry")
+    p.add_argument("--metric", choices=["cosine", "l2"], help="served geometry (default: the loss's; a baseline's "
+                   "is chosen on validation)")
+    p.add_argument("--knn-k", type=int, help="neighbours of the kNN (default: chosen on validation from 5-40)")
+    p.add_argument("--batch-size", type=int, help="samples per batch (default: 128 for images, 64 for EEG)")
+    p.add_argument("--lr", type=float, help="peak learning rate, AdamW with warm-up + cosine "
+                   "(default: 3e-3 for images, 1e-3 for EEG)")
     p.add_argument("--temperature", type=float, help="loss temperature (default: the loss's own)")
     p.add_argument("--image-size", type=int, help="square input size for images (default 64)")
     p.add_argument("--ema-decay", type=float, help="EMA of weights, e.g. 0.999 (default off)")
@@ -66,6 +76,7 @@ def _train_parser(p: argparse.ArgumentParser) -> Handler:
         from supemb.train.trainer import resume_run, train
 
         keys = ["data", "target", "out", "loss", "task", "format", "encoder", "epochs", "linear_epochs",
+                "head_fit", "similarity", "metric", "knn_k",
                 "batch_size", "lr", "temperature", "image_size", "ema_decay", "grad_clip", "augment", "seed",
                 "device", "num_workers", "on_error", "viz"]
         overrides = {k: getattr(args, k) for k in keys}

@@ -143,7 +143,7 @@ def test_config_yaml_with_flag_overrides(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
     path.write_text("data: d\ntarget: age\nout: o\nloss: rnc\nepochs: 7\nbatch-size: 16\n")
     cfg = load_config(path, {"epochs": 3, "lr": None})
-    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.task) == (3, 16, 1e-3, "regression")
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.task) == (3, 16, None, "regression")  # lr: the recipe's
     path.write_text("data: d\ntarget: age\nout: o\nepochz: 7\n")
     with pytest.raises(UsageError, match="unknown setting.*epochz"):
         load_config(path, {})
@@ -236,6 +236,9 @@ def test_baseline_gets_a_converged_probe_and_a_geometry_chosen_on_validation(ima
     # config.json records what the defaults resolved to, so a resumed run does not depend on them
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["encoder"] == "small_cnn" and cfg["augment"]["preset"] == "light"
+    recipe = trainer_mod.RECIPE["image"]
+    assert cfg["encoder_kwargs"] == recipe["encoder_kwargs"] and cfg["lr"] == recipe["lr"]
+    assert cfg["batch_size"] == 8  # given, so not the recipe's
 
 
 def test_runs_from_before_the_presets_resume_with_their_old_settings(image_values: Path, tmp_path: Path) -> None:

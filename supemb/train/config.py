@@ -52,8 +52,8 @@ class TrainConfig:
     encoder_kwargs: dict[str, Any] = field(default_factory=dict)
     epochs: int = 20
     linear_epochs: int = 10  # stage 2 (frozen encoder, linear head); contrastive losses only
-    batch_size: int = 64
-    lr: float = 1e-3
+    batch_size: int | None = None  # None: the recipe's for the modality (supemb.train.trainer.RECIPE)
+    lr: float | None = None  # peak learning rate; None: the recipe's
     linear_lr: float = 1e-2  # head_fit "sgd" only
     head_fit: str = "convex"  # stage 2: "convex" (ridge / logistic regression, regularisation chosen on val) | "sgd"
     weight_decay: float = 1e-4
@@ -88,12 +88,13 @@ class TrainConfig:
         if TASK_OF_LOSS[self.loss] != task:
             raise UsageError(f"--loss {self.loss} is for {TASK_OF_LOSS[self.loss]}, but the task is {task}")
         object.__setattr__(self, "task", task)
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+        positive = {"epochs": self.epochs, "batch_size": 2 if self.batch_size is None else self.batch_size,
+                    "lr": 1.0 if self.lr is None else self.lr,
                     "knn_k": 1 if self.knn_k is None else self.knn_k, "image_size": self.image_size, "projection_dim": self.projection_dim}
         for name, value in positive.items():
             if value <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {value}")
-        if self.batch_size < 2 and self.loss in CONTRASTIVE:
+        if self.batch_size is not None and self.batch_size < 2 and self.loss in CONTRASTIVE:
             raise UsageError("--batch-size must be at least 2 for a contrastive loss")
         if self.linear_epochs < 0 or self.warmup_epochs < 0 or self.grad_clip < 0:
             raise UsageError("--linear-epochs, --warmup-epochs and --grad-clip must be >= 0")
