@@ -42,6 +42,7 @@ import csv
 import io
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -494,6 +495,54 @@ def _task_markdown(name: str, r: dict) -> list[str]:
     lines.append("")
     if name == "webcam" and "image" in r:
         lines += [f"![validation embeddings, L1 vs RnC, each in its served geometry]({r['image']})", ""]
+    if name == "webcam":
+        lines += _reference_markdown(r)
+    return lines
+
+
+def reference(work: Path, labels_csv: Path, epochs: int, seeds: int, quick: bool) -> dict[str, Any]:
+    """experiments/plain_reference.py (a plain PyTorch script of our own) on the same data, epochs and seeds."""
+    import subprocess
+
+    out: dict[str, Any] = {"epochs": epochs, "runs": []}
+    for seed in range(seeds):
+        for loss in ("rnc", "l1"):
+            path = work / f"reference-{loss}-s{seed}.json"
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, str(C.ROOT / "experiments" / "plain_reference.py"), str(labels_csv),
+                            "--target", "temperature", "--loss", loss, "--epochs", str(epochs), "--seed", str(seed),
+                            "--json", str(path)], check=True, stdout=subprocess.DEVNULL)
+            out["runs"].append({**C.load_json(path), "seconds": time.perf_counter() - t0})
+    rows = {}
+    for loss, keys in (("rnc", ("knn", "ridge")), ("l1", ("head", "knn", "ridge"))):
+        for key in keys:
+            vals = [r[f"{key}_test_mae"] for r in out["runs"] if r["loss"] == loss]
+            rows[f"{loss}_{key}"] = _stats(vals)
+    out["rows"] = rows
+    return out
+
+
+def _reference_markdown(r: dict) -> list[str]:
+    if "reference" not in r:
+        return []
+    ref, ours = r["reference"], {row["label"]: row for row in r["rows"]}
+    n = len(ref["rows"]["rnc_knn"]["per_seed"])
+    labels = {"rnc_knn": "RnC + kNN", "rnc_ridge": "RnC + ridge probe", "l1_head": "L1 end to end",
+              "l1_knn": "L1 encoder + kNN", "l1_ridge": "L1 encoder + ridge probe"}
+    lines = ["### Against a plain reference script of our own", "",
+             "`experiments/plain_reference.py` (about 100 lines of plain PyTorch: 5 conv layers 32-32-64-64-128, "
+             "batch 128, crop + flip + brightness/contrast/colour-shift jitter, RnC written from the paper's "
+             "formula, closed-form ridge probe with its strength chosen on validation), trained on the same data, "
+             f"split, epochs ({ref['epochs']}) and seeds. Test MAE (°C).", "",
+             f"| reference | seed 0 | mean (min–max) over {n} seeds |", "|---|---:|---:|"]
+    for key, label in labels.items():
+        lines.append(f"| {label} | {_cells(ref['rows'][key], '.2f')} |")
+    best = {loss: min((v for k, v in ref["rows"].items() if k.startswith(loss)), key=lambda v: v["mean"])
+            for loss in ("rnc", "l1")}
+    ours_best = {side: r[f"best_{side}"] for side in ("contrastive", "plain")}
+    lines += ["", f"Best reference RnC {best['rnc']['mean']:.2f} against supemb's best RnC figure "
+              f"{ours_best['contrastive']['mean']:.2f}; best reference L1 {best['l1']['mean']:.2f} against "
+              f"supemb's best L1 figure {ours_best['plain']['mean']:.2f} (means over seeds).", ""]
     return lines
 
 
@@ -591,6 +640,9 @@ def run_task(name: str, work: Path, epochs: int, seeds: int, docs: Path, quick: 
     save()
     if name == "webcam":
         res["image"] = str(webcam_map(work, docs).relative_to(docs))
+        print("== webcam: the plain reference script", flush=True)
+        res["reference"] = reference(work, labels_csv, epochs, seeds, quick)
+        save()
     if labels_csv is not None:
         print(f"== {name}: less training data", flush=True)
         res["fraction"] = fractions(name, work, epochs, data_kw, labels_csv, res)

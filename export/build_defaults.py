@@ -42,21 +42,18 @@ OUT = ROOT / "supemb" / "bundles"
 RECIPES = {
     "age": dict(
         data=lambda work: make_face_dataset(work / "data", 1200, n_identities=40, size=32, seed=0),
-        train=dict(target="age", loss="rnc", epochs=12, linear_epochs=10, batch_size=128, image_size=32,
-                   knn_k=10),
+        train=dict(target="age", loss="rnc", image_size=32),
         export=dict(unit="years", thumbnails=32, name="age (synthetic demo)"),
     ),
     "temperature": dict(
         data=lambda work: make_webcam_dataset(work / "data", 1200, n_cameras=8, size=32, seed=0),
-        train=dict(target="temperature", loss="rnc", epochs=12, linear_epochs=10, batch_size=128,
-                   image_size=32, knn_k=10),
+        train=dict(target="temperature", loss="rnc", image_size=32),
         export=dict(unit="°C", thumbnails=32, name="temperature (synthetic demo)"),
     ),
     "brain_age": dict(
         # the settings docs/evidence.md chose on validation: many short recordings, robust scaling
         data=lambda work: make_eeg_dataset(work / "data", 200, duration_s=30.0, sfreq=100.0, seed=0),
-        train=dict(target="age", loss="rnc", epochs=10, linear_epochs=10, batch_size=64, knn_k=10,
-                   eeg={"window_s": 10.0, "stride_s": 5.0, "scaling": "robust"}),
+        train=dict(target="age", loss="rnc", eeg={"window_s": 10.0, "stride_s": 5.0, "scaling": "robust"}),
         export=dict(unit="years", thumbnails=0, name="brain age (synthetic demo)"),
     ),
 }
