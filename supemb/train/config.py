@@ -58,7 +58,7 @@ class TrainConfig:
     head_fit: str = "convex"  # stage 2: "convex" (ridge / logistic regression, regularisation chosen on val) | "sgd"
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
-    temperature: float | None = None  # None: the loss's default (SupCon 0.1, RnC 2.0, TSC 0.1)
+    temperature: float | None = None  # None: supemb.train.trainer.DEFAULT_TEMPERATURE (chosen on validation)
     projection: str | None = None  # stage-1 head: "mlp" | "none"; None: the loss's paper (see PROJECTION_OF_LOSS)
     projection_dim: int = 128
     similarity: str | None = None  # RnC's feature similarity "l2" | "cosine"; None: l2 (its paper's)

@@ -133,8 +133,13 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"--device {name!r} is not a device torch knows (try cpu or cuda)") from None
 
 
+# The contrastive temperature an unset --temperature becomes: the one validation picked in
+# the temperature study (docs/temperature.md, experiments/temperature.py). TSC keeps SupCon's.
+DEFAULT_TEMPERATURE = {"supcon": 0.1, "rnc": 2.0, "tsc": 0.1}
+
+
 def build_loss(cfg: TrainConfig, n_classes: int) -> nn.Module:
-    t = {} if cfg.temperature is None else {"temperature": cfg.temperature}
+    t = {"temperature": cfg.temperature if cfg.temperature is not None else DEFAULT_TEMPERATURE.get(cfg.loss, 1.0)}
     if cfg.loss == "supcon":
         return SupConLoss(**t)
     if cfg.loss == "rnc":
@@ -180,7 +185,8 @@ class Trainer:
         # so a resumed or repeated run does not depend on later changes of the defaults.
         cfg = self.cfg = self.resolved_cfg = dataclasses.replace(
             cfg, encoder=name, encoder_kwargs=kwargs, augment=self.data.augment_spec or cfg.augment,
-            batch_size=cfg.batch_size or recipe["batch_size"], lr=cfg.lr or recipe["lr"])
+            batch_size=cfg.batch_size or recipe["batch_size"], lr=cfg.lr or recipe["lr"],
+            temperature=cfg.temperature if cfg.temperature is not None else DEFAULT_TEMPERATURE.get(cfg.loss))
         encoder = build_encoder(name, **self.encoder_kwargs)
         if encoder.modality != self.data.modality:
             raise UserError(f"encoder {name!r} is for {encoder.modality} inputs, but {cfg.data} is {self.data.modality} data")
