@@ -83,6 +83,9 @@ def _data(task: str, root: Path) -> dict:
     raise ValueError(task)
 
 
+# The contrastive temperatures the sweep ran at (the losses' own defaults then); the
+# temperature study (experiments/temperature.py) chose the package defaults afterwards.
+SWEEP_TEMPERATURE = {"rnc": 2.0, "supcon": 0.1}
 PAIRS = {"webcam": ("rnc", "l1"), "faces": ("rnc", "l1"), "eeg": ("rnc", "l1"), "digits": ("supcon", "ce")}
 VARIANTS = {
     "webcam": IMAGE_VARIANTS,
@@ -124,7 +127,9 @@ CHOICE = """## What was chosen, and why
 
 Unset settings at the time of the sweep are written out in each row (`lr`,
 `encoder_kwargs`); `epochs` and `batch_size` are the task's common settings
-unless a row says otherwise. The recipe is the setting with the best
+unless a row says otherwise; the contrastive temperatures were the losses'
+defaults then (RnC 2.0, SupCon 0.1; `SWEEP_TEMPERATURE`), and the temperature
+study (docs/temperature.md) chose the package defaults after it. The recipe is the setting with the best
 contrastive validation figure that keeps the default budget (20 epochs for
 images), and the baseline is trained with it too:
 
@@ -162,7 +167,8 @@ def write_markdown(record: Path, out: Path) -> None:
                   f"ratio {con}/{plain} | seconds ({con}, {plain}) |", "|---|---:|---:|---:|---:|"]
         settings: dict[str, dict[str, dict]] = {}
         for r in rows:
-            cfg = {k: v for k, v in r["cfg"].items() if k not in ("data", "target", "loss", "eeg", "image_size")}
+            cfg = {k: v for k, v in r["cfg"].items()
+                   if k not in ("data", "target", "loss", "eeg", "image_size", "temperature")}
             settings.setdefault(json.dumps(cfg, sort_keys=True), {})[r["cfg"]["loss"]] = r
         for cfg, by_loss in settings.items():
             if con not in by_loss or plain not in by_loss:
@@ -189,6 +195,8 @@ def main() -> None:
         for variant in VARIANTS[task]:
             for loss in PAIRS[task]:
                 cfg = {**common, **variant, "loss": loss}
+                if loss in SWEEP_TEMPERATURE:
+                    cfg["temperature"] = SWEEP_TEMPERATURE[loss]
                 key = key_of(cfg)
                 if key in done:
                     continue
