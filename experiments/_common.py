@@ -193,7 +193,7 @@ class LoadedRun:
     def knn_predict(self, train_feats: np.ndarray, feats: np.ndarray) -> np.ndarray:
         """kNN regression in the served geometry, with the run's k and kNN temperature (model.json)."""
         from supemb.train import metrics
-        from supemb.train.trainer import embedding_array
+        from supemb.train.selection import embedding_array
 
         g, q = embedding_array(train_feats, self.metric), embedding_array(feats, self.metric)
         k = min(int(self.meta.get("knn_k") or self.cfg.knn_k or 10), len(g))

@@ -11,8 +11,8 @@ package defaults (epochs too, unless --epochs). For each temperature:
 - the validation figure: SupCon val kNN accuracy and MAP@R; RnC val kNN MAE;
 - on the validation items' encoder output (the served embedding; the
   measures L2-normalise it, whatever geometry it is served in):
-  uniformity (Wang & Isola 2020, `metrics.uniformity`; lower = more uniform),
-  alignment of two augmented views of each item (`metrics.alignment`, the
+  uniformity (Wang & Isola 2020, `geometry.uniformity`; lower = more uniform),
+  alignment of two augmented views of each item (`geometry.alignment`, the
   run's own training augmentation, seeded; lower = better aligned) and
   tolerance (Wang & Liu 2021: the mean cosine similarity of pairs of the same
   class; for regression, of pairs whose targets differ by at most
@@ -66,13 +66,13 @@ def tolerance(feats: np.ndarray, targets: np.ndarray, discrete: bool) -> tuple[f
 
 def geometry(run_dir: Path, discrete: bool) -> dict[str, Any]:
     """Uniformity, alignment and tolerance of a finished run's validation embeddings."""
-    from supemb.train import metrics
+    from supemb.train import geometry as geo
 
     run = C.load_run(run_dir)
     feats = run.features("val")
     a, b = (run.views("val", s) for s in VIEW_SEEDS)
     tol, pairs = tolerance(feats, run.split("val").targets, discrete)
-    return {"uniformity": metrics.uniformity(feats, seed=SEED), "alignment": metrics.alignment(a, b),
+    return {"uniformity": geo.uniformity(feats, seed=SEED), "alignment": geo.alignment(a, b),
             "tolerance": tol, "tolerance_pairs": pairs, "served_metric": run.metric,
             "knn_k": run.meta.get("knn_k"), "knn_temperature": run.meta.get("knn_temperature")}
 

@@ -334,6 +334,9 @@ def test_l2_ivf_rows_short_of_k_are_searched_exhaustively() -> None:
     assert idx.min() >= 0 and np.all(np.isfinite(sim)) and np.all(np.diff(sim, axis=1) <= 0)
     want = -np.linalg.norm(queries[:, None, :].astype(np.float64) - gallery[idx].astype(np.float64), axis=2)
     np.testing.assert_allclose(sim, want, rtol=1e-5, atol=1e-4)
+    # short rows were completed by an exhaustive search: the exact neighbours
+    dist = np.linalg.norm(queries[:, None, :].astype(np.float64) - gallery[None].astype(np.float64), axis=2)
+    np.testing.assert_array_equal(np.sort(idx, axis=1), np.sort(np.argsort(dist, axis=1)[:, :20], axis=1))
 
 
 def test_l2_add_extends_the_gallery() -> None:

@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 
+from supemb.train.geometry import alignment, uniformity
 from supemb.train.metrics import (
     accuracy,
     aggregate,
-    alignment,
     balanced_accuracy,
     embedding_report,
     knn_classify,
@@ -23,7 +23,6 @@ from supemb.train.metrics import (
     ordinality,
     precision_at_1,
     regression_metrics,
-    uniformity,
 )
 
 
@@ -467,7 +466,7 @@ def test_l2_nearest_neighbours_match_brute_force(k: int) -> None:
     np.testing.assert_allclose(sim, ref_sim, rtol=1e-10, atol=1e-9)
     assert np.all(sim <= 0) and np.all(np.diff(sim, axis=1) <= 0)
     # Not normalised: the cosine neighbours of the same rows are different ones.
-    assert not np.array_equal(idx, nearest_neighbours(q, g, k, metric="cosine")[0]) or k == 150
+    assert not np.array_equal(idx, nearest_neighbours(q, g, k, metric="cosine")[0])  # (at k = G: the order)
 
 
 def test_l2_exclude_self_and_duplicates() -> None:

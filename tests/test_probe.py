@@ -40,7 +40,8 @@ def test_ridge_prefers_strong_regularisation_on_noise():
     fit = probe.fit_ridge(x, y, xv, lambda p: -np.abs(p - yv).mean())
     assert fit.alpha >= 10
     weak = min(fit.scores)
-    assert fit.scores[weak] < fit.val_score
+    assert fit.val_score - fit.scores[weak] > 0.05  # little regularisation overfits the noise clearly
+    assert -fit.val_score < np.abs(yv - y.mean()).mean() + 0.02  # about as good as predicting the mean
 
 
 def test_ridge_recovers_a_noiseless_linear_map():

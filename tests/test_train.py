@@ -180,7 +180,8 @@ def test_rnc_serves_the_raw_encoder_output_it_ordered(image_values: Path, tmp_pa
     # RnC's default similarity is the negative L2 distance of raw features: serve that space
     assert meta["metric"] == final["metric"] == "l2"
     assert meta["embedding"] == trainer_mod.Model.EMBEDDINGS["l2"] == "encoder output"
-    assert meta["knn_k"] in (*trainer_mod.KNN_KS, 38) and meta["knn_temperature"] > 0  # 38: the tiny train split
+    n_train = len(trainer_mod.embed_run(out, "train")[1])
+    assert meta["knn_k"] in {min(k, n_train) for k in trainer_mod.KNN_KS} and meta["knn_temperature"] > 0
     emb, _, _, metric = trainer_mod.embed_run(out, "val")
     assert metric == "l2" and not np.allclose(np.linalg.norm(emb, axis=1), 1.0)
     # the recorded kNN settings reproduce the final validation figure
@@ -210,20 +211,22 @@ def test_stage_two_head_is_the_converged_ridge_fit(image_values: Path, tmp_path:
     stage2 = [m for m in _read_metrics(out) if m["stage"] == 2]
     assert len(stage2) == 1 and stage2[0]["probe"] == "ridge" and stage2[0]["probe_grad_norm"] < 1e-6
     # the saved head equals a direct ridge fit on the frozen features at the chosen alpha
-    from supemb.train import probe
-
     t = trainer_mod.Trainer(trainer_mod.load_run_config(out), resume=True)
     t._setup()
     w = load_file(str(out / "model.safetensors"))
     t.model.encoder.load_state_dict({k[8:]: v for k, v in w.items() if k.startswith("encoder.")})
     ftr, ytr, _, _ = t.embed_split("train")
     fte, yte, _, _ = t.embed_split("test")
-    fit = probe.fit_ridge(ftr, ytr, fte, lambda p: 0.0, alphas=(stage2[0]["probe_alpha"],))
+    # the normal equations on standardised features and targets, penalty alpha * N (supemb.train.probe)
+    x, xt = ftr.astype(np.float64), fte.astype(np.float64)
+    mu, sd = x.mean(0), np.where(x.std(0) > 1e-12, x.std(0), 1.0)
+    z, t = (x - mu) / sd, (ytr - ytr.mean()) / (ytr.std() + 1e-12)
+    coef = np.linalg.solve(z.T @ z + stage2[0]["probe_alpha"] * len(z) * np.eye(z.shape[1]), z.T @ t)
+    direct = ((xt - mu) / sd) @ coef * (ytr.std() + 1e-12) + ytr.mean()
     meta = json.loads((out / "model.json").read_text())
     head = (fte @ w["linear.fc.weight"].numpy().T + w["linear.fc.bias"].numpy())[:, 0]
-    np.testing.assert_allclose(head * meta["target_std"] + meta["target_mean"],
-                               fte @ fit.weight[0] + fit.bias[0], rtol=1e-4, atol=1e-3)
-    assert np.abs(fte @ fit.weight[0] + fit.bias[0] - yte).mean() == pytest.approx(final["test_linear_mae"], rel=1e-4)
+    np.testing.assert_allclose(head * meta["target_std"] + meta["target_mean"], direct, rtol=1e-4, atol=1e-3)
+    assert np.abs(direct - yte).mean() == pytest.approx(final["test_linear_mae"], rel=1e-3)
 
 
 def test_baseline_gets_a_converged_probe_and_a_geometry_chosen_on_validation(image_classes: Path,
@@ -232,7 +235,19 @@ def test_baseline_gets_a_converged_probe_and_a_geometry_chosen_on_validation(ima
     final = train(_cfg(image_classes, out, target="class", loss="ce", epochs=2))
     assert {"val_head_acc", "val_linear_acc", "test_linear_acc", "val_knn_acc"} <= set(final)
     assert final["probe"] == "logistic" and final["probe_converged"] is True
-    assert json.loads((out / "model.json").read_text())["metric"] in ("cosine", "l2")
+    # the recorded geometry is the one choose_knn (tests/test_selection.py) picks on validation
+    from supemb.train.selection import choose_knn
+
+    t = Trainer(load_run_config(out), resume=True)
+    t._setup()
+    w = load_file(str(out / "model.safetensors"))
+    t.model.encoder.load_state_dict({k[8:]: v for k, v in w.items() if k.startswith("encoder.")})
+    ftr, ytr, _, _ = t.embed_split("train")
+    fva, yva, gva, _ = t.embed_split("val")
+    want = choose_knn(ftr, ytr, fva, lambda pred: t._probe_score(pred, yva, gva), task="classification",
+                      n_classes=2, metrics_tried=("cosine", "l2"), ks=[t.cfg.knn_k])
+    meta = json.loads((out / "model.json").read_text())
+    assert (meta["metric"], meta["knn_k"], meta["knn_temperature"]) == want
     # config.json records what the defaults resolved to, so a resumed run does not depend on them
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["encoder"] == "small_cnn" and cfg["augment"]["preset"] == "light"

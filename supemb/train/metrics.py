@@ -46,8 +46,6 @@ from scipy.stats import spearmanr
 # Similarity blocks are computed a few query rows at a time, so memory stays
 # bounded (about 32 MB of float64) whatever the gallery size.
 _BLOCK_ELEMENTS = 1 << 22
-# Pairs whose distances are computed at once (alignment, uniformity): [chunk, D] at a time.
-_PAIR_CHUNK = 1 << 14
 
 Metric = Literal["cosine", "l2"]
 METRICS: tuple[str, ...] = ("cosine", "l2")
@@ -617,13 +615,7 @@ def ordinality(
         raise ValueError(f"ordinality needs at least 2 items, got {n}")
     if int(max_pairs) < 2:
         raise ValueError(f"max_pairs must be at least 2, got {max_pairs}")
-    if n * (n - 1) // 2 <= max_pairs:
-        i, j = np.triu_indices(n, k=1)
-    else:
-        rng = np.random.default_rng(seed)
-        i = rng.integers(0, n, size=int(max_pairs))
-        j = rng.integers(0, n - 1, size=int(max_pairs))
-        j = j + (j >= i)  # uniform over j != i
+    i, j = pair_indices(n, max_pairs, seed)
     if normalize:
         e = l2_normalize(e)
         d_emb = 1.0 - np.einsum("pd,pd->p", e[i], e[j])
@@ -635,12 +627,12 @@ def ordinality(
     return float(spearmanr(d_emb, d_y).statistic)
 
 
-# ------------------------------------------- alignment and uniformity
+# ------------------------------------------------------------------ pairs
 
 
-def _pair_indices(n: int, max_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def pair_indices(n: int, max_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """All pairs i < j, or `max_pairs` pairs (i != j) drawn uniformly with `seed`
-    when there are more (as `ordinality` draws them)."""
+    when there are more (`ordinality`, `supemb.train.geometry.uniformity`)."""
     if int(max_pairs) < 1:
         raise ValueError(f"max_pairs must be at least 1, got {max_pairs}")
     if n * (n - 1) // 2 <= max_pairs:
@@ -649,67 +641,6 @@ def _pair_indices(n: int, max_pairs: int, seed: int) -> tuple[np.ndarray, np.nda
     i = rng.integers(0, n, size=int(max_pairs))
     j = rng.integers(0, n - 1, size=int(max_pairs))
     return i, j + (j >= i)
-
-
-def _sq_distances(a: np.ndarray, b: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """||a_i - b_j||^2 for each pair (i[p], j[p]), `_PAIR_CHUNK` pairs at a time."""
-    out = np.empty(len(i), dtype=np.float64)
-    for start in range(0, len(i), _PAIR_CHUNK):
-        s = slice(start, start + _PAIR_CHUNK)
-        diff = a[i[s]] - b[j[s]]
-        out[s] = np.einsum("pd,pd->p", diff, diff)
-    return out
-
-
-def alignment(emb_a: npt.ArrayLike, emb_b: npt.ArrayLike, alpha: float = 2.0) -> float:
-    """Alignment of positive pairs (Wang & Isola, "Understanding Contrastive
-    Representation Learning through Alignment and Uniformity on the
-    Hypersphere", 2020):
-
-        align = mean_i ||a_i - b_i||_2^alpha
-
-    emb_a, emb_b: [N, D], row i of each a positive pair (e.g. two views of
-    one item). Both are L2-normalised here first (the quantity is defined on
-    the unit hypersphere; a zero row stays zero), whatever metric the
-    embedding is served in. 0 when every pair coincides, at most 2^alpha;
-    lower is better. alpha > 0.
-    """
-    a = l2_normalize(_as_embeddings(emb_a, "emb_a"))
-    b = l2_normalize(_as_embeddings(emb_b, "emb_b"))
-    if a.shape != b.shape:
-        raise ValueError(f"emb_a has shape {a.shape} but emb_b has {b.shape}")
-    alpha = float(alpha)
-    if not (np.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"alpha must be a positive number, got {alpha!r}")
-    rows = np.arange(len(a))
-    d = np.sqrt(np.maximum(_sq_distances(a, b, rows, rows), 0.0))
-    return float(np.mean(d**alpha))
-
-
-def uniformity(emb: npt.ArrayLike, t: float = 2.0, max_pairs: int = 200_000, seed: int = 0) -> float:
-    """Uniformity of an embedding on the hypersphere (Wang & Isola 2020):
-
-        unif = log mean_{i != j} exp(-t ||x_i - x_j||_2^2)
-
-    over distinct pairs of rows of emb: [N, D] (N >= 2), L2-normalised here
-    first (the quantity is defined on the unit hypersphere; a zero row stays
-    zero), whatever metric the embedding is served in. Lower (more negative)
-    is more uniform: 0 when every row is the same point, -4t when each pair
-    is antipodal. The pairs i < j are all used when N (N - 1) / 2 <=
-    max_pairs; otherwise `max_pairs` pairs (i != j) are drawn uniformly at
-    random with `seed`, so the value is deterministic. Computed with a
-    max-shifted log-sum-exp, so a large t does not underflow to log(0).
-    """
-    e = l2_normalize(_as_embeddings(emb, "emb"))
-    t = float(t)
-    if not (np.isfinite(t) and t > 0):
-        raise ValueError(f"t must be a positive number, got {t!r}")
-    if len(e) < 2:
-        raise ValueError(f"uniformity needs at least 2 items, got {len(e)}")
-    i, j = _pair_indices(len(e), max_pairs, seed)
-    v = -t * np.maximum(_sq_distances(e, e, i, j), 0.0)
-    top = float(v.max())
-    return float(top + np.log(np.mean(np.exp(v - top))))
 
 
 # ------------------------------------------------------------ EEG records

@@ -60,7 +60,7 @@ from supemb.losses import RnCLoss, SupConLoss, TargetedSupConLoss
 from supemb.models.heads import LinearHead, ProjectionHead
 from supemb.models.registry import build_encoder
 from supemb.train import evaluate, probe
-from supemb.train import metrics as nn_metrics
+from supemb.train.selection import KNN_KS, choose_knn, embedding_array
 from supemb.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from supemb.train.config import METRICS, TrainConfig, save_config
 from supemb.train.data import EvalDataset, PreparedData, SeededDataset, epoch_order, prepare_data
@@ -73,9 +73,6 @@ RECIPE: dict[str, dict[str, Any]] = {
     "image": {"encoder": "small_cnn", "encoder_kwargs": {"convs": 2}, "batch_size": 128, "lr": 3e-3},
     "eeg": {"encoder": "shallow", "encoder_kwargs": {}, "batch_size": 64, "lr": 1e-3},
 }
-# kNN temperature grid, in units of the median similarity gap between a query's 1st and k-th neighbour.
-KNN_TEMPERATURE_FACTORS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 20.0)
-KNN_KS = (5, 10, 20, 40)  # kNN sizes tried on validation when --knn-k is not given
 
 
 class Model(nn.Module):
@@ -103,14 +100,6 @@ class Model(nn.Module):
     def embedding_of(features: torch.Tensor, metric: str = "cosine") -> torch.Tensor:
         """Encoder features `[B, embed_dim]` -> the embedding (`embed` without re-running the encoder)."""
         return F.normalize(features, dim=-1) if metric == "cosine" else features
-
-
-def embedding_array(features: np.ndarray, metric: str) -> np.ndarray:
-    """`Model.embedding_of` for numpy features `[N, D]` (float32)."""
-    f = np.asarray(features, np.float32)
-    if metric == "cosine":
-        return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-    return f
 
 
 @dataclass
@@ -167,6 +156,7 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.amp = cfg.amp and self.device.type == "cuda"
         self.global_step = 0
+        self._frozen: dict[str, tuple] | None = None  # split -> embed_split result, once the encoder is final
 
     # ---------------------------------------------------------------- setup
 
@@ -277,6 +267,7 @@ class Trainer:
             self.position = Position(stage=2)
             self._save("last.pt")
         self._load_best()
+        self._frozen = {}  # the encoder no longer changes: embed each split once from here on
         if self.cfg.contrastive and self.cfg.linear_epochs > 0:
             self._stage_two()
         return self._finish()
@@ -378,7 +369,10 @@ class Trainer:
     def embed_split(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """(raw encoder features [N, D], targets [N], groups [N], head outputs [N, out] or None).
 
-        `embedding_array(features, metric)` turns the features into the served embedding."""
+        `embedding_array(features, metric)` turns the features into the served embedding.
+        Once the encoder is final (stage 2 and the end), each split is embedded once."""
+        if self._frozen is not None and name in self._frozen:
+            return self._frozen[name]
         split = self.data.splits[name]
         loader = torch.utils.data.DataLoader(EvalDataset(split, self.data.eval_transform),
                                              batch_size=max(self.cfg.batch_size, 64), shuffle=False,
@@ -397,7 +391,10 @@ class Trainer:
         if current is not None:
             self.model.load_state_dict(current)
         head_out = torch.cat(outs).numpy() if outs else None
-        return torch.cat(embs).numpy(), split.targets, split.groups, head_out
+        result = torch.cat(embs).numpy(), split.targets, split.groups, head_out
+        if self._frozen is not None:
+            self._frozen[name] = result
+        return result
 
     def _head_predictions(self, out: np.ndarray) -> np.ndarray:
         if self.cfg.task == "classification":
@@ -547,33 +544,16 @@ class Trainer:
     # ------------------------------------------------------ serving geometry
 
     def _choose_geometry(self) -> dict[str, Any]:
-        """The metric (where the loss does not fix it) and the kNN weights' temperature,
-        chosen on validation; sets `self.metric`, `self.knn_temperature`."""
+        """The metric (where the loss does not fix it), kNN k and kNN temperature, chosen on
+        validation (`supemb.train.selection`); sets `self.metric`, `self.knn_k`, `self.knn_temperature`."""
         cfg = self.cfg
         train_feats, train_t, _, _ = self.embed_split("train")
         val_feats, val_t, val_groups, _ = self.embed_split("val")
-        candidates = [cfg.served_metric] if cfg.served_metric else list(METRICS)
-        ks = sorted({min(k, len(train_feats)) for k in ([cfg.knn_k] if cfg.knn_k else KNN_KS)})
-        best: tuple[float, str, int, float] | None = None
-        for metric in candidates:
-            g, q = embedding_array(train_feats, metric), embedding_array(val_feats, metric)
-            idx_all, sim_all = nn_metrics.nearest_neighbours(q, g, ks[-1], metric=metric)
-            for k in ks:
-                idx, sim = idx_all[:, :k], sim_all[:, :k]
-                # The grid is relative to how far apart a query's k neighbours are.
-                spread = float(np.median(sim[:, 0] - sim[:, -1])) or 1.0
-                for factor in KNN_TEMPERATURE_FACTORS:
-                    t = float(f"{spread * factor:.3g}")
-                    if cfg.task == "regression":
-                        pred, _ = nn_metrics.neighbour_regress(sim, train_t[idx], temperature=t)
-                    else:
-                        pred = nn_metrics.neighbour_vote(sim, train_t[idx].astype(np.int64), self.n_classes,
-                                                         t).argmax(1)
-                    score = self._probe_score(pred, val_t, val_groups)
-                    if best is None or score > best[0] + 1e-12:
-                        best = (score, metric, k, t)
-        assert best is not None
-        _, self.metric, self.knn_k, self.knn_temperature = best
+        self.metric, self.knn_k, self.knn_temperature = choose_knn(
+            train_feats, train_t, val_feats, lambda pred: self._probe_score(pred, val_t, val_groups),
+            task=cfg.task, n_classes=self.n_classes,
+            metrics_tried=[cfg.served_metric] if cfg.served_metric else list(METRICS),
+            ks=[cfg.knn_k] if cfg.knn_k else KNN_KS)
         self.model.metric = self.metric
         return {"metric": self.metric, "knn_k": self.knn_k, "knn_temperature": self.knn_temperature}
 
