@@ -113,7 +113,7 @@ class TrainConfig:
             if value is not None and value not in allowed:
                 raise UsageError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.similarity is not None and self.loss != "rnc":
-            raise UsageError(f"similarity is RnC's setting; loss {self.loss} compares features by cosine")
+            raise UsageError(f"--similarity applies to --loss rnc only, not {self.loss}")
         if self.augment is not None and not isinstance(self.augment, (str, dict)):
             raise UsageError(f"--augment must be a preset name or a mapping {{preset: NAME, field: value}}, "
                              f"got {type(self.augment).__name__}")
