@@ -56,7 +56,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_machine.py, however this file is loaded
 from _machine import machine_info as base_machine_info  # noqa: E402
 
-from supemb.runtime.index import GalleryIndex  # noqa: E402
+from supemb.index.gallery import GalleryIndex  # noqa: E402
 
 SECTIONS = ["embed", "files", "knn"]
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "runtime-cpu.json"
@@ -408,8 +408,8 @@ def bench_embed(args: argparse.Namespace) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from supemb.models.onnx_util import export_onnx
-    from supemb.models.registry import build_encoder
+    from supemb.encoders.onnx_util import export_onnx
+    from supemb.encoders.registry import build_encoder
 
     torch.set_num_threads(os.cpu_count() or 1)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available()
@@ -496,8 +496,8 @@ def bench_files(args: argparse.Namespace) -> dict:
     from PIL import Image
 
     from supemb.data.synthetic_images import face_arrays
-    from supemb.runtime.bundle import load_bundle
-    from supemb.runtime.export import export_run
+    from supemb.predict.bundle import load_bundle
+    from supemb.export.writer import export_run
     from supemb.train.config import TrainConfig
     from supemb.train.trainer import train
 
@@ -526,8 +526,8 @@ def bench_files(args: argparse.Namespace) -> dict:
                               viz=False, device="cpu"))
             export_run(run, tmp / f"bundle_{name}")
             b = load_bundle(tmp / f"bundle_{name}", device="auto")
-            from supemb.data.transforms import eval_preprocess_batch
-            from supemb.runtime.inputs import decoded_batches
+            from supemb.preprocess.image import eval_preprocess_batch
+            from supemb.embed.batches import decoded_batches
 
             decoded = eval_preprocess_batch(queries, b.spec)
             bs = args.file_batch

@@ -29,8 +29,8 @@ import gradio as gr
 
 from supemb.data.images import DEFAULT_MAX_PIXELS, load_image
 from supemb.errors import UserError
-from supemb.runtime import api
-from supemb.runtime.bundle import Bundle
+from supemb.predict import api
+from supemb.predict.bundle import Bundle
 
 from .examples import cache_dir, example_inputs
 from .views import (

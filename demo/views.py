@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from supemb.runtime.bundle import Bundle, Prediction
+from supemb.predict.bundle import Bundle, Prediction
 
 MAP_POINTS = 4000  # gallery items drawn on the map (a seeded sample past this)
 THUMB_PX = 96  # gallery thumbnails are shown enlarged to this (nearest neighbour: no blur)

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from supemb.data.synthetic_eeg import make_eeg_dataset  # noqa: E402
 from supemb.data.synthetic_images import make_face_dataset, make_webcam_dataset  # noqa: E402
-from supemb.runtime.export import export_run  # noqa: E402
+from supemb.export.writer import export_run  # noqa: E402
 from supemb.train.config import TrainConfig  # noqa: E402
 from supemb.train.trainer import train  # noqa: E402
 

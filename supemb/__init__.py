@@ -22,12 +22,12 @@ __all__ = ["__version__", "load_bundle", "predict_age", "predict_brain_age", "pr
            "Bundle", "Prediction"]
 
 _LAZY = {
-    "load_bundle": "supemb.runtime.bundle",
-    "Bundle": "supemb.runtime.bundle",
-    "Prediction": "supemb.runtime.bundle",
-    "predict_age": "supemb.runtime.api",
-    "predict_temperature": "supemb.runtime.api",
-    "predict_brain_age": "supemb.runtime.api",
+    "load_bundle": "supemb.predict.bundle",
+    "Bundle": "supemb.predict.bundle",
+    "Prediction": "supemb.predict.bundle",
+    "predict_age": "supemb.predict.api",
+    "predict_temperature": "supemb.predict.api",
+    "predict_brain_age": "supemb.predict.api",
 }
 
 

@@ -23,7 +23,7 @@ Handler = Callable[[argparse.Namespace], int]
 _SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Handler]]] = {}
 
 
-# The names of supemb.data.transforms.IMAGE_AUGMENTS and supemb.data.eeg_augment.EEG_AUGMENTS and the
+# The names of supemb.preprocess.image.IMAGE_AUGMENTS and supemb.preprocess.eeg_augment.EEG_AUGMENTS and the
 # defaults of supemb.train.data.DEFAULT_AUGMENT, spelled out so `supemb --help` imports none of them
 # (torch); tests/test_augment_presets.py keeps them in step.
 AUGMENT_HELP = ("augmentation preset; images: simclr (SupCon recipe: crops, flips, colour jitter with hue, "
@@ -136,13 +136,13 @@ def _lazy(module: str, name: str) -> Callable[[argparse.ArgumentParser], Handler
 
 
 _SUBCOMMANDS["export"] = ("export a training run to a bundle: ONNX encoder + FAISS gallery + manifest",
-                          _lazy("supemb.runtime.commands", "export_parser"))
+                          _lazy("supemb.commands", "export_parser"))
 _SUBCOMMANDS["predict"] = ("predict values or classes (with neighbours) for images or EEG recordings",
-                           _lazy("supemb.runtime.commands", "predict_parser"))
+                           _lazy("supemb.commands", "predict_parser"))
 _SUBCOMMANDS["eval"] = ("evaluate a bundle's kNN predictions on labelled data",
-                        _lazy("supemb.runtime.commands", "eval_parser"))
+                        _lazy("supemb.commands", "eval_parser"))
 _SUBCOMMANDS["index"] = ("rebuild or extend a bundle's labelled gallery without retraining",
-                         _lazy("supemb.runtime.commands", "index_parser"))
+                         _lazy("supemb.commands", "index_parser"))
 
 
 def _load_demo(root: Path | None = None) -> ModuleType:

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from supemb.cli import AUGMENT_HELP, build_parser, main
-from supemb.data.eeg_augment import EEG_AUGMENTS, EEGAugment, eeg_augment
-from supemb.data.transforms import (
+from supemb.preprocess.eeg_augment import EEG_AUGMENTS, EEGAugment, eeg_augment
+from supemb.preprocess.image import (
     IMAGE_AUGMENTS,
     AugmentSpec,
     ContrastiveAugment,

@@ -7,7 +7,7 @@ import torch
 from benchmark_module import load_benchmark
 from torch import nn
 
-from supemb.models.registry import build_encoder
+from supemb.encoders.registry import build_encoder
 
 
 @pytest.fixture(scope="module")

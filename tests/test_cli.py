@@ -49,7 +49,7 @@ def test_closed_stdout_pipe_ends_quietly(tmp_path) -> None:
     import numpy as np
     from PIL import Image
 
-    from supemb.runtime.api import default_bundle_path
+    from supemb.predict.api import default_bundle_path
 
     face = tmp_path / "face.png"
     Image.fromarray(np.full((48, 48, 3), 128, np.uint8)).save(face)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import supemb
-from supemb.runtime import api
-from supemb.runtime.bundle import load_bundle
+from supemb.predict import api
+from supemb.predict.bundle import load_bundle
 
 NAMES = ("age", "temperature", "brain_age")
 

@@ -26,7 +26,7 @@ import pytest
 import supemb
 from supemb.cli import _load_demo, main
 from supemb.errors import UserError
-from supemb.runtime import api
+from supemb.predict import api
 
 pytest.importorskip("gradio_client", reason="gradio_client is needed to call the demo")
 from gradio_client import Client, handle_file  # noqa: E402

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from supemb.data import eeg_augment as aug
+from supemb.preprocess import eeg_augment as aug
 from supemb.data.eeg import (
     EEGRecord,
     EEGSpec,

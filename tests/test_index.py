@@ -12,7 +12,7 @@ import pytest
 from benchmark_module import load_benchmark
 
 from supemb.errors import UserError
-from supemb.runtime.index import (
+from supemb.index.gallery import (
     GalleryIndex,
     default_nlist,
     default_nprobe,

@@ -14,7 +14,7 @@ from torch import nn
 
 from supemb.data.eeg import EEGSpec
 from supemb.errors import UserError
-from supemb.models import (
+from supemb.encoders import (
     ENCODERS,
     Encoder,
     LinearHead,
@@ -25,8 +25,8 @@ from supemb.models import (
     export_onnx,
     onnx_max_abs_diff,
 )
-from supemb.models.eeg import ShallowConvNet
-from supemb.models.resnet import BasicBlock, Bottleneck
+from supemb.encoders.eeg import ShallowConvNet
+from supemb.encoders.resnet import BasicBlock, Bottleneck
 
 EEG_KW = dict(n_chans=19, n_times=4 * 100, sfreq=100.0)
 EXPECTED_DIM = {

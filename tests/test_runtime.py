@@ -20,8 +20,8 @@ from PIL import Image
 
 from supemb.cli import main as cli
 from supemb.errors import UserError
-from supemb.runtime import manifest as mf
-from supemb.runtime.bundle import Prediction, load_bundle
+from supemb.predict import manifest as mf
+from supemb.predict.bundle import Prediction, load_bundle
 from supemb.train.config import TrainConfig
 from supemb.train.trainer import train
 
@@ -48,7 +48,7 @@ def webcam(work: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def reg_bundle(work: Path, webcam: Path) -> Path:
-    from supemb.runtime.export import export_run
+    from supemb.export.writer import export_run
 
     run = _train(webcam, work / "run_reg", target="temperature", loss="rnc", metric="l2")
     export_run(run, work / "b_reg", unit="°C", thumbnails=8)
@@ -70,7 +70,7 @@ def class_folder(work: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def cls_bundle(work: Path, class_folder: Path) -> Path:
-    from supemb.runtime.export import export_run
+    from supemb.export.writer import export_run
 
     run = _train(class_folder, work / "run_cls", target="class", loss="supcon", epochs=2, metric="cosine")
     export_run(run, work / "b_cls")
@@ -87,7 +87,7 @@ def eeg_data(work: Path) -> Path:
 @pytest.fixture(scope="module")
 def eeg_bundle(work: Path, eeg_data: Path) -> Path:
     """Exported as a .zip: loading a zipped bundle is part of the contract."""
-    from supemb.runtime.export import export_run
+    from supemb.export.writer import export_run
 
     run = _train(eeg_data, work / "run_eeg", target="age", loss="rnc", batch_size=8, metric="l2",
                  eeg={"window_s": 4.0, "stride_s": 4.0})
@@ -265,7 +265,7 @@ def test_encoder_that_does_not_match_the_index(reg_bundle: Path, tmp_path: Path)
     """A consistent manifest (re-sealed) around an ONNX model of another size."""
     import torch
 
-    from supemb.models.onnx_util import export_onnx
+    from supemb.encoders.onnx_util import export_onnx
 
     b = _copy(reg_bundle, tmp_path)
     m = json.loads((b / "manifest.json").read_text())
@@ -362,7 +362,7 @@ def test_threads_agree_with_one(reg_bundle: Path, webcam: Path) -> None:
 
 
 def test_export_refuses_existing_and_bad_parity(work: Path, reg_bundle: Path, monkeypatch) -> None:
-    from supemb.runtime import export
+    from supemb.export import writer as export
 
     with pytest.raises(UserError, match="already exists"):
         export.export_run(work / "run_reg", reg_bundle)
@@ -374,7 +374,7 @@ def test_export_refuses_existing_and_bad_parity(work: Path, reg_bundle: Path, mo
 
 
 def test_fp16_export(work: Path, tmp_path: Path, webcam: Path) -> None:
-    from supemb.runtime.export import export_run
+    from supemb.export.writer import export_run
 
     m = export_run(work / "run_reg", tmp_path / "half", fp16=True)
     diff = max(m["onnx"]["parity_max_abs_diff"].values())
@@ -457,7 +457,7 @@ def test_l2_bundle_serves_raw_embeddings_by_euclidean_distance(reg_bundle: Path,
     import faiss
     import torch
 
-    from supemb.runtime.export import load_run_model
+    from supemb.export.writer import load_run_model
     from supemb.train import metrics
 
     b = load_bundle(reg_bundle, device="cpu")
@@ -493,7 +493,7 @@ def test_l2_bundle_serves_raw_embeddings_by_euclidean_distance(reg_bundle: Path,
 
 
 def test_eeg_l2_recording_embedding_is_the_plain_mean(eeg_bundle: Path, eeg_data: Path) -> None:
-    from supemb.runtime.bundle import recording_embeddings
+    from supemb.predict.bundle import recording_embeddings
 
     b = load_bundle(eeg_bundle, device="cpu")
     assert b.metric == "l2"
@@ -532,7 +532,7 @@ def test_old_manifest_without_a_metric_is_cosine(cls_bundle: Path, class_folder:
 
 def test_run_metric_and_temperature_from_model_json(work: Path, reg_bundle: Path, webcam: Path,
                                                     tmp_path: Path) -> None:
-    from supemb.runtime import export
+    from supemb.export import writer as export
     from supemb.train.trainer import Model
 
     assert export.EMBEDDINGS == Model.EMBEDDINGS  # export reads what the trainer writes

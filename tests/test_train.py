@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from supemb.cli import main
-from supemb.data.eeg_augment import EEGAugment
+from supemb.preprocess.eeg_augment import EEGAugment
 from supemb.errors import UsageError, UserError
 from supemb.train import trainer as trainer_mod
 from supemb.train.config import TrainConfig, load_config

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from supemb.data.transforms import (
+from supemb.preprocess.image import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     AugmentSpec,

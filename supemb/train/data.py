@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from supemb.data import eeg as eeg_data
-from supemb.data.eeg_augment import EEG_AUGMENTS, EEGAugment, eeg_augment
+from supemb.preprocess.eeg_augment import EEG_AUGMENTS, EEGAugment, eeg_augment
 from supemb.data.images import ImageRecord, load_image, load_image_table
-from supemb.data.transforms import (
+from supemb.preprocess.image import (
     IMAGE_AUGMENTS,
     AugmentSpec,
     ContrastiveAugment,
@@ -40,7 +40,7 @@ from supemb.train.config import TrainConfig
 SPLITS = ("train", "val", "test")
 
 # The augmentation preset of a run that sets none, by (modality, task). Image
-# presets: supemb.data.transforms.IMAGE_AUGMENTS; EEG: supemb.data.eeg_augment.EEG_AUGMENTS.
+# presets: supemb.preprocess.image.IMAGE_AUGMENTS; EEG: supemb.preprocess.eeg_augment.EEG_AUGMENTS.
 DEFAULT_AUGMENT: dict[tuple[str, str], str] = {
     ("image", "classification"): "light",
     ("image", "regression"): "colour",

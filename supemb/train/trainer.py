@@ -57,8 +57,8 @@ from tqdm import tqdm
 
 from supemb.errors import UserError
 from supemb.losses import RnCLoss, SupConLoss, TargetedSupConLoss
-from supemb.models.heads import LinearHead, ProjectionHead
-from supemb.models.registry import build_encoder
+from supemb.encoders.heads import LinearHead, ProjectionHead
+from supemb.encoders.registry import build_encoder
 from supemb.train import evaluate, probe
 from supemb.train.selection import KNN_KS, choose_knn, embedding_array
 from supemb.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state

@@ -1,7 +1,7 @@
 """Serving inputs -> model tensors, decoded ahead of inference.
 
 Images: a path, a `PIL.Image` or an HxWx3 uint8 array, through the same
-evaluation preprocessing as training (`supemb.data.transforms`). EEG: an
+evaluation preprocessing as training (`supemb.preprocess.image`). EEG: an
 EDF/BDF/FIF path or an `mne.io.Raw`, cut into the windows the model was
 trained on (`supemb.data.eeg.recording_windows`).
 
@@ -48,7 +48,7 @@ def describe(item: Any, position: int) -> str:
 def image_decoder(spec: Any) -> Callable[[Any], np.ndarray]:
     """A function: one image input (path, PIL image or uint8 array) -> float32 [1, 3, S, S].
     Paths are decoded by `supemb.data.images.load_image` (its one-line errors name the file)."""
-    from supemb.data.transforms import eval_preprocess_array
+    from supemb.preprocess.image import eval_preprocess_array
 
     return lambda item: eval_preprocess_array(item, spec)[None]
 

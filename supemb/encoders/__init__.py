@@ -12,10 +12,10 @@ Every encoder is an `nn.Module` with `embed_dim` and `modality` and returns
 un-normalised features `[B, embed_dim]`.
 """
 
-from supemb.models.eeg import Deep4Net, ShallowConvNet, deep4, eeg_signal_kwargs, shallow
-from supemb.models.heads import LinearHead, NormalizedEncoder, ProjectionHead
-from supemb.models.onnx_util import export_onnx, onnx_max_abs_diff
-from supemb.models.registry import (
+from supemb.encoders.eeg import Deep4Net, ShallowConvNet, deep4, eeg_signal_kwargs, shallow
+from supemb.encoders.heads import LinearHead, NormalizedEncoder, ProjectionHead
+from supemb.encoders.onnx_util import export_onnx, onnx_max_abs_diff
+from supemb.encoders.registry import (
     ENCODERS,
     Encoder,
     EncoderSpec,
@@ -24,8 +24,8 @@ from supemb.models.registry import (
     build_encoder,
     known_encoders,
 )
-from supemb.models.resnet import ResNet, resnet18, resnet34, resnet50
-from supemb.models.small import SmallCNN, small_cnn
+from supemb.encoders.resnet import ResNet, resnet18, resnet34, resnet50
+from supemb.encoders.small import SmallCNN, small_cnn
 
 __all__ = [
     "ENCODERS",

@@ -19,7 +19,7 @@ A bundle is a directory (or a .zip of one) holding
     thumbnails.npy   optional: uint8 [G, t, t, 3] small pictures of image galleries
 
 Nothing is pickled: JSON, .npy read with allow_pickle=False, ONNX, FAISS.
-This module writes and checks manifests; `supemb.runtime.bundle` loads them.
+This module writes and checks manifests; `supemb.predict.bundle` loads them.
 """
 
 from __future__ import annotations

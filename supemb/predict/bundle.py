@@ -42,8 +42,8 @@ from typing import Any, Literal
 import numpy as np
 
 from supemb.errors import UserError
-from supemb.runtime import manifest as mf
-from supemb.runtime.inputs import Failure, decoded_batches, eeg_decoder, image_decoder
+from supemb.predict import manifest as mf
+from supemb.embed.batches import Failure, decoded_batches, eeg_decoder, image_decoder
 
 Device = Literal["auto", "cpu", "cuda"]
 _PROGRESS_MIN = 200  # inputs: with progress=None, a bar from this many on, on a terminal
@@ -125,7 +125,7 @@ def spec_from_preprocessing(prep: dict[str, Any], modality: str) -> Any:
     """The preprocessing spec (image `PreprocessSpec` or `EEGSpec`) saved with a model."""
     fields = {k: v for k, v in prep.items() if k != "modality"}
     if modality == "image":
-        from supemb.data.transforms import PreprocessSpec
+        from supemb.preprocess.image import PreprocessSpec
 
         return PreprocessSpec.from_dict(fields)
     from supemb.data.eeg import EEGSpec
@@ -214,10 +214,10 @@ class Encoder:
 
 
 class Bundle:
-    """A loaded bundle (see `supemb.runtime.manifest` for the files)."""
+    """A loaded bundle (see `supemb.predict.manifest` for the files)."""
 
     def __init__(self, path: str | Path, device: Device = "auto") -> None:
-        from supemb.runtime.index import GalleryIndex
+        from supemb.index.gallery import GalleryIndex
 
         self.source = Path(path)
         root = mf.open_bundle_dir(path)
@@ -319,7 +319,7 @@ class Bundle:
     def predict_embeddings(self, emb: np.ndarray, owner: np.ndarray, items: Sequence[Any], k: int,
                            reduce: str | None = None, failures: Sequence[Failure] = ()) -> list[Prediction]:
         """Predictions from row embeddings `emb` [R, D] whose input positions are `owner` [R]."""
-        from supemb.runtime.inputs import describe
+        from supemb.embed.batches import describe
         from supemb.train import metrics
 
         k = min(k, self.index.ntotal)

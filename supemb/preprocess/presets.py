@@ -6,7 +6,7 @@ overrides fields (`{"preset": "colour", "brightness": 0.3}`, from YAML).
 resolved record `{"preset": NAME or "custom", **all fields}` resolves back
 to the same spec. Errors are one line and name the allowed presets.
 No heavy imports here: the tables live next to their specs
-(`supemb.data.transforms.IMAGE_AUGMENTS`, `supemb.data.eeg_augment.EEG_AUGMENTS`).
+(`supemb.preprocess.image.IMAGE_AUGMENTS`, `supemb.preprocess.eeg_augment.EEG_AUGMENTS`).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ def export_parser(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
 
     def run(args: argparse.Namespace) -> int:
-        from supemb.runtime.export import export_run
+        from supemb.export.writer import export_run
 
         m = export_run(args.run, args.out, gallery=args.gallery, opset=args.opset, fp16=args.fp16,
                        index=args.index, k=args.k, unit=args.unit, name=args.name, thumbnails=args.thumbnails,
@@ -64,7 +64,7 @@ def index_parser(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="unreadable items")
 
     def run(args: argparse.Namespace) -> int:
-        from supemb.runtime.export import reindex
+        from supemb.export.writer import reindex
 
         m = reindex(args.bundle, args.data, append=args.append, index=args.index, target=args.target,
                     fmt=args.format, on_error="raise" if args.on_error == "fail" else "skip")
@@ -98,7 +98,7 @@ def predict_parser(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     def run(args: argparse.Namespace) -> int:
-        from supemb.runtime.bundle import load_bundle
+        from supemb.predict.bundle import load_bundle
 
         bundle = load_bundle(args.bundle, device=args.device)
         preds = bundle.predict(args.inputs, k=args.k, batch_size=args.batch_size,
@@ -125,7 +125,7 @@ def evaluate_bundle(bundle: Any, data: str | Path, *, target: str | None = None,
     accuracy, balanced accuracy, P@1 and MAP@R against the gallery. EEG
     metrics are per recording ("rec_" keys, as the trainer names them).
     Everything compares embeddings in the bundle's metric (cosine or l2)."""
-    from supemb.runtime.export import data_gallery
+    from supemb.export.writer import data_gallery
     from supemb.train import metrics
 
     src = data_gallery(data, bundle.modality, bundle.task, target or bundle.target_name, fmt=fmt,
@@ -178,7 +178,7 @@ def evaluate_bundle(bundle: Any, data: str | Path, *, target: str | None = None,
 def _per_input(emb: np.ndarray, owner: np.ndarray, positions: list[int], metric: str = "cosine") -> np.ndarray:
     """One embedding per input at `positions` (EEG: from its windows), in the bundle's metric:
     a unit vector, the normalised mean of its rows (cosine), or the plain mean of its rows (l2)."""
-    from supemb.runtime.bundle import rows_by_owner
+    from supemb.predict.bundle import rows_by_owner
 
     rows = dict(rows_by_owner(owner))
     out = np.stack([emb[rows[pos]].mean(axis=0) for pos in positions]).astype(np.float64)
@@ -198,7 +198,7 @@ def eval_parser(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     def run(args: argparse.Namespace) -> int:
-        from supemb.runtime.bundle import load_bundle
+        from supemb.predict.bundle import load_bundle
 
         if args.k is not None and args.k < 1:
             raise UsageError(f"--k must be >= 1, got {args.k}")

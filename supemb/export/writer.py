@@ -40,8 +40,8 @@ import numpy as np
 
 from supemb import __version__
 from supemb.errors import UserError
-from supemb.runtime import manifest as mf
-from supemb.runtime.bundle import Encoder, load_bundle, spec_from_preprocessing
+from supemb.predict import manifest as mf
+from supemb.predict.bundle import Encoder, load_bundle, spec_from_preprocessing
 
 PARITY_TOL = {"float32": 1e-4, "float16": 1e-2}
 KNN_TEMPERATURE = {"regression": 0.1, "classification": 0.07}  # as the trainer's evaluation, when the run has none
@@ -113,7 +113,7 @@ def load_run_model(run: Path):
     from safetensors.torch import load_file
     from torch import nn
 
-    from supemb.models.registry import build_encoder
+    from supemb.encoders.registry import build_encoder
     from supemb.train.trainer import Model
 
     meta = _read_json(run / "model.json", "model.json")
@@ -286,7 +286,7 @@ def embed_gallery(encoder: Encoder, gallery: Gallery, task: str, labels: list[st
 
 def make_thumbnails(items: list[Any], size: int) -> np.ndarray:
     """uint8 [N, size, size, 3] centre-cropped thumbnails."""
-    from supemb.data.transforms import PreprocessSpec, as_rgb_image, resize_crop
+    from supemb.preprocess.image import PreprocessSpec, as_rgb_image, resize_crop
 
     spec = PreprocessSpec.square(size)
     out = np.empty((len(items), size, size, 3), np.uint8)
@@ -298,7 +298,7 @@ def make_thumbnails(items: list[Any], size: int) -> np.ndarray:
 def write_gallery(root: Path, g: IndexedGallery, index_kind: str, index_opts: dict[str, Any] | None = None,
                   metric: str = "cosine"):
     """index.faiss (in `metric`), targets.npy, gallery.json (and thumbnails.npy) into `root`; returns the index."""
-    from supemb.runtime.index import GalleryIndex
+    from supemb.index.gallery import GalleryIndex
 
     index = GalleryIndex.build(g.emb, kind=index_kind, metric=metric, **(index_opts or {}))
     index.save(root / "index.faiss")
@@ -384,7 +384,7 @@ def export_run(
     path ending in .zip). Returns the manifest."""
     import torch
 
-    from supemb.models.onnx_util import DEFAULT_OPSET, export_onnx, resolve_exporter
+    from supemb.encoders.onnx_util import DEFAULT_OPSET, export_onnx, resolve_exporter
 
     run, out = Path(run), Path(out)
     if not run.is_dir():
@@ -405,7 +405,7 @@ def export_run(
     mf.public_mode(tmp, directory=True)
     try:
         # example inputs: the first gallery items, decoded as serving decodes them
-        from supemb.runtime.inputs import eeg_decoder, image_decoder
+        from supemb.embed.batches import eeg_decoder, image_decoder
 
         decode_one = image_decoder(spec) if modality == "image" else eeg_decoder(spec)
         rows = []

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from supemb.errors import UserError
-from supemb.runtime.bundle import Bundle, _as_list, load_bundle
+from supemb.predict.bundle import Bundle, _as_list, load_bundle
 
 DEFAULTS_DIR = Path(__file__).resolve().parents[1] / "bundles"
 DEFAULT_BUNDLES = {"age": "age", "temperature": "temperature", "brain_age": "brain_age"}

@@ -208,7 +208,7 @@ def eeg_augment(value: str | dict[str, Any] | EEGAugment) -> tuple[str, EEGAugme
     """A preset name ("eeg-light"), a mapping `{"preset": NAME, **field overrides}`
     or an `EEGAugment` -> (preset name or "custom", augmentation). Bad names
     or fields: a one-line `UsageError` naming the presets."""
-    from supemb.data.presets import CUSTOM, resolve_preset
+    from supemb.preprocess.presets import CUSTOM, resolve_preset
 
     if isinstance(value, EEGAugment):
         names = [n for n, p in EEG_AUGMENTS.items() if p == value]

@@ -286,7 +286,7 @@ def image_augment(value: str | dict[str, Any] | AugmentSpec) -> tuple[str, Augme
     """A preset name ("colour"), a mapping `{"preset": NAME, **field overrides}`
     or an `AugmentSpec` -> (preset name or "custom", spec). Bad names or
     fields: a one-line `UsageError` naming the presets."""
-    from supemb.data.presets import CUSTOM, resolve_preset
+    from supemb.preprocess.presets import CUSTOM, resolve_preset
 
     if isinstance(value, AugmentSpec):
         names = [n for n, p in IMAGE_AUGMENTS.items() if p == value]

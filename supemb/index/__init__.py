@@ -1,0 +1,1 @@
+"""Index: embeddings -> a searchable gallery (FAISS flat, IVF or HNSW; `gallery.GalleryIndex`)."""

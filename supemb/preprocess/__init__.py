@@ -1,0 +1,1 @@
+"""Preprocessing: decoded inputs -> model tensors (evaluation transforms and training augmentations)."""

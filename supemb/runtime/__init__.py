@@ -1,1 +1,0 @@
-"""supemb.runtime — see docs/DESIGN.md for the planned contents."""
