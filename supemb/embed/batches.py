@@ -1,9 +1,8 @@
 """Serving inputs -> model tensors, decoded ahead of inference.
 
-Images: a path, a `PIL.Image` or an HxWx3 uint8 array, through the same
-evaluation preprocessing as training (`supemb.preprocess.image`). EEG: an
-EDF/BDF/FIF path or an `mne.io.Raw`, cut into the windows the model was
-trained on (`supemb.data.eeg.recording_windows`).
+Each input goes through its modality's decoder (`Modality.decoder`: the
+recorded preprocessing steps, the same ones training ran), which gives its
+rows: one for an image, one per window for an EEG recording.
 
 `decoded_batches` decodes the next batch on a thread pool while the caller
 runs the current one through ONNX Runtime (which releases the GIL), so
@@ -43,35 +42,6 @@ def describe(item: Any, position: int) -> str:
     if filenames and filenames[0]:
         return str(filenames[0])
     return f"input {position} ({type(item).__name__})"
-
-
-def image_decoder(spec: Any) -> Callable[[Any], np.ndarray]:
-    """A function: one image input (path, PIL image or uint8 array) -> float32 [1, 3, S, S].
-    Paths are decoded by `supemb.data.images.load_image` (its one-line errors name the file)."""
-    from supemb.preprocess.image import eval_preprocess_array
-
-    return lambda item: eval_preprocess_array(item, spec)[None]
-
-
-def eeg_decoder(spec: Any) -> Callable[[Any], np.ndarray]:
-    """A function: one recording (path or mne Raw) -> float32 [n_windows, C, W]."""
-    from supemb.data.eeg import recording_windows
-
-    def decode(item: Any) -> np.ndarray:
-        if isinstance(item, (str, Path)):
-            path = Path(item)
-            if not path.is_file():
-                raise UserError(f"{path}: no such EEG file")
-            if path.stat().st_size == 0:
-                raise UserError(f"{path}: empty file, not an EEG recording")
-        elif not hasattr(item, "get_data"):
-            raise UserError(f"a recording must be an EDF/BDF/FIF path or an mne.io.Raw, not {type(item).__name__}")
-        windows = recording_windows(item, spec)
-        if len(windows) == 0:
-            raise UserError(f"{describe(item, 0)}: too short for one window of {spec.window_s:g} s")
-        return windows
-
-    return decode
 
 
 def _decode_one(decode: Callable[[Any], np.ndarray], item: Any, position: int) -> np.ndarray | Failure:

@@ -32,8 +32,6 @@ A `Bundle` is safe to use from several threads at once: ONNX Runtime's
 
 from __future__ import annotations
 
-import sys
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,12 +39,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from supemb import modalities
+from supemb.embed.batches import Failure
+from supemb.embed.onnx import Device, Encoder
 from supemb.errors import UserError
 from supemb.predict import manifest as mf
-from supemb.embed.batches import Failure, decoded_batches, eeg_decoder, image_decoder
-
-Device = Literal["auto", "cpu", "cuda"]
-_PROGRESS_MIN = 200  # inputs: with progress=None, a bar from this many on, on a terminal
 
 
 @dataclass(frozen=True)
@@ -105,114 +102,6 @@ def _as_list(inputs: Any) -> tuple[list[Any], bool]:
     raise UserError(f"inputs must be a path, an image, a recording, or a list of them, not {type(inputs).__name__}")
 
 
-def _providers(device: str) -> list[str]:
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if device not in ("auto", "cuda"):
-        raise UserError(f"device must be auto, cpu or cuda, got {device!r}")
-    if "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if device == "cuda":
-        raise UserError("device='cuda': this ONNX Runtime has no CUDA provider "
-                        "(pip install 'supemb[gpu]' for onnxruntime-gpu), use device='cpu'")
-    return ["CPUExecutionProvider"]
-
-
-def spec_from_preprocessing(prep: dict[str, Any], modality: str) -> Any:
-    """The preprocessing spec (image `PreprocessSpec` or `EEGSpec`) saved with a model."""
-    fields = {k: v for k, v in prep.items() if k != "modality"}
-    if modality == "image":
-        from supemb.preprocess.image import PreprocessSpec
-
-        return PreprocessSpec.from_dict(fields)
-    from supemb.data.eeg import EEGSpec
-
-    return EEGSpec.from_dict(fields)
-
-
-class Encoder:
-    """An ONNX encoder in ONNX Runtime with the decoding of its inputs:
-    inputs -> embeddings (unit length for a cosine bundle, raw for l2). Used
-    by `Bundle` and by export (which embeds the gallery with the exported
-    model itself)."""
-
-    def __init__(self, onnx_path: Path, modality: str, spec: Any, device: Device = "auto") -> None:
-        import onnxruntime as ort
-
-        self.modality, self.spec = modality, spec
-        if modality == "image":
-            self.decode = image_decoder(spec)
-            want_input = [3, spec.image_size, spec.image_size]
-        else:
-            self.decode = eeg_decoder(spec)
-            want_input = [spec.n_channels, spec.window_samples]
-        providers = _providers(device)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle worker threads sleep instead of spinning: the decode threads that
-        # feed the next batch, and anything else on the machine, need those cores.
-        # (On 2 shared cores, ONNX Runtime at batch 1 ran 2-3x faster without spinning.)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
-        except Exception as err:  # onnxruntime raises its own exception types for a bad model
-            raise UserError(f"{onnx_path}: ONNX Runtime cannot load it ({' '.join(str(err).split())[:300]})") from None
-        self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
-        if providers[0] == "CUDAExecutionProvider" and self.device != "cuda":
-            warnings.warn(f"{onnx_path}: ONNX Runtime could not start its CUDA provider and fell back to CPU "
-                          "(check the CUDA/cuDNN libraries); predictions run on CPU", RuntimeWarning, stacklevel=3)
-        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
-        self.input_name = inp.name
-        self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
-        if len(inp.shape) != len(want_input) + 1 or any(
-                isinstance(a, int) and a != b for a, b in zip(inp.shape[1:], want_input)):
-            raise UserError(f"{onnx_path}: takes input {inp.shape}, but the preprocessing gives "
-                            f"[batch, {', '.join(map(str, want_input))}]; the bundle's files do not belong together")
-        last = out.shape[-1] if out.shape else None
-        self.output_dim: int | None = last if isinstance(last, int) else None
-
-    def embed_arrays(self, x: np.ndarray) -> np.ndarray:
-        """Already-preprocessed inputs `[N, ...]` -> float32 embeddings `[N, D]`."""
-        x = np.ascontiguousarray(x, dtype=self.input_dtype)
-        (emb,) = self.session.run(None, {self.input_name: x})
-        return np.asarray(emb, dtype=np.float32)
-
-    def embed_rows(self, items: Sequence[Any], batch_size: int = 64, progress: bool | None = None,
-                   on_error: str = "raise") -> tuple[np.ndarray, np.ndarray, list[Failure]]:
-        """(row embeddings [R, D], owner [R] input position of each row, failures).
-        An image gives one row, an EEG recording one row per window."""
-        if on_error not in ("raise", "skip"):
-            raise UserError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        bar = None
-        if progress or (progress is None and len(items) >= _PROGRESS_MIN and sys.stderr.isatty()):
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(items), desc=f"embedding ({self.device})", unit="input", leave=False)
-        embs, owners, failures = [], [], []
-        done = 0
-        try:
-            for batch in decoded_batches(items, self.decode, batch_size):
-                if batch.failures and on_error == "raise":
-                    raise UserError(batch.failures[0].message)
-                failures.extend(batch.failures)
-                for start in range(0, len(batch.x), batch_size):  # EEG: a batch of recordings, many windows
-                    embs.append(self.embed_arrays(batch.x[start:start + batch_size]))
-                owners.append(batch.owner)
-                if bar is not None:
-                    bar.update(batch.done - done)
-                done = batch.done
-        finally:
-            if bar is not None:
-                bar.close()
-        width = embs[0].shape[1] if embs else (self.output_dim or 0)
-        emb = np.concatenate(embs) if embs else np.zeros((0, width), np.float32)
-        owner = np.concatenate(owners) if owners else np.zeros(0, np.int64)
-        return emb, owner, failures
-
-
 class Bundle:
     """A loaded bundle (see `supemb.predict.manifest` for the files)."""
 
@@ -237,9 +126,11 @@ class Bundle:
         self.default_k = int(self.knn.get("k", 10))
         self.name: str = m.get("name") or self.source.name
 
-        self.spec = spec_from_preprocessing(m["preprocessing"], self.modality)
-
-        self.encoder = Encoder(root / "encoder.onnx", self.modality, self.spec, device)
+        # The modality plug-in and the recorded preprocessing steps (supemb.modalities, supemb.preprocess.steps).
+        self.plugin, self.pipeline = modalities.from_record(
+            {"modality": self.modality, **m["preprocessing"]}, f"{root / mf.MANIFEST}")
+        self.spec = self.plugin.spec(self.pipeline)
+        self.encoder = Encoder(root / "encoder.onnx", self.plugin, self.pipeline, device)
         self.device = self.encoder.device
         if self.encoder.output_dim is not None and self.encoder.output_dim != self.embedding_dim:
             raise UserError(f"{root / 'encoder.onnx'}: outputs {self.encoder.output_dim}-d embeddings but the "
@@ -293,7 +184,7 @@ class Bundle:
         An EEG recording's row is `recording_embeddings` of its windows'."""
         items, _ = _as_list(inputs)
         emb, owner, _ = self.encoder.embed_rows(items, batch_size, progress, "raise")
-        if self.modality == "image":
+        if not self.plugin.grouped:
             return emb
         return recording_embeddings(emb, owner, len(items), self.metric)
 

@@ -37,11 +37,10 @@ import numpy as np
 from supemb.errors import UserError
 
 FORMAT = "supemb-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: "preprocessing" is a list of steps (supemb.preprocess.steps); 1 (flat spec) still reads
 MANIFEST = "manifest.json"
 REQUIRED_FILES = ("encoder.onnx", "index.faiss", "targets.npy", "gallery.json")
 TASKS = ("classification", "regression")
-MODALITIES = ("image", "eeg")
 METRICS = ("cosine", "l2")  # the manifest's "metric"; a manifest without one is cosine
 
 
@@ -119,7 +118,9 @@ def read_manifest(root: Path) -> dict[str, Any]:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise UserError(f"{path}: bundle format version {version!r} is newer than this supemb reads "
                         f"({FORMAT_VERSION}); upgrade supemb")
-    for key, allowed in (("task", TASKS), ("modality", MODALITIES)):
+    from supemb import modalities
+
+    for key, allowed in (("task", TASKS), ("modality", modalities.names())):
         if m.get(key) not in allowed:
             raise UserError(f"{path}: {key} must be one of {', '.join(allowed)}, got {m.get(key)!r}")
     if m.get("metric", "cosine") not in METRICS:

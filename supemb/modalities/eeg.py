@@ -1,0 +1,230 @@
+"""The EEG plug-in: recordings (EDF/BDF/FIF or an mne Raw), one encoder input per window.
+
+Preprocessing steps (`supemb.preprocess.steps`):
+    signal   pick the channels (10-20 names, old and new), resample, band-pass,
+             clip and scale -> `Signal` ([C, T] float32 and its rate)
+    windows  cut into windows of window_s every stride_s after offset_s -> float32 [n, C, W]
+The arithmetic is `supemb.preprocess.eeg`. A recording gives one row per
+window; its prediction is the mean over its windows and its embedding is
+`supemb.predict.neighbours.recording_embeddings` of theirs (`grouped`).
+Training preprocesses each recording once (the steps before `windows`),
+windows it the same way, and augments each window.
+Datasets: a folder or CSV of recordings, targets from a CSV or the EDF header's age.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from supemb.errors import UserError
+from supemb.modalities.base import Listing, Modality, check_task
+from supemb.preprocess.steps import Op, Pipeline, only_keys
+
+SIGNAL_FIELDS = ("channels", "sfreq", "l_freq", "h_freq", "clip_uv", "scaling", "unit_uv")
+WINDOW_FIELDS = ("window_s", "stride_s", "offset_s")
+
+
+@dataclass(frozen=True)
+class Signal:
+    """A preprocessed recording: data float32 [C, T] at sfreq Hz; source names it in messages."""
+
+    data: np.ndarray
+    sfreq: float
+    source: str
+
+
+def _eeg_spec(params: Mapping[str, Any]) -> Any:
+    from supemb.preprocess.eeg import EEGSpec
+
+    return EEGSpec.from_dict(dict(params))
+
+
+def _describe(item: Any) -> str:
+    if isinstance(item, (str, Path)):
+        return str(item)
+    names = getattr(item, "filenames", None)
+    return str(names[0]) if names and names[0] else "<recording>"
+
+
+# ------------------------------------------------------------------ ops
+
+
+def _signal(item: Any, params: Mapping[str, Any]) -> Signal:
+    from supemb.preprocess.eeg import preprocess_recording
+
+    if isinstance(item, (str, Path)):
+        path = Path(item)
+        if not path.is_file():
+            raise UserError(f"{path}: no such EEG file")
+        if path.stat().st_size == 0:
+            raise UserError(f"{path}: empty file, not an EEG recording")
+    elif not hasattr(item, "get_data"):
+        raise UserError(f"a recording must be an EDF/BDF/FIF path or an mne.io.Raw, not {type(item).__name__}")
+    spec = _eeg_spec({k: params[k] for k in SIGNAL_FIELDS})
+    return Signal(preprocess_recording(item, spec), spec.sfreq, _describe(item))
+
+
+def _check_signal(params: Mapping[str, Any]) -> dict[str, Any]:
+    only_keys(params, set(SIGNAL_FIELDS), "signal")
+    d = _eeg_spec(params).to_dict()
+    return {k: d[k] for k in SIGNAL_FIELDS}
+
+
+def _windows(sig: Signal, params: Mapping[str, Any]) -> np.ndarray:
+    from supemb.preprocess.eeg import make_windows, seconds_to_samples, slice_windows
+
+    starts = make_windows(sig.data.shape[1], sig.sfreq, params["window_s"], params["stride_s"], params["offset_s"])
+    if len(starts) == 0:
+        raise UserError(f"{sig.source}: too short for one window of {params['window_s']:g} s")
+    return slice_windows(sig.data, starts, seconds_to_samples(params["window_s"], sig.sfreq))
+
+
+def _check_windows(params: Mapping[str, Any]) -> dict[str, Any]:
+    only_keys(params, set(WINDOW_FIELDS), "windows")
+    d = _eeg_spec(params).to_dict()  # checks the values (with the default rate)
+    return {k: d[k] for k in WINDOW_FIELDS}
+
+
+OPS: dict[str, Op] = {
+    "signal": Op("signal", _signal, _check_signal, "recording -> Signal [C, T]: channels, rate, band-pass, scale"),
+    "windows": Op("windows", _windows, _check_windows, "Signal -> float32 [n, C, W]"),
+}
+
+
+def steps_for(spec: Any) -> list[dict[str, Any]]:
+    """An `EEGSpec` as steps: the signal, then its windows."""
+    d = spec.to_dict()
+    return [{"op": "signal", **{k: d[k] for k in SIGNAL_FIELDS}},
+            {"op": "windows", **{k: d[k] for k in WINDOW_FIELDS}}]
+
+
+# ---------------------------------------------------------------- plug-in
+
+
+class EEGModality(Modality):
+    name = "eeg"
+    noun = "recording"
+    tasks = ("regression",)
+    grouped = True
+    formats = ("eeg",)
+    augment_from = "windows"
+    ops = OPS
+    # Chosen on validation (docs/recipe.md, experiments/recipe.py).
+    recipe = {"encoder": "shallow", "encoder_kwargs": {}, "batch_size": 64, "lr": 1e-3}
+    # supemb.preprocess.eeg_augment.EEG_AUGMENTS.
+    default_augment = {"regression": "eeg"}
+
+    def legacy_steps(self, flat: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
+        try:
+            return steps_for(_eeg_spec(flat))
+        except UserError as err:
+            raise UserError(f"{where}: {err}") from None
+
+    def spec(self, pipeline: Pipeline) -> Any:
+        """`supemb.preprocess.eeg.EEGSpec` of the signal and window steps."""
+        return _eeg_spec({**pipeline.params("signal"), **pipeline.params("windows")})
+
+    def input_shape(self, pipeline: Pipeline) -> list[int]:
+        spec = self.spec(pipeline)
+        return [spec.n_channels, spec.window_samples]
+
+    def decoder(self, pipeline: Pipeline) -> Callable[[Any], np.ndarray]:
+        return pipeline.run
+
+    def encoder_kwargs(self, pipeline: Pipeline) -> dict[str, Any]:
+        spec = self.spec(pipeline)
+        return {"n_chans": spec.n_channels, "n_times": spec.window_samples, "sfreq": spec.sfreq}
+
+    def augments(self) -> tuple[dict[str, Any], Callable[[Any], tuple[str, Any]]]:
+        """(the presets, value -> (preset name, augmentation)); torch (training only)."""
+        from supemb.preprocess.eeg_augment import EEG_AUGMENTS, eeg_augment
+
+        return EEG_AUGMENTS, eeg_augment
+
+    # -------------------------------------------------------------- datasets
+
+    def looks_like(self, data: Path) -> bool:
+        from supemb.data.eeg_files import EEG_SUFFIXES
+
+        suffixes = tuple(EEG_SUFFIXES)
+        if data.is_dir():
+            labels = data / "labels.csv"
+            if labels.is_file():
+                return _csv_points_to(labels, suffixes)
+            return any(p.name.lower().endswith(suffixes) for p in data.rglob("*") if p.is_file())
+        if data.suffix.lower() == ".csv" and data.is_file():
+            return _csv_points_to(data, suffixes)
+        return data.name.lower().endswith(suffixes)
+
+    def gallery(self, data: Path, target: str, task: str, fmt: str = "auto", on_error: str = "raise") -> Listing:
+        from supemb.data.eeg_files import list_recordings
+
+        check_task(self, task, data)
+        records = list_recordings(data, target)
+        return Listing([str(r.path) for r in records], [float(r.target) for r in records])
+
+    def _records(self, cfg: Any) -> list[Any]:
+        from supemb.data.eeg_files import assign_splits, list_recordings
+
+        return assign_splits(list_recordings(Path(cfg.data), cfg.target), seed=cfg.seed)
+
+    def training_gallery(self, cfg: Any) -> Listing:
+        train = [r for r in self._records(cfg) if r.split == "train"]
+        return Listing([str(r.path) for r in train], [float(r.target) for r in train])
+
+    def training_pipeline(self, cfg: Any) -> Pipeline:
+        from supemb.preprocess.eeg import EEGSpec
+
+        spec = EEGSpec.from_dict(cfg.eeg) if cfg.eeg else EEGSpec()
+        return self.pipeline(steps_for(spec), "training preprocessing (eeg:)")
+
+    def training_data(self, cfg: Any, data: Path) -> Any:
+        from supemb.train.data import PreparedData, Split, resolve_augment, splits_of
+        from supemb.train.eeg_windows import EEGWindowDataset
+
+        check_task(self, cfg.task, data)
+        augment, aug_record = resolve_augment(cfg.augment, self, cfg.task)
+        pipe = self.training_pipeline(cfg)
+        before, _ = pipe.split_at(self.augment_from)  # each recording preprocessed once; windows cut lazily
+        spec = self.spec(pipe)
+        records = self._records(cfg)
+        datasets: dict[str, Any] = {}
+
+        def split_of(name: str) -> Split | None:
+            chosen = [r for r in records if r.split == name]
+            if not chosen:
+                return None
+            ds = datasets[name] = EEGWindowDataset([before.run(r.path).data for r in chosen],
+                                                   [r.target for r in chosen], spec,
+                                                   paths=[r.path for r in chosen])
+            return Split(load=lambda i: ds[i][0], targets=np.asarray(ds.window_targets, dtype=np.float32),
+                         groups=np.asarray(ds.recording_index), names=[str(p) for p in (ds.paths or [])])
+
+        splits = splits_of(split_of, data)
+        counts = {name: {"recordings": len(ds.arrays), "windows": len(ds)} for name, ds in datasets.items()}
+        return PreparedData(
+            modality=self.name, task="regression", target_name=cfg.target, classes=(), splits=splits,
+            preprocessing=pipe.to_record(), augment=lambda x, g: augment(x, g), eval_transform=lambda x: x,
+            encoder_kwargs=self.encoder_kwargs(pipe),
+            summary={"source": str(data), "target": cfg.target, "task": "regression", "splits": counts,
+                     "augment": aug_record},
+            augment_spec=aug_record)
+
+
+def _csv_points_to(path: Path, suffixes: tuple[str, ...]) -> bool:
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            row = next(csv.DictReader(f), None)
+    except (OSError, UnicodeDecodeError):
+        return False  # the image reader reports the problem properly
+    return bool(row) and str(row.get("path", "")).lower().endswith(suffixes)
+
+
+EEG = EEGModality()

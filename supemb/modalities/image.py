@@ -1,0 +1,219 @@
+"""The image plug-in: photos and webcam frames, one encoder input per image.
+
+Preprocessing steps (`supemb.preprocess.steps`):
+    decode       a path (EXIF-rotated, size-guarded), PIL image or uint8 array -> RGB image
+    resize_crop  shorter side to resize_size, centre crop image_size (bilinear) -> uint8 [S, S, 3]
+    normalize    (x / 255 - mean) / std, channels first -> float32 [3, S, S]
+Training decodes once per image (the steps before `resize_crop`) and replaces
+the rest with random views (`supemb.preprocess.image_augment`).
+Datasets: a CSV, class folders, UTKFace or AgeDB file names (`supemb.data`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from supemb.errors import UserError
+from supemb.modalities.base import Listing, Modality, check_task
+from supemb.preprocess.steps import Op, Pipeline, only_keys
+
+# The normalisation of images trained from scratch here (a pretrained backbone would bring its own).
+TRAIN_MEAN, TRAIN_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+@lru_cache(maxsize=32)
+def _spec(image_size: int, resize_size: int, mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+          std: tuple[float, ...] = (0.25, 0.25, 0.25)) -> Any:
+    from supemb.preprocess.image import PreprocessSpec
+
+    return PreprocessSpec(image_size=image_size, resize_size=resize_size, mean=mean, std=std)
+
+
+# ------------------------------------------------------------------ ops
+
+
+def _decode(x: Any, params: Mapping[str, Any]) -> Any:
+    from supemb.preprocess.image import as_rgb_image
+
+    return as_rgb_image(x)
+
+
+def _check_decode(params: Mapping[str, Any]) -> dict[str, Any]:
+    only_keys(params, set(), "decode")
+    return {}
+
+
+def _resize_crop(x: Any, params: Mapping[str, Any]) -> np.ndarray:
+    from supemb.preprocess.image import as_rgb_image, resize_crop
+
+    return resize_crop(as_rgb_image(x), _spec(params["image_size"], params["resize_size"]))
+
+
+def _check_resize_crop(params: Mapping[str, Any]) -> dict[str, Any]:
+    from supemb.preprocess.image import RESAMPLE
+
+    only_keys(params, {"image_size", "resize_size", "resample"}, "resize_crop")
+    if params.get("resample", RESAMPLE) != RESAMPLE:
+        raise UserError(f"preprocessing: resample {params['resample']!r} is not supported (only {RESAMPLE!r})")
+    size = params.get("image_size")
+    spec = _spec_checked(image_size=size, resize_size=params.get("resize_size", size))
+    return {"image_size": spec.image_size, "resize_size": spec.resize_size, "resample": RESAMPLE}
+
+
+def _normalize(x: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
+    from supemb.preprocess.image import normalize_uint8
+
+    size = x.shape[0]
+    return normalize_uint8(x, _spec(size, size, tuple(params["mean"]), tuple(params["std"])))
+
+
+def _check_normalize(params: Mapping[str, Any]) -> dict[str, Any]:
+    only_keys(params, {"mean", "std"}, "normalize")
+    spec = _spec_checked(image_size=1, resize_size=1, mean=params.get("mean"), std=params.get("std"))
+    return {"mean": list(spec.mean), "std": list(spec.std)}
+
+
+def _spec_checked(**kwargs: Any) -> Any:
+    from supemb.preprocess.image import PreprocessSpec
+
+    return PreprocessSpec(**kwargs)
+
+
+OPS: dict[str, Op] = {
+    "decode": Op("decode", _decode, _check_decode, "path / PIL image / uint8 array -> RGB image"),
+    "resize_crop": Op("resize_crop", _resize_crop, _check_resize_crop, "-> uint8 [S, S, 3]"),
+    "normalize": Op("normalize", _normalize, _check_normalize, "-> float32 [3, S, S]"),
+}
+
+
+def steps_for(image_size: int, resize_size: int | None = None, mean: tuple[float, ...] = TRAIN_MEAN,
+              std: tuple[float, ...] = TRAIN_STD) -> list[dict[str, Any]]:
+    """The standard image steps: decode, resize + centre crop, normalise."""
+    return [{"op": "decode"},
+            {"op": "resize_crop", "image_size": image_size, "resize_size": resize_size or image_size},
+            {"op": "normalize", "mean": list(mean), "std": list(std)}]
+
+
+# ---------------------------------------------------------------- plug-in
+
+
+class ImageModality(Modality):
+    name = "image"
+    noun = "photo"
+    tasks = ("classification", "regression")
+    grouped = False
+    formats = ("csv", "folder", "utkface", "agedb")
+    augment_from = "resize_crop"
+    ops = OPS
+    # Chosen on validation (docs/recipe.md, experiments/recipe.py).
+    recipe = {"encoder": "small_cnn", "encoder_kwargs": {"convs": 2}, "batch_size": 128, "lr": 3e-3}
+    # supemb.preprocess.image_augment.IMAGE_AUGMENTS; chosen on validation (docs/recipe.md).
+    default_augment = {"classification": "light", "regression": "colour"}
+
+    def legacy_steps(self, flat: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
+        spec = _spec_from_flat(flat, where)
+        return steps_for(spec.image_size, spec.resize_size, spec.mean, spec.std)
+
+    def spec(self, pipeline: Pipeline) -> Any:
+        """`supemb.preprocess.image.PreprocessSpec` of the resize/crop and normalisation steps."""
+        crop, norm = pipeline.params("resize_crop"), pipeline.params("normalize")
+        return _spec(crop["image_size"], crop["resize_size"], tuple(norm["mean"]), tuple(norm["std"]))
+
+    def input_shape(self, pipeline: Pipeline) -> list[int]:
+        s = pipeline.params("resize_crop")["image_size"]
+        return [3, s, s]
+
+    def decoder(self, pipeline: Pipeline) -> Callable[[Any], np.ndarray]:
+        return lambda item: pipeline.run(item)[None]
+
+    def augments(self) -> tuple[dict[str, Any], Callable[[Any], tuple[str, Any]]]:
+        """(the presets, value -> (preset name, spec)); torch (training only)."""
+        from supemb.preprocess.image_augment import IMAGE_AUGMENTS, image_augment
+
+        return IMAGE_AUGMENTS, image_augment
+
+    # -------------------------------------------------------------- datasets
+
+    def looks_like(self, data: Path) -> bool:
+        from supemb.data.image_files import is_image_file
+
+        if data.is_file():
+            return data.suffix.lower() == ".csv" or is_image_file(data)
+        return data.is_dir()
+
+    def _table(self, data: Path, target: str, task: str, fmt: str, on_error: str, seed: int = 0) -> Any:
+        from supemb.data.image_layouts import load_image_table
+
+        table = load_image_table(data, target, format=fmt, task=task, seed=seed, on_error=on_error)
+        if table.task != task:
+            raise UserError(f"{data}: target {target!r} is {table.task} data, but the task is {task}")
+        return table
+
+    def gallery(self, data: Path, target: str, task: str, fmt: str = "auto", on_error: str = "raise") -> Listing:
+        table = self._table(data, target, task, fmt, on_error)
+        return _listing(table.records, task, [str(s) for s in table.skipped])
+
+    def training_gallery(self, cfg: Any) -> Listing:
+        table = self._table(Path(cfg.data), cfg.target, cfg.task, cfg.format,
+                            "raise" if cfg.on_error == "fail" else "skip", seed=cfg.seed)
+        return _listing(table.split("train"), cfg.task)
+
+    def training_data(self, cfg: Any, data: Path) -> Any:
+        import torch
+
+        from supemb.preprocess.image_augment import ContrastiveAugment
+        from supemb.train.data import PreparedData, Split, resolve_augment, splits_of
+
+        check_task(self, cfg.task, data)
+        aug, aug_record = resolve_augment(cfg.augment, self, cfg.task)  # before reading data: fail fast
+        table = self._table(data, cfg.target, cfg.task, cfg.format,
+                            "raise" if cfg.on_error == "fail" else "skip", seed=cfg.seed)
+        pipe = self.training_pipeline(cfg)
+        before, after = pipe.split_at(self.augment_from)  # decode once; augmentation replaces the rest
+        contrastive = ContrastiveAugment(self.spec(pipe), aug)
+
+        def split_of(name: str) -> Split:
+            records = table.split(name)
+            paths = [r.path for r in records]
+            return Split(load=lambda i: before.run(paths[i]), targets=table.targets(records),
+                         groups=np.arange(len(records)), names=[str(p) for p in paths])
+
+        return PreparedData(
+            modality=self.name, task=table.task, target_name=table.target, classes=table.classes,
+            splits=splits_of(split_of, data), preprocessing=pipe.to_record(),
+            augment=lambda img, g: contrastive(img, generator=g),
+            eval_transform=lambda img: torch.from_numpy(after.run(img)),
+            encoder_kwargs={}, summary={**table.summary(), "augment": aug_record}, augment_spec=aug_record)
+
+    def training_pipeline(self, cfg: Any) -> Pipeline:
+        return self.pipeline(steps_for(cfg.image_size), "training preprocessing")
+
+    def thumbnails(self, items: list[Any], size: int) -> np.ndarray:
+        """uint8 [N, size, size, 3] centre-cropped thumbnails."""
+        pipe = self.pipeline(steps_for(size)[:2], "thumbnails")
+        out = np.empty((len(items), size, size, 3), np.uint8)
+        for i, item in enumerate(items):
+            out[i] = pipe.run(item)
+        return out
+
+
+def _listing(records: Any, task: str, skipped: list[str] | None = None) -> Listing:
+    targets = [float(r.target) if task == "regression" else r.target for r in records]
+    return Listing([str(r.path) for r in records], targets, skipped or [])
+
+
+def _spec_from_flat(flat: Mapping[str, Any], where: str) -> Any:
+    from supemb.preprocess.image import PreprocessSpec
+
+    try:
+        return PreprocessSpec.from_dict(dict(flat))
+    except UserError as err:
+        raise UserError(f"{where}: {err}") from None
+
+
+IMAGE = ImageModality()
