@@ -61,7 +61,6 @@ import math
 import numbers
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,6 +68,7 @@ import faiss
 import numpy as np
 
 from supemb.errors import UserError
+from supemb.index.locks import ReadWriteLock
 
 IndexKind = Literal["flat", "ivf", "hnsw"]
 KINDS: tuple[str, ...] = ("flat", "ivf", "hnsw")
@@ -96,46 +96,6 @@ def default_nprobe(nlist: int) -> int:
 def gpu_available() -> bool:
     """Whether this FAISS build has GPU support and sees a GPU."""
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-
-
-class _ReadWriteLock:
-    """Many readers or one writer. A waiting writer holds off new readers, so
-    a steady stream of searches cannot starve `add`. Not re-entrant."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._readers = 0
-        self._writing = False
-        self._writers_waiting = 0
-
-    @contextlib.contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            while self._writing or self._writers_waiting:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if self._readers == 0:
-                    self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            self._writers_waiting += 1
-            while self._writing or self._readers:
-                self._cond.wait()
-            self._writers_waiting -= 1
-            self._writing = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writing = False
-                self._cond.notify_all()
 
 
 def _as_vectors(x: Any, name: str, dim: int | None = None) -> np.ndarray:
@@ -216,7 +176,7 @@ class GalleryIndex:
         self.metric: str = metric
         self.dim = int(index.d)
         self._hnsw_m = hnsw_m
-        self._lock = _ReadWriteLock()
+        self._lock = ReadWriteLock()
         self._gpu_res = None
         self._index = index
         self.on_gpu = False
