@@ -13,11 +13,11 @@ from PIL import Image
 
 from supemb.cli import AUGMENT_HELP, build_parser, main
 from supemb.preprocess.eeg_augment import EEG_AUGMENTS, EEGAugment, eeg_augment
-from supemb.preprocess.image import (
+from supemb.preprocess.image import PreprocessSpec
+from supemb.preprocess.image_augment import (
     IMAGE_AUGMENTS,
     AugmentSpec,
     ContrastiveAugment,
-    PreprocessSpec,
     eval_preprocess,
     image_augment,
 )

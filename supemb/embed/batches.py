@@ -55,7 +55,7 @@ def image_decoder(spec: Any) -> Callable[[Any], np.ndarray]:
 
 def eeg_decoder(spec: Any) -> Callable[[Any], np.ndarray]:
     """A function: one recording (path or mne Raw) -> float32 [n_windows, C, W]."""
-    from supemb.data.eeg import recording_windows
+    from supemb.preprocess.eeg import recording_windows
 
     def decode(item: Any) -> np.ndarray:
         if isinstance(item, (str, Path)):

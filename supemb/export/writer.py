@@ -219,7 +219,7 @@ def data_gallery(path: str | Path, modality: str, task: str, target: str, fmt: s
     if not data.exists():
         raise UserError(f"{data}: no such file or folder (--data / --gallery)")
     if modality == "image":
-        from supemb.data.images import load_image_table
+        from supemb.data.image_layouts import load_image_table
 
         table = load_image_table(data, target, format=fmt, task=task, on_error=on_error)
         if table.task != task:
@@ -231,7 +231,7 @@ def data_gallery(path: str | Path, modality: str, task: str, target: str, fmt: s
         items = [str(r.path) for r in records]
         skipped = [str(s) for s in table.skipped]
     else:
-        from supemb.data.eeg import list_recordings
+        from supemb.data.eeg_files import list_recordings
 
         records = list_recordings(data, target)
         items = [str(r.path) for r in records]

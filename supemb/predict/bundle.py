@@ -128,7 +128,7 @@ def spec_from_preprocessing(prep: dict[str, Any], modality: str) -> Any:
         from supemb.preprocess.image import PreprocessSpec
 
         return PreprocessSpec.from_dict(fields)
-    from supemb.data.eeg import EEGSpec
+    from supemb.preprocess.eeg import EEGSpec
 
     return EEGSpec.from_dict(fields)
 

@@ -23,24 +23,29 @@ from typing import Any
 import numpy as np
 import torch
 
-from supemb.data import eeg as eeg_data
+from supemb.data.eeg_files import EEG_SUFFIXES, EEG_TEST_FRAC, EEG_VAL_FRAC, list_recordings
 from supemb.preprocess.eeg_augment import EEG_AUGMENTS, EEGAugment, eeg_augment
-from supemb.data.images import ImageRecord, load_image, load_image_table
-from supemb.preprocess.image import (
+from supemb.data.image_files import load_image
+from supemb.data.image_layouts import load_image_table
+from supemb.data.image_table import ImageRecord
+from supemb.data.splits import assign_splits
+from supemb.preprocess.eeg import EEGSpec
+from supemb.preprocess.image import PreprocessSpec
+from supemb.preprocess.image_augment import (
     IMAGE_AUGMENTS,
     AugmentSpec,
     ContrastiveAugment,
     EvalTransform,
-    PreprocessSpec,
     image_augment,
 )
 from supemb.errors import UsageError, UserError
 from supemb.train.config import TrainConfig
+from supemb.train.eeg_windows import EEGWindowDataset, split_datasets
 
 SPLITS = ("train", "val", "test")
 
 # The augmentation preset of a run that sets none, by (modality, task). Image
-# presets: supemb.preprocess.image.IMAGE_AUGMENTS; EEG: supemb.preprocess.eeg_augment.EEG_AUGMENTS.
+# presets: supemb.preprocess.image_augment.IMAGE_AUGMENTS; EEG: supemb.preprocess.eeg_augment.EEG_AUGMENTS.
 DEFAULT_AUGMENT: dict[tuple[str, str], str] = {
     ("image", "classification"): "light",
     ("image", "regression"): "colour",
@@ -157,7 +162,7 @@ def is_eeg_data(data: Path, fmt: str) -> bool:
         return True
     if fmt != "auto":
         return False
-    suffixes = tuple(eeg_data.EEG_SUFFIXES)
+    suffixes = tuple(EEG_SUFFIXES)
     if data.is_dir():
         labels = data / "labels.csv"
         if labels.is_file():
@@ -223,11 +228,13 @@ def _prepare_eeg(cfg: TrainConfig, data: Path) -> PreparedData:
     if cfg.task != "regression":
         raise UserError("EEG training supports continuous targets (e.g. --target age) in this version")
     augment, aug_record = resolve_augment(cfg.augment, "eeg", cfg.task)
-    spec = eeg_data.EEGSpec.from_dict(cfg.eeg) if cfg.eeg else eeg_data.EEGSpec()
-    records = eeg_data.assign_splits(eeg_data.list_recordings(data, cfg.target), seed=cfg.seed)
-    datasets = eeg_data.split_datasets(records, spec)
+    spec = EEGSpec.from_dict(cfg.eeg) if cfg.eeg else EEGSpec()
+    records = assign_splits(
+        list_recordings(data, cfg.target), val_frac=EEG_VAL_FRAC, test_frac=EEG_TEST_FRAC, seed=cfg.seed
+    )
+    datasets = split_datasets(records, spec)
 
-    def split_of(ds: eeg_data.EEGWindowDataset) -> Split:
+    def split_of(ds: EEGWindowDataset) -> Split:
         return Split(
             load=lambda i: ds[i][0],
             targets=np.asarray(ds.window_targets, dtype=np.float32),
