@@ -163,7 +163,7 @@ def make_table(
         raise UserError(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
     if task == "auto":
         filled = [r.target for r in rows if r.target]
-        numeric = sum(parse_number(t) is not None for t in filled)
+        numeric = sum(_parse_number(t) is not None for t in filled)
         # A mostly numeric column is a regression target with a few typos
         # (reported as bad rows), not a classification with 80 classes.
         task = "regression" if filled and numeric * 2 > len(filled) else "classification"
@@ -176,7 +176,7 @@ def make_table(
             problems.bad(r.where, f"empty {target!r}")
             continue
         if task == "regression":
-            v = parse_number(r.target)
+            v = _parse_number(r.target)
             if v is None:
                 problems.bad(r.where, f"{target!r} value {r.target!r} is not a number")
                 continue
@@ -189,7 +189,7 @@ def make_table(
     if not records:
         detail = f"; first problem: {problems.skipped[0]}" if problems.skipped else ""
         raise UserError(f"{source}: no usable images ({len(problems.skipped)} skipped{detail})")
-    classes = sorted_classes({str(r.target) for r in records}) if task == "classification" else ()
+    classes = _sorted_classes({str(r.target) for r in records}) if task == "classification" else ()
     return ImageTable(
         records=tuple(records),
         target=target,
@@ -201,7 +201,7 @@ def make_table(
     )
 
 
-def parse_number(s: str) -> float | None:
+def _parse_number(s: str) -> float | None:
     """float(s), or None when it is not a number ("nan" and "inf" are numbers here)."""
     try:
         return float(s)
@@ -209,9 +209,9 @@ def parse_number(s: str) -> float | None:
         return None
 
 
-def sorted_classes(names: set[str]) -> tuple[str, ...]:
+def _sorted_classes(names: set[str]) -> tuple[str, ...]:
     """Numeric class names in numeric order ("2" before "10"), else text order."""
-    if all(parse_number(n) is not None and math.isfinite(float(n)) for n in names):
+    if all(_parse_number(n) is not None and math.isfinite(float(n)) for n in names):
         return tuple(sorted(names, key=lambda n: (float(n), n)))
     return tuple(sorted(names))
 
