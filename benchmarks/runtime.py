@@ -495,7 +495,7 @@ def bench_files(args: argparse.Namespace) -> dict:
     import torch
     from PIL import Image
 
-    from supemb.data.synthetic_images import face_arrays
+    from supemb.data.synthetic_faces import face_arrays
     from supemb.predict.bundle import load_bundle
     from supemb.export.writer import export_run
     from supemb.train.config import TrainConfig

@@ -27,7 +27,7 @@ from typing import Any
 
 import gradio as gr
 
-from supemb.data.images import DEFAULT_MAX_PIXELS, load_image
+from supemb.data.image_files import DEFAULT_MAX_PIXELS, load_image
 from supemb.errors import UserError
 from supemb.predict import api
 from supemb.predict.bundle import Bundle
@@ -190,7 +190,7 @@ def predict_image(served: Served, path: str | None, k: Any = None, max_pixels: i
 
 def predict_eeg(served: Served, path: str | None, k: Any = None) -> tuple:
     """An uploaded recording -> (summary, prediction JSON, neighbour table, spectrum, gallery map)."""
-    from supemb.data.eeg import channel_lookup, read_recording
+    from supemb.data.eeg_files import channel_lookup, read_recording
 
     b, spec = served.bundle, served.spec
 

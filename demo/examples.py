@@ -53,7 +53,8 @@ def _write_examples(folder: Path) -> None:
     from PIL import Image
 
     from supemb.data.synthetic_eeg import make_eeg_dataset
-    from supemb.data.synthetic_images import face_arrays, webcam_arrays
+    from supemb.data.synthetic_faces import face_arrays
+    from supemb.data.synthetic_webcam import webcam_arrays
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))

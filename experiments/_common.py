@@ -93,7 +93,7 @@ def machine_line(m: dict[str, Any]) -> str:
 
 def webcam_data(out: Path, n_images: int = WEBCAM["n_images"]) -> Path:
     """The synthetic webcam frames (fixed seeded split); returns labels.csv."""
-    from supemb.data.synthetic_images import make_webcam_dataset
+    from supemb.data.synthetic_webcam import make_webcam_dataset
 
     return make_webcam_dataset(out, n_images, n_cameras=WEBCAM["n_cameras"], size=WEBCAM["size"],
                                seed=WEBCAM["seed"])
@@ -113,7 +113,7 @@ def digits_data(out: Path, n: int | None = None) -> Path:
     not change with the training seed. n: a seeded subset of n digits (smoke runs)."""
     from sklearn.datasets import load_digits
 
-    from supemb.data.images import split_labels
+    from supemb.data.splits import split_labels
 
     digits = load_digits()
     keep = np.arange(len(digits.target))

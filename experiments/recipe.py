@@ -46,14 +46,14 @@ IMAGE_VARIANTS = [
 def _data(task: str, root: Path) -> dict:
     """Make the task's data set under root (once); returns the settings that point at it."""
     if task == "webcam":
-        from supemb.data.synthetic_images import make_webcam_dataset
+        from supemb.data.synthetic_webcam import make_webcam_dataset
 
         csv = root / "webcam" / "labels.csv"
         if not csv.is_file():
             make_webcam_dataset(root / "webcam", 2400, n_cameras=12, size=32, seed=1)
         return {"data": str(csv), "target": "temperature", "image_size": 32, "batch_size": 128, "epochs": 20}
     if task == "faces":
-        from supemb.data.synthetic_images import make_face_dataset
+        from supemb.data.synthetic_faces import make_face_dataset
 
         csv = root / "faces" / "labels.csv"
         if not csv.is_file():

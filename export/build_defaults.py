@@ -30,7 +30,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # determinism: one thread, fixed 
 import torch  # noqa: E402
 
 from supemb.data.synthetic_eeg import make_eeg_dataset  # noqa: E402
-from supemb.data.synthetic_images import make_face_dataset, make_webcam_dataset  # noqa: E402
+from supemb.data.synthetic_faces import make_face_dataset  # noqa: E402
+from supemb.data.synthetic_webcam import make_webcam_dataset  # noqa: E402
 from supemb.export.writer import export_run  # noqa: E402
 from supemb.train.config import TrainConfig  # noqa: E402
 from supemb.train.trainer import train  # noqa: E402

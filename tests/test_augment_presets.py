@@ -13,18 +13,19 @@ from PIL import Image
 
 from supemb.cli import AUGMENT_HELP, build_parser, main
 from supemb.preprocess.eeg_augment import EEG_AUGMENTS, EEGAugment, eeg_augment
-from supemb.preprocess.image import (
+from supemb.preprocess.image import PreprocessSpec
+from supemb.preprocess.image_augment import (
     IMAGE_AUGMENTS,
     AugmentSpec,
     ContrastiveAugment,
-    PreprocessSpec,
     eval_preprocess,
     image_augment,
 )
 from supemb.errors import UsageError, UserError
 from supemb.train import trainer as trainer_mod
 from supemb.train.config import TrainConfig, load_config
-from supemb.train.data import DEFAULT_AUGMENT, prepare_data, resolve_augment
+from supemb import modalities
+from supemb.train.data import prepare_data, resolve_augment
 
 # Identity normalisation, so a view's values are the pixel values / 255.
 RAW = PreprocessSpec.square(24, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
@@ -209,7 +210,9 @@ def test_cli_flag_reaches_the_config(monkeypatch, capsys) -> None:
     assert "--augment NAME" in help_text
     for name in [*IMAGE_AUGMENTS, *EEG_AUGMENTS]:  # the help spells out every preset and the defaults
         assert f" {name}" in AUGMENT_HELP, name
-    for (modality, task), name in DEFAULT_AUGMENT.items():
+    defaults = [(m, task, name) for m in ("image", "eeg") for task, name in modalities.get(m).default_augment.items()]
+    assert len(defaults) == 3
+    for modality, task, name in defaults:
         said = {("image", "classification"): "image classes", ("image", "regression"): "image values",
                 ("eeg", "regression"): "EEG"}[(modality, task)]
         assert f"{said}: {name}" in AUGMENT_HELP, (modality, task)

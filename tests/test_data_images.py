@@ -1,4 +1,4 @@
-"""Image decoding, dataset layouts, bad rows, splits and the image dataset."""
+"""Image decoding, dataset layouts, bad rows, splits and the image table's targets."""
 
 from __future__ import annotations
 
@@ -8,26 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from supemb.data.images import (
-    DEFAULT_MAX_PIXELS,
-    ImageDataset,
-    ImageRecord,
-    ImageTable,
-    assign_splits,
-    detect_format,
-    load_image,
-    load_image_table,
-    read_agedb_table,
-    read_csv_table,
-    read_folder_table,
-    read_utkface_table,
-    split_labels,
-    to_rgb,
-    verify_images,
-)
+from supemb.data.image_files import DEFAULT_MAX_PIXELS, load_image, to_rgb
+from supemb.data.image_filename_layouts import read_agedb_table, read_utkface_table
+from supemb.data.image_layouts import detect_format, load_image_table, read_csv_table, read_folder_table
+from supemb.data.image_table import ImageRecord, ImageTable, verify_images
+from supemb.data.splits import assign_splits, split_labels
 from supemb.errors import UserError
 
 
@@ -427,35 +414,34 @@ def test_stratified_split_reaches_every_class() -> None:
     assert rare.count("val") == 1 and rare.count("test") == 1
 
 
-# ------------------------------------------------------------------ dataset
+# ------------------------------------------------------------ table targets
 
 
-def test_image_dataset_regression_and_classification(tmp_path: Path) -> None:
-    for i in range(4):
+def test_table_split_targets_regression_and_classification(tmp_path: Path) -> None:
+    for i in range(5):
         _png(tmp_path / f"{i}.png", (i * 60, 0, 0), size=(5, 3))
-    lines = "\n".join(f"{i}.png,{i * 1.5},{'ab'[i % 2]},train" for i in range(4))
+    lines = "\n".join(f"{i}.png,{i * 1.5},{'ab'[i % 2]},{'train' if i < 4 else 'test'}" for i in range(5))
     _write_csv(tmp_path / "labels.csv", "path,value,kind,split\n" + lines)
 
-    def to_tensor(img: Image.Image) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+    reg = load_image_table(tmp_path, "value")
+    train = reg.split("train")
+    assert [r.path.name for r in train] == ["0.png", "1.png", "2.png", "3.png"]
+    y = reg.targets(train)
+    assert y.dtype == np.float32 and y.tolist() == pytest.approx([0.0, 1.5, 3.0, 4.5])
+    assert np.asarray(load_image(train[2].path))[0, 0].tolist() == [120, 0, 0]
+    cls = load_image_table(tmp_path, "kind")
+    assert cls.task == "classification" and cls.classes == ("a", "b")
+    assert cls.targets(cls.split("train")).dtype == np.int64
+    assert cls.targets(cls.split("train")).tolist() == [0, 1, 0, 1]
+    assert cls.targets(cls.split("test")).tolist() == [0] and cls.encode("b") == 1
+    with pytest.raises(ValueError):
+        cls.split("holdout")
 
-    reg = ImageDataset.from_table(load_image_table(tmp_path, "value"), "train", to_tensor)
-    x, y = reg[2]
-    assert x.shape == (3, 3, 5) and int(x[0, 0, 0]) == 120
-    assert y.dtype == torch.float32 and y.item() == pytest.approx(3.0)
-    cls_table = load_image_table(tmp_path, "kind")
-    cls = ImageDataset.from_table(cls_table, "train", to_tensor)
-    assert cls.classes == ("a", "b")
-    assert cls[1][1].dtype == torch.int64 and cls[1][1].item() == 1
-    batch = next(iter(torch.utils.data.DataLoader(cls, batch_size=4)))
-    assert batch[0].shape == (4, 3, 3, 5) and batch[1].tolist() == [0, 1, 0, 1]
 
-
-def test_image_dataset_reports_broken_file(tmp_path: Path) -> None:
+def test_load_image_names_a_broken_file(tmp_path: Path) -> None:
     (tmp_path / "x.png").write_bytes(b"\x89PNG broken")
-    ds = ImageDataset([ImageRecord(tmp_path / "x.png", 1.0)], lambda im: im)
     with pytest.raises(UserError, match=r"x\.png: "):
-        ds[0]
+        load_image(tmp_path / "x.png")
 
 
 def test_table_rejects_unknown_classes() -> None:

@@ -38,7 +38,7 @@ def test_default_bundle_is_shipped_and_sound(name: str) -> None:
 
 
 def _fresh_faces(tmp_path: Path, n: int = 60):
-    from supemb.data.synthetic_images import face_arrays
+    from supemb.data.synthetic_faces import face_arrays
 
     images, ages, _ = face_arrays(n, size=32, seed=123)  # a seed the bundle never saw
     return list(images), ages.astype(float)
@@ -61,7 +61,7 @@ def test_predict_age_default_warns_once_and_learned_something(tmp_path: Path, mo
 
 
 def test_predict_temperature_default(tmp_path: Path) -> None:
-    from supemb.data.synthetic_images import webcam_arrays
+    from supemb.data.synthetic_webcam import webcam_arrays
 
     images, temps, _ = webcam_arrays(60, size=32, seed=123)
     with warnings.catch_warnings():

@@ -290,7 +290,7 @@ def test_prediction_json_is_the_library_prediction() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", api.DemoModelWarning)
         b = api.get_bundle(None, "age")
-    from supemb.data.synthetic_images import face_arrays
+    from supemb.data.synthetic_faces import face_arrays
 
     image = face_arrays(1, size=32, seed=7)[0][0]
     pred = b.predict(image)[0]

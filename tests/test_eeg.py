@@ -12,26 +12,28 @@ import pytest
 import torch
 
 from supemb.preprocess import eeg_augment as aug
-from supemb.data.eeg import (
+from supemb.data.eeg import aggregate_by_recording
+from supemb.data.eeg_files import (
+    EEG_TEST_FRAC,
+    EEG_VAL_FRAC,
     EEGRecord,
-    EEGSpec,
-    EEGWindowDataset,
     age_from_header,
-    aggregate_by_recording,
-    assign_splits,
     list_recordings,
-    make_windows,
     normalize_channel_name,
-    preprocess_raw,
-    preprocess_recording,
     read_recording,
     read_targets_csv,
+)
+from supemb.data.splits import assign_splits, split_labels
+from supemb.data.synthetic_eeg import write_edf
+from supemb.preprocess.eeg import (
+    EEGSpec,
+    make_windows,
+    preprocess_raw,
+    preprocess_recording,
     recording_windows,
     slice_windows,
-    split_datasets,
-    split_indices,
 )
-from supemb.data.synthetic_eeg import write_edf
+from supemb.train.eeg_windows import EEGWindowDataset, split_datasets
 from supemb.errors import UserError
 
 RAW_SPEC = dict(l_freq=None, h_freq=None, scaling="fixed", unit_uv=1.0)  # output == microvolts
@@ -283,9 +285,9 @@ def test_dataset_windows_targets_and_indices() -> None:
 
 def test_dataset_transform_two_views() -> None:
     spec = EEGSpec(channels=("C3", "C4"), sfreq=10, l_freq=None, h_freq=None, window_s=2.0, stride_s=2.0)
-    ds = EEGWindowDataset(_tagged([40]), [1.0], spec, transform=aug.TwoViews(generator=torch.Generator().manual_seed(0)))
+    ds = EEGWindowDataset(_tagged([40]), [1.0], spec, transform=lambda w: torch.stack([w, -w]))
     x, _, _ = ds[0]
-    assert x.shape == (2, 2, 20)
+    assert x.shape == (2, 2, 20) and torch.equal(x[1], -x[0])
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2)))
     assert batch[0].shape == (2, 2, 2, 20) and batch[2].tolist() == [0, 0]
 
@@ -293,24 +295,26 @@ def test_dataset_transform_two_views() -> None:
 # ------------------------------------------------------------------- splits
 
 
-def test_split_indices_counts_and_determinism() -> None:
-    a = split_indices(20, 0.15, 0.15, seed=3)
-    assert (a == "val").sum() == 3 and (a == "test").sum() == 3 and (a == "train").sum() == 14
-    assert a.tolist() == split_indices(20, 0.15, 0.15, seed=3).tolist()
-    assert a.tolist() != split_indices(20, 0.15, 0.15, seed=4).tolist()
-    assert (split_indices(2, 0.4, 0.4) == "train").sum() >= 1
+def test_split_labels_counts_and_determinism() -> None:
+    a = split_labels(20, val_frac=EEG_VAL_FRAC, test_frac=EEG_TEST_FRAC, seed=3)
+    assert (a.count("val"), a.count("test"), a.count("train")) == (3, 3, 14)
+    assert a == split_labels(20, val_frac=EEG_VAL_FRAC, test_frac=EEG_TEST_FRAC, seed=3)
+    assert a != split_labels(20, val_frac=EEG_VAL_FRAC, test_frac=EEG_TEST_FRAC, seed=4)
+    assert split_labels(2, val_frac=0.4, test_frac=0.4).count("train") >= 1
 
 
 def test_assign_splits_by_recording_deterministic_and_order_free() -> None:
     recs = [EEGRecord(Path(f"r{i:02d}.edf"), float(i)) for i in range(30)]
     recs[5] = EEGRecord(Path("r05.edf"), 5.0, "test")
-    a = assign_splits(recs, seed=1)
-    b = assign_splits(list(reversed(recs)), seed=1)
+    a = assign_splits(recs, val_frac=EEG_VAL_FRAC, test_frac=EEG_TEST_FRAC, seed=1)
+    b = assign_splits(list(reversed(recs)), val_frac=EEG_VAL_FRAC, test_frac=EEG_TEST_FRAC, seed=1)
     by_path = {r.path: r.split for r in b}
     assert [r.split for r in a] == [by_path[r.path] for r in a]
     assert a[5].split == "test"
     assert all(r.split in ("train", "val", "test") for r in a)
-    assert [r.split for r in a] != [r.split for r in assign_splits(recs, seed=2)]
+    assert [r.split for r in a] != [
+        r.split for r in assign_splits(recs, val_frac=EEG_VAL_FRAC, test_frac=EEG_TEST_FRAC, seed=2)
+    ]
 
 
 def test_windows_of_a_recording_stay_in_one_split(tmp_path: Path) -> None:
@@ -319,7 +323,7 @@ def test_windows_of_a_recording_stay_in_one_split(tmp_path: Path) -> None:
     for i in range(10):
         f = _write(tmp_path / f"r{i}.edf", names, _distinct(2, 600, seed=i))
         recs.append(EEGRecord(f, float(20 + i)))
-    recs = assign_splits(recs, 0.2, 0.2, seed=0)
+    recs = assign_splits(recs, val_frac=0.2, test_frac=0.2, seed=0)
     spec = EEGSpec(channels=("O1", "O2"), sfreq=100, window_s=2, stride_s=1)
     dss = split_datasets(recs, spec)
     assert set(dss) == {"train", "val", "test"}
@@ -469,12 +473,6 @@ def test_channel_dropout_zeros_whole_channels() -> None:
     assert torch.equal(aug.channel_dropout(x, 0.0), x)
 
 
-def test_two_views_shapes_and_difference() -> None:
-    tv = aug.TwoViews(generator=torch.Generator().manual_seed(0))
-    x = _x((5, 64))
-    v = tv(x)
-    assert v.shape == (2, 5, 64) and v.dtype == torch.float32
-    assert not torch.equal(v[0], v[1])
-    assert tv(_x((3, 5, 64))).shape == (3, 2, 5, 64)
+def test_time_shift_needs_channels() -> None:
     with pytest.raises(ValueError):
         aug.time_shift(torch.zeros(64), 3)

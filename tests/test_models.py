@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from supemb.data.eeg import EEGSpec
+from supemb.preprocess.eeg import EEGSpec
 from supemb.errors import UserError
 from supemb.encoders import (
     ENCODERS,

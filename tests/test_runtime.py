@@ -41,7 +41,7 @@ def _train(data: Path, out: Path, **kw) -> Path:
 
 @pytest.fixture(scope="module")
 def webcam(work: Path) -> Path:
-    from supemb.data.synthetic_images import make_webcam_dataset
+    from supemb.data.synthetic_webcam import make_webcam_dataset
 
     return make_webcam_dataset(work / "webcam", 60, n_cameras=3, size=24, seed=0)
 

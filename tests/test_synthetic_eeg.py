@@ -11,14 +11,8 @@ import numpy as np
 import pytest
 from scipy.signal import welch
 
-from supemb.data.eeg import (
-    EEGSpec,
-    age_from_header,
-    list_recordings,
-    preprocess_recording,
-    read_patient_field,
-    read_recording,
-)
+from supemb.data.eeg_files import age_from_header, list_recordings, read_patient_field, read_recording
+from supemb.preprocess.eeg import EEGSpec, preprocess_recording
 from supemb.data.synthetic_eeg import TUH_FILE_CHANNELS, make_eeg_dataset, write_edf
 
 

@@ -8,17 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from supemb.data.images import load_image, load_image_table
-from supemb.data.synthetic_images import (
-    AGE_RANGE,
-    TEMPERATURE_RANGE,
-    face_arrays,
-    make_face_dataset,
-    make_webcam_dataset,
-    render_face,
-    render_webcam,
-    webcam_arrays,
-)
+from supemb.data.image_files import load_image
+from supemb.data.image_layouts import load_image_table
+from supemb.data.synthetic_faces import AGE_RANGE, face_arrays, make_face_dataset, render_face
+from supemb.data.synthetic_webcam import TEMPERATURE_RANGE, make_webcam_dataset, render_webcam, webcam_arrays
 
 N = 400  # enough for the statistics below, fast to draw
 

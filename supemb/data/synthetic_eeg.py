@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from supemb.data.eeg import split_indices
+from supemb.data.splits import split_labels
 from supemb.errors import UserError
 
 # TUH file order (the model's order is EEGSpec.channels): 10-20 scalp
@@ -215,7 +215,7 @@ def make_eeg_dataset(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     width = max(3, len(str(n_recordings - 1)))
-    splits = split_indices(n_recordings, val_frac, test_frac, seed)
+    splits = split_labels(n_recordings, val_frac=val_frac, test_frac=test_frac, seed=seed)
     rows = []
     for i in range(n_recordings):
         rng = np.random.default_rng([seed, i])

@@ -169,9 +169,11 @@ class EEGModality(Modality):
         return Listing([str(r.path) for r in records], [float(r.target) for r in records])
 
     def _records(self, cfg: Any) -> list[Any]:
-        from supemb.data.eeg_files import assign_splits, list_recordings
+        from supemb.data.eeg_files import EEG_TEST_FRAC, EEG_VAL_FRAC, list_recordings
+        from supemb.data.splits import assign_splits
 
-        return assign_splits(list_recordings(Path(cfg.data), cfg.target), seed=cfg.seed)
+        return assign_splits(list_recordings(Path(cfg.data), cfg.target), val_frac=EEG_VAL_FRAC,
+                             test_frac=EEG_TEST_FRAC, seed=cfg.seed)
 
     def training_gallery(self, cfg: Any) -> Listing:
         train = [r for r in self._records(cfg) if r.split == "train"]

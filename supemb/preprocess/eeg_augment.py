@@ -1,4 +1,4 @@
-"""Augmentations for EEG windows, and the two-view wrapper contrastive training uses.
+"""Augmentations for EEG windows (`EEGAugment`) and their named presets.
 
 Every function takes x: [C, W] or a batch [B, C, W] (each sample gets its own
 random draw), returns the same shape and dtype, and draws its randomness
@@ -174,23 +174,6 @@ class EEGAugment:
         y = amplitude_scale(y, self.scale_low, self.scale_high, generator)
         y = gaussian_noise(y, self.noise_rel_std, generator)
         return channel_dropout(y, self.channel_drop_p, generator)
-
-
-class TwoViews:
-    """Two independent augmentations of one window, stacked on a view axis.
-
-    x [C, W] -> [2, C, W] (so a DataLoader batch is [B, 2, C, W], the
-    [B, V, ...] layout the contrastive losses take); x [B, C, W] -> [B, 2, C, W].
-    """
-
-    def __init__(self, augment: EEGAugment | None = None, generator: torch.Generator | None = None) -> None:
-        self.augment = augment if augment is not None else EEGAugment()
-        self.generator = generator
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        v1 = self.augment(x, self.generator)
-        v2 = self.augment(x, self.generator)
-        return torch.stack([v1, v2], dim=0 if x.dim() == 2 else 1)
 
 
 EEG_AUGMENTS: dict[str, EEGAugment] = {

@@ -60,7 +60,10 @@ class Pipeline:
                 raise UserError(f"{where}: step {i} has op {step['op']!r}, which {modality} preprocessing "
                                 f"does not know (known: {', '.join(ops)}; written by a newer supemb?)")
             params = {k: v for k, v in step.items() if k != "op"}
-            canon.append({"op": op.name, **op.check(params)})
+            try:
+                canon.append({"op": op.name, **op.check(params)})
+            except UserError as err:
+                raise UserError(f"{where}: step {i} ({op.name}): {err}") from None
         self.steps: tuple[dict[str, Any], ...] = tuple(canon)
 
     def __repr__(self) -> str:

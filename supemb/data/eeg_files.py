@@ -1,0 +1,248 @@
+"""EEG files -> recordings and targets (no preprocessing, no torch).
+
+- reading: `read_recording` (.edf, .bdf, .fif, preloaded mne Raw);
+- channel names: `normalize_channel_name` maps a recording's labels
+  (`EEG FP1-REF`, `Fp1`, modern `T7`) onto bare 10-20 names (`FP1`, `T3`);
+  `channel_lookup` finds the spec's channels in a recording;
+- targets: a CSV (`path,<target>[,split]`, paths relative to the CSV;
+  `read_targets_csv`) or, for `age`, the EDF patient field in the TUH
+  convention (`Age:NN`; `age_from_header`); `list_recordings` is what
+  `--data PATH --target COLUMN` means for EEG.
+
+Splits are drawn over recordings, never over windows (`supemb.data.splits`,
+with EEG_VAL_FRAC / EEG_TEST_FRAC). mne is imported where a file is read.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from supemb.data.splits import SPLITS
+from supemb.errors import UserError
+
+if TYPE_CHECKING:  # mne is imported where used: importing this module stays light
+    import mne
+
+
+# The TUH EEG corpus' 19 scalp channels of the 10-20 system (old T3/T4/T5/T6
+# names, which TUH uses; modern T7/T8/P7/P8 are mapped onto them).
+TUH_CHANNELS: tuple[str, ...] = (
+    "FP1", "FP2", "F7", "F3", "FZ", "F4", "F8",
+    "T3", "C3", "CZ", "C4", "T4",
+    "T5", "P3", "PZ", "P4", "T6",
+    "O1", "O2",
+)  # fmt: skip
+
+EEG_SUFFIXES: tuple[str, ...] = (".edf", ".bdf", ".fif", ".fif.gz")
+# The default val/test fractions of an EEG run: recordings are few, so a
+# larger share than for images (0.1) keeps val and test usable.
+EEG_VAL_FRAC: float = 0.15
+EEG_TEST_FRAC: float = 0.15
+
+# Modern 10-10 names -> the older 10-20 names used by TUH.
+_MODERN_TO_OLD = {"T7": "T3", "T8": "T4", "P7": "T5", "P8": "T6"}
+# Reference suffixes that mean "this electrode against a reference", not a
+# bipolar derivation: `EEG FP1-REF` is FP1, but `FP1-F7` stays `FP1-F7`.
+_REFERENCE_SUFFIXES = {"REF", "LE", "AR", "AVG", "CAR", "A1", "A2", "M1", "M2"}
+_AGE_RE = re.compile(r"\bAge\s*:\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+
+
+# ------------------------------------------------------------ channel names
+
+
+def normalize_channel_name(name: str) -> str:
+    """Map a recording's channel label to a bare upper-case 10-20 name.
+
+    `EEG FP1-REF`, `EEG Fp1-LE`, `fp1` -> `FP1`; `EEG T3-REF` -> `T3`; modern
+    `T7`/`T8`/`P7`/`P8` -> `T3`/`T4`/`T5`/`T6` (TUH uses the old names). Only
+    reference suffixes (-REF, -LE, -AR, -AVG, -CAR, -A1, -A2, -M1, -M2) are
+    dropped; a bipolar label like `FP1-F7` is kept as `FP1-F7`. Anything else
+    (e.g. `EKG1-REF` -> `EKG1`) is passed through upper-cased.
+    """
+    s = name.strip().upper()
+    if s.startswith("EEG "):
+        s = s[4:].strip()
+    if "-" in s:
+        head, _, tail = s.rpartition("-")
+        if tail.strip() in _REFERENCE_SUFFIXES and head.strip():
+            s = head.strip()
+    return _MODERN_TO_OLD.get(s, s)
+
+
+def channel_lookup(ch_names: Sequence[str]) -> dict[str, str]:
+    """normalised name -> original label; the first of duplicates wins."""
+    out: dict[str, str] = {}
+    for ch in ch_names:
+        out.setdefault(normalize_channel_name(ch), ch)
+    return out
+
+
+# ------------------------------------------------------------ reading files
+
+
+def is_eeg_file(path: Path) -> bool:
+    return path.name.lower().endswith(EEG_SUFFIXES)
+
+
+def read_recording(path: str | Path) -> mne.io.BaseRaw:
+    """Read an .edf, .bdf or .fif recording, preloaded. One-line UserError on failure."""
+    import mne
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such EEG file")
+    name = path.name.lower()
+    try:
+        if name.endswith(".edf"):
+            raw = mne.io.read_raw_edf(path, preload=True, verbose="error")
+        elif name.endswith(".bdf"):
+            raw = mne.io.read_raw_bdf(path, preload=True, verbose="error")
+        elif name.endswith((".fif", ".fif.gz")):
+            raw = mne.io.read_raw_fif(path, preload=True, verbose="error")
+        else:
+            raise UserError(f"{path}: not an EEG file (expected .edf, .bdf or .fif)")
+    except UserError:
+        raise
+    except Exception as e:  # mne raises many types for damaged files
+        msg = " ".join(str(e).split()) or type(e).__name__
+        raise UserError(f"{path}: cannot read the recording ({msg})") from e
+    return raw
+
+
+
+# ------------------------------------------------------------------ targets
+
+
+@dataclass(frozen=True)
+class EEGRecord:
+    """One recording and its target. split: "train"/"val"/"test" or None (not yet drawn)."""
+
+    path: Path
+    target: float | str
+    split: str | None = None
+
+
+def read_patient_field(path: str | Path) -> str:
+    """The 80-byte patient-identification field of an EDF/BDF header (bytes 8..88)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(88)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from e
+    if len(head) < 88 or not (head[:8] == b"0       " or head[:8] == b"\xffBIOSEMI"):
+        raise UserError(f"{path}: not an EDF/BDF file (bad header)")
+    return head[8:88].decode("latin-1").strip()
+
+
+def parse_age(text: str) -> float | None:
+    """`... Age:35 ...` (TUH convention, case-insensitive) -> 35.0; None if absent."""
+    m = _AGE_RE.search(text)
+    return float(m.group(1)) if m else None
+
+
+def age_from_header(path: str | Path) -> float:
+    """Age in years from the TUH `Age:NN` tag.
+
+    EDF/BDF: read from the patient field of the file's header ourselves (mne
+    only parses that field for EDF+). FIF: looked for in subject_info's
+    `his_id`. Raises UserError naming the file when there is no usable age.
+    """
+    path = Path(path)
+    if path.name.lower().endswith((".fif", ".fif.gz")):
+        info = read_recording(path).info.get("subject_info") or {}
+        text = str(info.get("his_id", ""))
+    else:
+        text = read_patient_field(path)
+    age = parse_age(text)
+    if age is None:
+        raise UserError(
+            f"{path}: no age in the header (expected 'Age:NN' in the patient field, "
+            f"found {text!r}); give the ages in a CSV instead"
+        )
+    return age
+
+
+def read_targets_csv(csv_path: str | Path, target: str) -> list[EEGRecord]:
+    """Records from a CSV with a `path` column (relative to the CSV), a `target` column
+    and an optional `split` column.
+
+    Targets are floats when every value parses as a number, else strings (classes).
+    """
+    csv_path = Path(csv_path)
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+            header = rows[0].keys() if rows else []
+    except OSError as e:
+        raise UserError(f"{csv_path}: cannot read ({e.strerror})") from e
+    if not rows:
+        raise UserError(f"{csv_path}: no rows")
+    for col in ("path", target):
+        if col not in header:
+            raise UserError(
+                f"{csv_path}: no column {col!r} (columns: {', '.join(header)})"
+            )
+    raw_targets: list[str] = []
+    paths: list[Path] = []
+    splits: list[str | None] = []
+    for i, row in enumerate(rows, start=2):  # line 1 is the header
+        p, t = (row.get("path") or "").strip(), (row.get(target) or "").strip()
+        if not p or not t:
+            raise UserError(f"{csv_path}: line {i}: empty 'path' or {target!r}")
+        full = Path(p) if Path(p).is_absolute() else csv_path.parent / p
+        if not full.is_file():
+            raise UserError(f"{csv_path}: line {i}: no such file {full}")
+        sp = (row.get("split") or "").strip() or None
+        if sp is not None and sp not in SPLITS:
+            raise UserError(f"{csv_path}: line {i}: split {sp!r} is not one of {SPLITS}")
+        paths.append(full)
+        raw_targets.append(t)
+        splits.append(sp)
+    numeric = [_to_float(t) for t in raw_targets]
+    targets: list[float | str] = (
+        list(raw_targets) if any(v is None for v in numeric) else [float(v) for v in numeric]  # type: ignore[arg-type]
+    )
+    return [EEGRecord(p, t, s) for p, t, s in zip(paths, targets, splits)]
+
+
+def _to_float(s: str) -> float | None:
+    try:
+        v = float(s)
+    except ValueError:
+        return None
+    return v if math.isfinite(v) else None
+
+
+def list_recordings(data: str | Path, target: str) -> list[EEGRecord]:
+    """What `--data PATH --target COLUMN` means for EEG.
+
+    data: a CSV, or a folder. A folder's `labels.csv` is used when it has the
+    target column; otherwise, for target "age", every EDF/BDF/FIF under the
+    folder (sorted) gets its age from its header. Splits come from the CSV's
+    `split` column where present, else None (draw them with `supemb.data.splits.assign_splits`).
+    """
+    data = Path(data)
+    if data.is_file() and data.suffix.lower() == ".csv":
+        return read_targets_csv(data, target)
+    if not data.is_dir():
+        raise UserError(f"{data}: not a CSV file or a folder of EEG recordings")
+    labels = data / "labels.csv"
+    if labels.is_file():
+        with open(labels, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+        if target in header:
+            return read_targets_csv(labels, target)
+    if target != "age":
+        raise UserError(
+            f"{data}: no labels.csv with a {target!r} column (only 'age' can come from EDF headers)"
+        )
+    files = sorted(p for p in data.rglob("*") if p.is_file() and is_eeg_file(p))
+    if not files:
+        raise UserError(f"{data}: no .edf, .bdf or .fif recordings found")
+    return [EEGRecord(p, age_from_header(p)) for p in files]
