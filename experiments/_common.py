@@ -192,14 +192,13 @@ class LoadedRun:
 
     def knn_predict(self, train_feats: np.ndarray, feats: np.ndarray) -> np.ndarray:
         """kNN regression in the served geometry, with the run's k and kNN temperature (model.json)."""
-        from supemb.train import metrics
-        from supemb.train.selection import embedding_array
+        from supemb.predict.neighbours import embedding_array, nearest_neighbours, neighbour_regress
 
         g, q = embedding_array(train_feats, self.metric), embedding_array(feats, self.metric)
         k = min(int(self.meta.get("knn_k") or self.cfg.knn_k or 10), len(g))
-        idx, sim = metrics.nearest_neighbours(q, g, k, metric=self.metric)
-        pred, _ = metrics.neighbour_regress(sim, self.split("train").targets[idx],
-                                            temperature=float(self.meta["knn_temperature"]))
+        idx, sim = nearest_neighbours(q, g, k, metric=self.metric)
+        pred, _ = neighbour_regress(sim, self.split("train").targets[idx],
+                                    temperature=float(self.meta["knn_temperature"]))
         return pred
 
     def head_predict(self, feats: np.ndarray) -> np.ndarray:
@@ -212,12 +211,12 @@ class LoadedRun:
 
     def mae(self, pred: np.ndarray, split: str) -> float:
         """MAE of item predictions; EEG: of the window predictions averaged per recording."""
-        from supemb.train import metrics
+        from supemb.predict.neighbours import aggregate_by_group
 
         s = self.split(split)
         if self.data.modality == "eeg":
-            _, p = metrics.aggregate(pred, s.groups)
-            _, t = metrics.aggregate(s.targets, s.groups)
+            _, p = aggregate_by_group(pred, s.groups)
+            _, t = aggregate_by_group(s.targets, s.groups)
             return float(np.mean(np.abs(p - t)))
         return float(np.mean(np.abs(pred - s.targets)))
 

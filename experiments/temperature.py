@@ -52,7 +52,7 @@ SEED = 0
 
 def tolerance(feats: np.ndarray, targets: np.ndarray, discrete: bool) -> tuple[float, int]:
     """(mean cosine similarity over pairs i < j of one class / within TOLERANCE_UNITS, number of pairs)."""
-    from supemb.train.metrics import l2_normalize
+    from supemb.predict.neighbours import l2_normalize
 
     e = l2_normalize(np.asarray(feats, np.float64))
     t = np.asarray(targets)

@@ -126,7 +126,8 @@ def evaluate_bundle(bundle: Any, data: str | Path, *, target: str | None = None,
     metrics are per recording ("rec_" keys, as the trainer names them).
     Everything compares embeddings in the bundle's metric (cosine or l2)."""
     from supemb.export.writer import data_gallery
-    from supemb.train import metrics
+    from supemb.predict import retrieval
+    from supemb.predict.neighbours import recording_embeddings
 
     src = data_gallery(data, bundle.modality, bundle.task, target or bundle.target_name, fmt=fmt,
                        on_error=on_error)
@@ -142,49 +143,35 @@ def evaluate_bundle(bundle: Any, data: str | Path, *, target: str | None = None,
     if bundle.task == "regression":
         y = np.array([src.targets[i] for i in ok], dtype=np.float64)
         pred = np.array([preds[i].value for i in ok])
-        out.update({f"{prefix}_{n}": v for n, v in metrics.regression_metrics(pred, y).items()})
+        out.update({f"{prefix}_{n}": v for n, v in retrieval.regression_metrics(pred, y).items()})
         out[f"{prefix}_spread"] = float(np.mean([preds[i].uncertainty for i in ok]))
-        rec_emb = _per_input(emb, owner, ok, bundle.metric)
+        rec_emb = recording_embeddings(emb, owner, len(preds), bundle.metric)[ok]
         if len(ok) >= 2:
-            out["ordinality"] = metrics.ordinality(rec_emb, y, metric=bundle.metric)
+            out["ordinality"] = retrieval.ordinality(rec_emb, y, metric=bundle.metric)
     else:
         y = [str(src.targets[i]) for i in ok]
         names = sorted(set(y) | set(bundle.labels))
         code = {c: i for i, c in enumerate(names)}
         pred = np.array([code[preds[i].label] for i in ok])
         yt = np.array([code[c] for c in y])
-        out[f"{prefix}_acc"] = metrics.accuracy(pred, yt)
-        out[f"{prefix}_bacc"] = metrics.balanced_accuracy(pred, yt)
+        out[f"{prefix}_acc"] = retrieval.accuracy(pred, yt)
+        out[f"{prefix}_bacc"] = retrieval.balanced_accuracy(pred, yt)
         top1 = np.array([preds[i].neighbours[0].label == y[j] for j, i in enumerate(ok)])
         out["p_at_1"] = float(top1.mean())
         gallery_counts = np.bincount(bundle.targets, minlength=len(bundle.labels))
         r_max = int(gallery_counts.max())
         if r_max <= 2000:
-            rec_emb = _per_input(emb, owner, ok, bundle.metric)
-            sim, idx = bundle.index.search(rec_emb, r_max)
-            ap = []
-            for row, label in enumerate(y):
-                if label not in bundle.labels:
-                    continue
-                c = bundle.labels.index(label)
-                r = int(gallery_counts[c])
-                hits = bundle.targets[idx[row, :r]] == c
-                ap.append(float(np.sum(np.cumsum(hits) / np.arange(1, r + 1) * hits) / r))
-            if ap:
+            # MAP@R against the bundle's own (FAISS) gallery: queries whose class it lacks are skipped
+            known = [j for j, label in enumerate(y)
+                     if label in bundle.labels and gallery_counts[bundle.labels.index(label)] > 0]
+            if known:
+                rec_emb = recording_embeddings(emb, owner, len(preds), bundle.metric)[[ok[j] for j in known]]
+                _, idx = bundle.index.search(rec_emb, r_max)
+                c = np.array([bundle.labels.index(y[j]) for j in known])
+                r = gallery_counts[c]
+                ap = retrieval.average_precision_at_r(idx, c, bundle.targets, r)
                 out["map_at_r"] = float(np.mean(ap))
     return {key: (float(v) if isinstance(v, (np.floating, float)) else v) for key, v in out.items()}
-
-
-def _per_input(emb: np.ndarray, owner: np.ndarray, positions: list[int], metric: str = "cosine") -> np.ndarray:
-    """One embedding per input at `positions` (EEG: from its windows), in the bundle's metric:
-    a unit vector, the normalised mean of its rows (cosine), or the plain mean of its rows (l2)."""
-    from supemb.predict.bundle import rows_by_owner
-
-    rows = dict(rows_by_owner(owner))
-    out = np.stack([emb[rows[pos]].mean(axis=0) for pos in positions]).astype(np.float64)
-    if metric != "cosine":
-        return out
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
 def eval_parser(p: argparse.ArgumentParser) -> Handler:

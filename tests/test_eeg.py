@@ -1,5 +1,5 @@
 """The EEG pipeline: channel names, reading, picking, errors, windows, targets,
-splits, the window dataset, aggregation and augmentations."""
+splits, the window dataset and augmentations."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from supemb.preprocess import eeg_augment as aug
-from supemb.data.eeg import aggregate_by_recording
 from supemb.data.eeg_files import (
     EEG_TEST_FRAC,
     EEG_VAL_FRAC,
@@ -381,25 +380,6 @@ def test_targets_from_csv(tmp_path: Path) -> None:
     (tmp_path / "bad.csv").write_text("path,age\nrecs/missing.edf,3\n")
     with pytest.raises(UserError, match="line 2: no such file"):
         read_targets_csv(tmp_path / "bad.csv", "age")
-
-
-# -------------------------------------------------------------- aggregation
-
-
-def test_aggregate_by_recording() -> None:
-    vals = np.array([1.0, 3.0, 10.0, 20.0, 30.0, 100.0, 5.0])
-    rec = np.array([4, 4, 1, 1, 1, 1, 4])
-    ids, mean = aggregate_by_recording(vals, rec)
-    assert ids.tolist() == [1, 4]
-    np.testing.assert_allclose(mean, [40.0, 3.0])
-    _, med = aggregate_by_recording(vals, rec, how="median")
-    np.testing.assert_allclose(med, [25.0, 3.0])
-    probs = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
-    ids, agg = aggregate_by_recording(probs, np.array([0, 0, 2]))
-    assert agg.shape == (2, 2)
-    np.testing.assert_allclose(agg, [[0.5, 0.5], [0.5, 0.5]])
-    with pytest.raises(ValueError):
-        aggregate_by_recording(vals, rec, how="max")
 
 
 # ------------------------------------------------------------ augmentations

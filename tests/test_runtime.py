@@ -204,15 +204,15 @@ def test_eeg_round_trip(eeg_bundle: Path, eeg_data: Path) -> None:
     assert b.modality == "eeg" and b.groups is not None and len(b.recordings) >= 2
     # the recording's value and uncertainty from its windows, by hand: the mean of
     # the windows' kNN predictions; sqrt(mean within-window spread^2 + their variance)
-    from supemb.train import metrics
+    from supemb.predict import neighbours
 
     knn = b.knn
     for rec in sorted(eeg_data.glob("*.edf")):  # one whose windows disagree, so the combination is exercised
         rows, _, _ = b.encoder.embed_rows([rec])
         sim, idx = b.index.search(rows, 3)
-        pred, spread = metrics.neighbour_regress(sim.astype(np.float64), b.targets[idx],
-                                                 weighting=knn["weighting"], temperature=knn["temperature"],
-                                                 reduce=knn["reduce"])
+        pred, spread = neighbours.neighbour_regress(sim.astype(np.float64), b.targets[idx],
+                                                    weighting=knn["weighting"], temperature=knn["temperature"],
+                                                    reduce=knn["reduce"])
         if np.var(pred) > 0:
             break
     p = b.predict(rec, k=3)[0]
@@ -458,7 +458,6 @@ def test_l2_bundle_serves_raw_embeddings_by_euclidean_distance(reg_bundle: Path,
     import torch
 
     from supemb.export.writer import load_run_model
-    from supemb.train import metrics
 
     b = load_bundle(reg_bundle, device="cpu")
     m = b.manifest
@@ -493,7 +492,7 @@ def test_l2_bundle_serves_raw_embeddings_by_euclidean_distance(reg_bundle: Path,
 
 
 def test_eeg_l2_recording_embedding_is_the_plain_mean(eeg_bundle: Path, eeg_data: Path) -> None:
-    from supemb.predict.bundle import recording_embeddings
+    from supemb.predict.neighbours import recording_embeddings
 
     b = load_bundle(eeg_bundle, device="cpu")
     assert b.metric == "l2"

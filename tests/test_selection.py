@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from supemb.train import metrics
-from supemb.train.selection import KNN_KS, KNN_TEMPERATURE_FACTORS, choose_knn, embedding_array
+from supemb.predict.neighbours import embedding_array, knn_regress, nearest_neighbours
+from supemb.train.selection import KNN_KS, KNN_TEMPERATURE_FACTORS, choose_knn
 
 
 def _data(label_in: str, n: int, seed: int):
@@ -39,14 +39,14 @@ def test_the_choice_is_the_best_of_the_grid():
     x, y = _data("norm", 200, 2)
     xv, yv = _data("norm", 80, 3)
     metric, k, t = choose_knn(x, y, xv, _mae_score(yv), task="regression", n_classes=0, metrics_tried=("l2",))
-    chosen = -_mae_score(yv)(metrics.knn_regress(xv, x, y, k, temperature=t, metric="l2")[0])
+    chosen = -_mae_score(yv)(knn_regress(xv, x, y, k, temperature=t, metric="l2")[0])
     # no (k, factor) of the grid does better on validation
     g, q = embedding_array(x, "l2"), embedding_array(xv, "l2")
     for kk in KNN_KS:
-        _, sim = metrics.nearest_neighbours(q, g, kk, metric="l2")
+        _, sim = nearest_neighbours(q, g, kk, metric="l2")
         spread = float(np.median(sim[:, 0] - sim[:, -1]))
         for f in KNN_TEMPERATURE_FACTORS:
-            pred = metrics.knn_regress(xv, x, y, kk, temperature=float(f"{spread * f:.3g}"), metric="l2")[0]
+            pred = knn_regress(xv, x, y, kk, temperature=float(f"{spread * f:.3g}"), metric="l2")[0]
             assert np.abs(pred - yv).mean() >= chosen - 1e-9
 
 

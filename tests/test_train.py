@@ -186,7 +186,7 @@ def test_rnc_serves_the_raw_encoder_output_it_ordered(image_values: Path, tmp_pa
     assert metric == "l2" and not np.allclose(np.linalg.norm(emb, axis=1), 1.0)
     # the recorded kNN settings reproduce the final validation figure
     train_emb, train_t, _, _ = trainer_mod.embed_run(out, "train")
-    from supemb.train import metrics as m
+    from supemb.predict import neighbours as m
 
     val_t = trainer_mod.Trainer(trainer_mod.load_run_config(out), resume=True)
     val_t._setup()

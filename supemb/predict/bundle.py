@@ -23,8 +23,8 @@ w_j ∝ exp(s_j / t), t the manifest's kNN temperature, in s's units):
   mean (class probabilities averaged); its uncertainty pools the windows'
   spreads and their disagreement (law of total variance), and its neighbours
   are the gallery recordings most similar to any of its windows.
-The arithmetic is `supemb.train.metrics.neighbour_vote` / `neighbour_regress`,
-the same functions the trainer evaluates with.
+The arithmetic is `supemb.predict.neighbours` (`predict_inputs`), the same
+functions the trainer evaluates with.
 
 A `Bundle` is safe to use from several threads at once: ONNX Runtime's
 `run` and the index's `search` are thread-safe and predict keeps no state.
@@ -44,6 +44,8 @@ from supemb.embed.batches import Failure
 from supemb.embed.onnx import Device, Encoder
 from supemb.errors import UserError
 from supemb.predict import manifest as mf
+from supemb.predict import neighbours
+from supemb.predict.neighbours import recording_embeddings, rows_by_owner
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,6 @@ class Bundle:
                            reduce: str | None = None, failures: Sequence[Failure] = ()) -> list[Prediction]:
         """Predictions from row embeddings `emb` [R, D] whose input positions are `owner` [R]."""
         from supemb.embed.batches import describe
-        from supemb.train import metrics
 
         k = min(k, self.index.ntotal)
         out: list[Prediction | None] = [None] * len(items)
@@ -220,35 +221,18 @@ class Bundle:
         if len(emb):
             sim, idx = self.index.search(emb, k)
             sim = sim.astype(np.float64)
-            knn = self.knn
-            # Per input, over its rows (an EEG recording's windows): the mean
-            # prediction; for regression the uncertainty combines the mean
-            # within-row spread and the spread of the rows' predictions.
-            # Vectorised over all inputs; the loop below only builds objects.
-            n_rows = np.bincount(owner, minlength=len(items)).astype(np.float64)
-            per_input = np.maximum(n_rows, 1.0)
-            if self.task == "regression":
-                pred, spread = metrics.neighbour_regress(
-                    sim, self.targets[idx], weighting=knn.get("weighting", "softmax"),
-                    temperature=float(knn.get("temperature", 0.1)), reduce=reduce or knn.get("reduce", "mean"))
-                value = np.bincount(owner, pred, minlength=len(items)) / per_input
-                var = (np.bincount(owner, spread**2 + (pred - value[owner]) ** 2, minlength=len(items))
-                       / per_input)
-                uncertainty = np.sqrt(var)
-            else:
-                probs = metrics.neighbour_vote(sim, self.targets[idx], len(self.labels),
-                                               float(knn.get("temperature", 0.07)))
-                mean_probs = np.zeros((len(items), probs.shape[1]))
-                np.add.at(mean_probs, owner, probs)
-                mean_probs /= per_input[:, None]
-                top_class = mean_probs.argmax(axis=1)
+            t = self.knn.get("temperature")
+            per_input = neighbours.predict_inputs(
+                sim, self.targets[idx], owner, len(items), self.task, n_classes=len(self.labels),
+                temperature=None if t is None else float(t), weighting=self.knn.get("weighting", "softmax"),
+                reduce=reduce or self.knn.get("reduce", "mean"))
             for pos, rows in rows_by_owner(owner):
-                p = Prediction(source=describe(items[pos], int(pos)))
-                if self.task == "regression":
-                    p.value, p.uncertainty = float(value[pos]), float(uncertainty[pos])
+                p = Prediction(source=describe(items[pos], int(pos)), uncertainty=float(per_input.uncertainty[pos]))
+                if per_input.values is not None:
+                    p.value = float(per_input.values[pos])
                 else:
-                    pr, top = mean_probs[pos], int(top_class[pos])
-                    p.label, p.uncertainty = self.labels[top], float(1.0 - pr[top])
+                    pr = per_input.probabilities[pos]
+                    p.label = self.labels[int(pr.argmax())]
                     p.probabilities = dict(zip(self.labels, pr.tolist()))
                 p.neighbours = self._neighbours(idx[rows], sim[rows], k)
                 if self.modality == "eeg":
@@ -279,32 +263,6 @@ class Bundle:
                 if len(seen) == k:
                     break
         return list(seen.values())
-
-
-def recording_embeddings(emb: np.ndarray, owner: np.ndarray, n: int, metric: str) -> np.ndarray:
-    """One embedding per input from its rows (an EEG recording's windows).
-
-    emb: [R, D] row embeddings, owner: [R] input position (0 .. n-1) of each
-    row. "cosine": the L2-normalised mean of the rows (a unit vector, like
-    the rows); "l2": the plain mean of the rows' raw embeddings (the point
-    closest, in squared Euclidean distance, to all of them). An input with
-    no rows gets zeros. Returns float32 [n, D].
-    """
-    emb = np.asarray(emb, np.float32)
-    owner = np.asarray(owner, np.int64)
-    out = np.zeros((n, emb.shape[1]), np.float32)
-    np.add.at(out, owner, emb)
-    if metric == "cosine":  # the sum has the direction of the mean
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-    counts = np.bincount(owner, minlength=n).astype(np.float32)
-    return out / np.maximum(counts, 1.0)[:, None]
-
-
-def rows_by_owner(owner: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """[(input position, its row indices)] in input order; O(R log R), not O(R x inputs)."""
-    order = np.argsort(owner, kind="stable")
-    positions, starts = np.unique(owner[order], return_index=True)
-    return [(int(pos), rows) for pos, rows in zip(positions, np.split(order, starts[1:]))]
 
 
 def _read_gallery_json(path: Path, n: int) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Per-epoch evaluation: kNN on embeddings and the predictions of a head.
 
-Thin glue over `supemb.train.metrics`, shared by the trainer and `supemb eval`.
+Thin glue over `supemb.predict.retrieval` (the metrics) and
+`supemb.predict.neighbours` (per-recording averages), used by the trainer.
 EEG windows also get recording-level metrics ("rec_" keys): window
 predictions averaged per recording, as serving does.
 """
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from supemb.train import metrics
+from supemb.predict import retrieval
+from supemb.predict.neighbours import aggregate_by_group
 
 
 def embedding_metrics(
@@ -20,9 +22,9 @@ def embedding_metrics(
     """kNN (queries `emb` [N, D] against the train gallery), retrieval, ordinality.
 
     metric: "cosine" or "l2", the geometry the embeddings are compared in
-    (`supemb.train.metrics`); temperature: of the kNN weights, in that
+    (`supemb.predict.neighbours`); temperature: of the kNN weights, in that
     metric's similarity units (None: the cosine defaults of `embedding_report`)."""
-    return metrics.embedding_report(
+    return retrieval.embedding_report(
         train_emb, train_targets, emb, targets, task, k=k, temperature=temperature,
         val_groups=groups if per_recording else None, metric=metric,
     )
@@ -34,12 +36,12 @@ def head_metrics(
     """Metrics of a head's predictions `pred` [N] (values, or class ids)."""
     out: dict[str, float] = {}
     if task == "regression":
-        out.update({f"{prefix}_{k}": v for k, v in metrics.regression_metrics(pred, targets).items()})
+        out.update({f"{prefix}_{k}": v for k, v in retrieval.regression_metrics(pred, targets).items()})
         if per_recording:
-            _, rec_pred = metrics.aggregate(pred, groups)
-            _, rec_t = metrics.aggregate(targets, groups)
-            out.update({f"rec_{prefix}_{k}": v for k, v in metrics.regression_metrics(rec_pred, rec_t).items()})
+            _, rec_pred = aggregate_by_group(pred, groups)
+            _, rec_t = aggregate_by_group(targets, groups)
+            out.update({f"rec_{prefix}_{k}": v for k, v in retrieval.regression_metrics(rec_pred, rec_t).items()})
     else:
-        out[f"{prefix}_acc"] = metrics.accuracy(pred, targets)
-        out[f"{prefix}_bacc"] = metrics.balanced_accuracy(pred, targets)
+        out[f"{prefix}_acc"] = retrieval.accuracy(pred, targets)
+        out[f"{prefix}_bacc"] = retrieval.balanced_accuracy(pred, targets)
     return {k: float(v) for k, v in out.items() if np.isfinite(v)}

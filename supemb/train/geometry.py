@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from supemb.train.metrics import _as_embeddings, l2_normalize, pair_indices
+from supemb.predict.neighbours import l2_normalize
+from supemb.predict.retrieval import pair_indices
 
 _PAIR_CHUNK = 1 << 14  # pairs per block: bounded memory for large N
 
@@ -37,8 +38,8 @@ def alignment(emb_a: npt.ArrayLike, emb_b: npt.ArrayLike, alpha: float = 2.0) ->
     embedding is served in. 0 when every pair coincides, at most 2^alpha;
     lower is better. alpha > 0.
     """
-    a = l2_normalize(_as_embeddings(emb_a, "emb_a"))
-    b = l2_normalize(_as_embeddings(emb_b, "emb_b"))
+    a = l2_normalize(emb_a, "emb_a")
+    b = l2_normalize(emb_b, "emb_b")
     if a.shape != b.shape:
         raise ValueError(f"emb_a has shape {a.shape} but emb_b has {b.shape}")
     alpha = float(alpha)
@@ -63,7 +64,7 @@ def uniformity(emb: npt.ArrayLike, t: float = 2.0, max_pairs: int = 200_000, see
     random with `seed`, so the value is deterministic. Computed with a
     max-shifted log-sum-exp, so a large t does not underflow to log(0).
     """
-    e = l2_normalize(_as_embeddings(emb, "emb"))
+    e = l2_normalize(emb, "emb")
     t = float(t)
     if not (np.isfinite(t) and t > 0):
         raise ValueError(f"t must be a positive number, got {t!r}")

@@ -12,20 +12,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from supemb.train import metrics
+from supemb.predict.neighbours import embedding_array, nearest_neighbours, neighbour_regress, neighbour_vote
 
 # kNN temperature grid, in units of the median similarity gap between a query's 1st and k-th neighbour.
 KNN_TEMPERATURE_FACTORS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 20.0)
 KNN_KS = (5, 10, 20, 40)  # kNN sizes tried on validation when --knn-k is not given
-
-
-def embedding_array(features: np.ndarray, metric: str) -> np.ndarray:
-    """Raw encoder features `[N, D]` -> the served embedding (float32): L2-normalised
-    rows for "cosine", the features as they are for "l2" (`trainer.Model.embedding_of` in numpy)."""
-    f = np.asarray(features, np.float32)
-    if metric == "cosine":
-        return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-    return f
 
 
 def choose_knn(
@@ -43,16 +34,16 @@ def choose_knn(
     best: tuple[float, str, int, float] | None = None
     for metric in metrics_tried:
         g, q = embedding_array(train_feats, metric), embedding_array(val_feats, metric)
-        idx_all, sim_all = metrics.nearest_neighbours(q, g, ks[-1], metric=metric)
+        idx_all, sim_all = nearest_neighbours(q, g, ks[-1], metric=metric)
         for k in ks:
             idx, sim = idx_all[:, :k], sim_all[:, :k]
             spread = float(np.median(sim[:, 0] - sim[:, -1])) or 1.0
             for factor in KNN_TEMPERATURE_FACTORS:
                 t = float(f"{spread * factor:.3g}")
                 if task == "regression":
-                    pred, _ = metrics.neighbour_regress(sim, train_targets[idx], temperature=t)
+                    pred, _ = neighbour_regress(sim, train_targets[idx], temperature=t)
                 else:
-                    probs = metrics.neighbour_vote(sim, train_targets[idx].astype(np.int64), n_classes, t)
+                    probs = neighbour_vote(sim, train_targets[idx].astype(np.int64), n_classes, t)
                     pred = probs.argmax(1)
                 s = score(pred)
                 if best is None or s > best[0] + 1e-12:

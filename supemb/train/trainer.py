@@ -60,7 +60,8 @@ from supemb.losses import RnCLoss, SupConLoss, TargetedSupConLoss
 from supemb.encoders.heads import LinearHead, ProjectionHead
 from supemb.encoders.registry import build_encoder
 from supemb.train import evaluate, probe
-from supemb.train.selection import KNN_KS, choose_knn, embedding_array
+from supemb.predict.neighbours import embedding_array
+from supemb.train.selection import KNN_KS, choose_knn
 from supemb.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from supemb.train.config import METRICS, TrainConfig, save_config
 from supemb.train.data import EvalDataset, PreparedData, SeededDataset, epoch_order, prepare_data

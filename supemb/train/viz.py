@@ -32,6 +32,8 @@ from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from supemb.predict.neighbours import check_metric, l2_normalize
+
 Method = Literal["tsne", "pca"]
 
 MIN_TSNE_POINTS = 5
@@ -94,10 +96,8 @@ def project_2d(emb: npt.ArrayLike, method: Method = "tsne", seed: int = 0,
         raise ValueError("embeddings contain NaN or Inf values")
     if method not in ("tsne", "pca"):
         raise ValueError(f"method must be 'tsne' or 'pca', got {method!r}")
-    if metric not in ("cosine", "l2"):
-        raise ValueError(f"metric must be 'cosine' or 'l2', got {metric!r}")
-    if metric == "cosine":
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    if check_metric(metric) == "cosine":
+        x = l2_normalize(x)
     if method == "tsne" and len(x) >= MIN_TSNE_POINTS:
         return _tsne(x, seed), "t-SNE"
     return _pca(x, 2), "PCA"

@@ -1,6 +1,6 @@
-"""Evaluation metrics: hand-computed values, kNN on toy geometry, retrieval
-against hand-worked examples, ordinality, recording aggregation and the
-per-epoch report."""
+"""supemb.predict.retrieval: hand-computed prediction metrics, retrieval
+against hand-worked examples and brute force, ordinality, the per-epoch
+report (and supemb.train.geometry's alignment and uniformity)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,20 @@ import json
 import numpy as np
 import pytest
 
-from supemb.train.geometry import alignment, uniformity
-from supemb.train.metrics import (
+from supemb.predict import neighbours
+from supemb.predict.neighbours import knn_classify, knn_regress, l2_normalize, nearest_neighbours
+from supemb.predict.retrieval import (
     accuracy,
-    aggregate,
+    average_precision_at_r,
     balanced_accuracy,
     embedding_report,
-    knn_classify,
-    knn_regress,
-    l2_normalize,
     map_at_r,
-    nearest_neighbours,
     ordinality,
     precision_at_1,
     regression_metrics,
+    spearman,
 )
+from supemb.train.geometry import alignment, uniformity
 
 
 def _circle(angles_deg: np.ndarray | list[float]) -> np.ndarray:
@@ -105,127 +104,6 @@ def test_balanced_accuracy_ignores_classes_only_predicted() -> None:
     assert balanced_accuracy([0, 2, 1, 1], [0, 0, 1, 1]) == pytest.approx((0.5 + 1.0) / 2)
 
 
-# -------------------------------------------------------------------- kNN
-
-
-def test_nearest_neighbours_order_and_ties() -> None:
-    gallery = _circle([40, 10, 10, 80, -20])  # items 1 and 2 coincide
-    idx, sim = nearest_neighbours(_circle([0]), gallery, k=4)
-    assert idx.tolist() == [[1, 2, 4, 0]]  # tie between 1 and 2 -> lower index first
-    assert np.all(np.diff(sim[0]) <= 0)
-    assert sim[0, 0] == pytest.approx(np.cos(np.deg2rad(10)))
-    # k equal to the gallery size sorts everything.
-    idx_all, _ = nearest_neighbours(_circle([0]), gallery, k=5)
-    assert idx_all.tolist() == [[1, 2, 4, 0, 3]]
-
-
-def test_nearest_neighbours_scale_invariant_and_checks() -> None:
-    rng = np.random.default_rng(1)
-    q, g = rng.normal(size=(7, 5)), rng.normal(size=(30, 5))
-    a, _ = nearest_neighbours(q, g, 6)
-    b, _ = nearest_neighbours(q * 10.0, g * rng.uniform(0.1, 5, (30, 1)), 6)
-    np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match="k = 31"):
-        nearest_neighbours(q, g, 31)
-    with pytest.raises(ValueError, match="k = 30 but only 29"):
-        nearest_neighbours(g, g, 30, exclude_self=True)
-    with pytest.raises(ValueError, match="positive integer"):
-        nearest_neighbours(q, g, 0)
-    with pytest.raises(ValueError, match="dimension"):
-        nearest_neighbours(q, g[:, :4], 3)
-    with pytest.raises(ValueError, match="exclude_self"):
-        nearest_neighbours(q, g, 3, exclude_self=True)
-
-
-def test_knn_classify_separable_clusters() -> None:
-    g_emb, g_lab = _clusters(20, 4, seed=0)
-    q_emb, q_lab = _clusters(10, 4, seed=1)
-    pred, probs = knn_classify(q_emb, g_emb, g_lab, k=10)
-    assert accuracy(pred, q_lab) == 1.0
-    assert probs.shape == (40, 4)
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-12)
-    assert np.all(probs >= 0)
-    # n_classes widens the probability table; unseen classes get zero.
-    _, probs6 = knn_classify(q_emb, g_emb, g_lab, k=10, n_classes=6)
-    assert probs6.shape == (40, 6) and np.all(probs6[:, 4:] == 0)
-    with pytest.raises(ValueError, match="n_classes"):
-        knn_classify(q_emb, g_emb, g_lab, k=10, n_classes=3)
-    with pytest.raises(ValueError, match="rows"):
-        knn_classify(q_emb, g_emb, g_lab[:-1], k=10)
-
-
-def test_knn_classify_weights_are_exp_similarity() -> None:
-    # Query at 0°: neighbours at 10° (class 1), 20° and 30° (class 0).
-    gallery = _circle([10, 20, 30])
-    labels = np.array([1, 0, 0])
-    t = 0.05
-    _, probs = knn_classify(_circle([0]), gallery, labels, k=3, temperature=t)
-    w = np.exp(np.cos(np.deg2rad([10, 20, 30])) / t)
-    assert probs[0, 1] == pytest.approx(w[0] / w.sum())
-    # Small temperature -> 1-NN wins; large -> majority wins.
-    pred_cold, _ = knn_classify(_circle([0]), gallery, labels, k=3, temperature=0.001)
-    pred_hot, _ = knn_classify(_circle([0]), gallery, labels, k=3, temperature=100.0)
-    assert pred_cold.tolist() == [1] and pred_hot.tolist() == [0]
-
-
-def test_knn_regress_recovers_targets_on_a_manifold() -> None:
-    # A 1-D manifold (an arc) whose angle is the target.
-    g_y = np.linspace(0.0, 90.0, 181)
-    q_y = np.random.default_rng(0).uniform(5.0, 85.0, 50)
-    for reduce in ("mean", "median"):
-        for weighting in ("softmax", "uniform"):
-            pred, spread = knn_regress(
-                _circle(q_y), _circle(g_y), g_y, k=4, weighting=weighting, reduce=reduce, temperature=0.01
-            )
-            np.testing.assert_allclose(pred, q_y, atol=1.0)
-            assert np.all(spread < 1.0)
-
-
-def test_knn_regress_spread_zero_when_neighbours_agree_and_median_is_robust() -> None:
-    gallery = _circle([1, 2, 3, 4, 50])
-    targets = np.array([10.0, 10.0, 10.0, 10.0, 99.0])
-    pred, spread = knn_regress(_circle([0]), gallery, targets, k=4)
-    assert pred[0] == pytest.approx(10.0) and spread[0] == pytest.approx(0.0, abs=1e-12)
-    # With the outlier among the neighbours: uniform mean is pulled, median is not.
-    gallery = _circle([1, 2, 3, 4])
-    targets = np.array([10.0, 10.0, 10.0, 50.0])
-    mean, spread = knn_regress(_circle([0]), gallery, targets, k=4, weighting="uniform")
-    med, _ = knn_regress(_circle([0]), gallery, targets, k=4, weighting="uniform", reduce="median")
-    assert mean[0] == pytest.approx(20.0)
-    assert spread[0] == pytest.approx(np.sqrt((3 * 10.0**2 + 30.0**2) / 4))
-    assert med[0] == pytest.approx(10.0)
-    # Uniform median of an even k averages the two middle values, as np.median.
-    med2, _ = knn_regress(_circle([0]), gallery, np.array([1.0, 2.0, 4.0, 8.0]), k=4, weighting="uniform", reduce="median")
-    assert med2[0] == pytest.approx(3.0)
-
-
-def test_knn_regress_options_checked() -> None:
-    g = _circle([0, 10, 20])
-    with pytest.raises(ValueError, match="weighting"):
-        knn_regress(g, g, [1.0, 2.0, 3.0], k=2, weighting="idw")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="reduce"):
-        knn_regress(g, g, [1.0, 2.0, 3.0], k=2, reduce="max")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="temperature"):
-        knn_regress(g, g, [1.0, 2.0, 3.0], k=2, temperature=0.0)
-    with pytest.raises(ValueError, match="rows"):
-        knn_regress(g, g, [1.0, 2.0], k=2)
-
-
-def test_exclude_self_retrieves_the_duplicate_not_itself() -> None:
-    emb = _circle([0, 0, 90, 180])  # items 0 and 1 are the same point
-    idx, sim = nearest_neighbours(emb, emb, k=1, exclude_self=True)
-    assert idx[:2, 0].tolist() == [1, 0]
-    assert sim[0, 0] == pytest.approx(1.0)
-    assert np.all(idx[:, 0] != np.arange(4))
-    # Without the flag an item finds itself (or its twin) first.
-    idx_in, _ = nearest_neighbours(emb, emb, k=1)
-    assert idx_in[2, 0] == 2
-    # Leave-one-out kNN regression: item 0 predicts from its twin only.
-    targets = np.array([5.0, 7.0, 100.0, 200.0])
-    pred, _ = knn_regress(emb, emb, targets, k=1, exclude_self=True)
-    assert pred[0] == pytest.approx(7.0) and pred[1] == pytest.approx(5.0)
-
-
 # -------------------------------------------------------------- retrieval
 
 
@@ -290,7 +168,27 @@ def test_retrieval_perfect_on_clusters_and_matches_brute_force() -> None:
     assert map_at_r(emb, lab) == pytest.approx(np.mean(aps))
 
 
+def test_average_precision_at_r_from_any_ranking() -> None:
+    # The ranking `supemb eval` gets from FAISS: query 0 (label 0, R = 3) retrieves 0 1 0 0,
+    # query 1 (label 1, R = 2) retrieves 0 1 1 1; only the first R count.
+    g_labels = np.array([0, 1, 0, 1, 0, 1])
+    idx = np.array([[0, 1, 2, 4], [2, 1, 3, 5]])
+    ap = average_precision_at_r(idx, np.array([0, 1]), g_labels, np.array([3, 2]))
+    np.testing.assert_allclose(ap, [(1 + 2 / 3) / 3, (1 / 2) / 2])
+
+
 # ------------------------------------------------------------- ordinality
+
+
+def test_spearman_matches_scipy_with_ties() -> None:
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(9)
+    a = rng.integers(0, 6, 200).astype(np.float64)  # many ties
+    b = a + rng.normal(0, 2.0, 200)
+    b[::7] = 1.5  # ties in b too
+    assert spearman(a, b) == pytest.approx(float(spearmanr(a, b).statistic), rel=1e-12)
+    assert spearman(a, -a) == pytest.approx(-1.0)
 
 
 def test_ordinality_monotone_is_one_and_random_is_zero() -> None:
@@ -316,21 +214,6 @@ def test_ordinality_subsampling_is_deterministic() -> None:
         ordinality(emb, y[:-1])
     with pytest.raises(ValueError, match="at least 2"):
         ordinality(emb[:1], y[:1])
-
-
-# --------------------------------------------------------------- recording
-
-
-def test_aggregate_reuses_eeg_aggregation() -> None:
-    groups, agg = aggregate([1.0, 3.0, 10.0, 2.0, 20.0], [7, 7, 3, 7, 3])
-    assert groups.tolist() == [3, 7]
-    np.testing.assert_allclose(agg, [15.0, 2.0])
-    _, med = aggregate(np.array([1.0, 3.0, 10.0, 2.0, 20.0]), np.array([7, 7, 3, 7, 3]), how="median")
-    np.testing.assert_allclose(med, [15.0, 2.0])
-    _, probs = aggregate(np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]), np.array([0, 0, 1]))
-    np.testing.assert_allclose(probs, [[0.5, 0.5], [0.5, 0.5]])
-    with pytest.raises(ValueError):
-        aggregate([1.0, 2.0], [0])
 
 
 # ------------------------------------------------------------------ report
@@ -402,8 +285,6 @@ def test_embedding_report_matches_the_standalone_functions() -> None:
 
 
 def test_results_do_not_depend_on_the_block_size(monkeypatch: pytest.MonkeyPatch) -> None:
-    from supemb.train import metrics
-
     rng = np.random.default_rng(8)
     emb, lab = rng.normal(size=(90, 6)), rng.integers(0, 4, 90)
     y = rng.normal(size=90)
@@ -418,7 +299,7 @@ def test_results_do_not_depend_on_the_block_size(monkeypatch: pytest.MonkeyPatch
         )
 
     whole = run()
-    monkeypatch.setattr(metrics, "_BLOCK_ELEMENTS", 200)  # 2-3 query rows per block
+    monkeypatch.setattr(neighbours, "_BLOCK_ELEMENTS", 200)  # 2-3 query rows per block
     blocked = run()
     np.testing.assert_array_equal(whole[0][0], blocked[0][0])
     assert whole[1:3] == blocked[1:3]
@@ -457,62 +338,6 @@ def _scaled_data(seed: int, n_q: int = 40, n_g: int = 150, d: int = 6):
     return q, g
 
 
-@pytest.mark.parametrize("k", [1, 5, 150])
-def test_l2_nearest_neighbours_match_brute_force(k: int) -> None:
-    q, g = _scaled_data(20)
-    idx, sim = nearest_neighbours(q, g, k, metric="l2")
-    ref_idx, ref_sim = _brute_l2(q, g, k)
-    np.testing.assert_array_equal(idx, ref_idx)
-    np.testing.assert_allclose(sim, ref_sim, rtol=1e-10, atol=1e-9)
-    assert np.all(sim <= 0) and np.all(np.diff(sim, axis=1) <= 0)
-    # Not normalised: the cosine neighbours of the same rows are different ones.
-    assert not np.array_equal(idx, nearest_neighbours(q, g, k, metric="cosine")[0])  # (at k = G: the order)
-
-
-def test_l2_exclude_self_and_duplicates() -> None:
-    q, _ = _scaled_data(21, n_q=60)
-    q[17] = q[3]  # an exact duplicate stays a neighbour (at distance 0), itself does not
-    idx, sim = nearest_neighbours(q, q, 4, exclude_self=True, metric="l2")
-    ref_idx, ref_sim = _brute_l2(q, q, 4, exclude_self=True)
-    # 3 and 17 tie as neighbours of any other row; which comes first depends on
-    # the last bits of a BLAS product, so compare with 17 counted as 3.
-    same = {17: 3}
-    np.testing.assert_array_equal(np.vectorize(lambda i: same.get(i, i))(idx),
-                                  np.vectorize(lambda i: same.get(i, i))(ref_idx))
-    np.testing.assert_allclose(sim, ref_sim, atol=1e-9)
-    assert idx[3, 0] == 17 and idx[17, 0] == 3 and sim[3, 0] == pytest.approx(0.0, abs=1e-7)
-    assert all(i not in row for i, row in enumerate(idx))
-
-
-def test_l2_is_not_scale_invariant_and_scaling_both_scales_distances() -> None:
-    q, g = _scaled_data(22)
-    _, sim = nearest_neighbours(q, g, 5, metric="l2")
-    idx2, sim2 = nearest_neighbours(q * 3.0, g * 3.0, 5, metric="l2")
-    np.testing.assert_array_equal(idx2, nearest_neighbours(q, g, 5, metric="l2")[0])
-    np.testing.assert_allclose(sim2, 3.0 * sim, rtol=1e-9)
-
-
-def test_l2_knn_classify_and_regress_match_brute_force() -> None:
-    q, g = _scaled_data(23)
-    rng = np.random.default_rng(24)
-    lab, y = rng.integers(0, 4, len(g)), rng.normal(size=len(g))
-    t, k = 0.7, 6
-    ref_idx, ref_sim = _brute_l2(q, g, k)
-    w = np.exp(ref_sim / t)
-    w /= w.sum(axis=1, keepdims=True)
-    ref_probs = np.zeros((len(q), 4))
-    for i in range(len(q)):
-        for j in range(k):
-            ref_probs[i, lab[ref_idx[i, j]]] += w[i, j]
-    pred, probs = knn_classify(q, g, lab, k, n_classes=4, temperature=t, metric="l2")
-    np.testing.assert_allclose(probs, ref_probs, atol=1e-12)
-    np.testing.assert_array_equal(pred, ref_probs.argmax(axis=1))
-    value, spread = knn_regress(q, g, y, k, temperature=t, metric="l2")
-    ref_value = (w * y[ref_idx]).sum(axis=1)
-    np.testing.assert_allclose(value, ref_value, atol=1e-12)
-    np.testing.assert_allclose(spread, np.sqrt((w * (y[ref_idx] - ref_value[:, None]) ** 2).sum(axis=1)), atol=1e-12)
-
-
 def test_l2_retrieval_matches_brute_force() -> None:
     q, g = _scaled_data(25)
     rng = np.random.default_rng(26)
@@ -531,8 +356,6 @@ def test_l2_retrieval_matches_brute_force() -> None:
 
 
 def test_l2_embedding_report_matches_the_standalone_functions(monkeypatch: pytest.MonkeyPatch) -> None:
-    from supemb.train import metrics
-
     q, g = _scaled_data(27, n_q=50, n_g=200)
     rng = np.random.default_rng(28)
     g_lab, v_lab = rng.integers(0, 5, 200), rng.integers(0, 5, 50)
@@ -551,7 +374,7 @@ def test_l2_embedding_report_matches_the_standalone_functions(monkeypatch: pytes
     assert reg["knn_mae"] == pytest.approx(regression_metrics(value, v_y)["mae"])
     assert reg["knn_spread"] == pytest.approx(float(np.mean(spread)))
     assert reg["ordinality"] == pytest.approx(ordinality(q, v_y, normalize=False))
-    monkeypatch.setattr(metrics, "_BLOCK_ELEMENTS", 300)  # one or two query rows per block
+    monkeypatch.setattr(neighbours, "_BLOCK_ELEMENTS", 300)  # one or two query rows per block
     for blocked, whole in zip(reports(), (cls, reg)):  # equal up to the last bits of a BLAS product
         assert blocked == pytest.approx(whole, rel=1e-12)
     with pytest.raises(ValueError, match="metric must be 'cosine' or 'l2'"):
