@@ -5,11 +5,11 @@
 
 or from Python: `launch()`, or `build_app()` to get the `gr.Blocks`.
 
-A thin layer over the library: every prediction is `Bundle.predict`'s
-arithmetic on the bundle's own encoder (one ONNX pass per upload; the same
-embeddings place the input on the gallery map). Uploads are decoded by
-`supemb.data` (image pixel limit, EEG checks), and anything wrong with an
-upload becomes a one-line message in the page, never a dead app.
+A thin layer over the library's public API: every prediction is
+`Bundle.predict(..., embeddings=True)` (one ONNX pass per upload; the
+prediction's own embedding places the input on the gallery map). Uploads are
+decoded by `supemb.data` (image pixel limit, EEG checks), and anything wrong
+with an upload becomes a one-line message in the page, never a dead app.
 
 Safe defaults: bound to 127.0.0.1, uploads capped at MAX_FILE_SIZE, images at
 MAX_PIXELS, and the only server folder the page can read from is the
@@ -126,8 +126,7 @@ def load_served(bundles: Mapping[str, str | Path | Bundle] | None = None) -> dic
                             f"but this one does {b.modality} {b.task}")
         path = api.default_bundle_path(name) if given is None else Path(b.source)
         eeg = spec.modality == "eeg"
-        gallery_map = GalleryMap.fit(b, spec.gallery_items, label="your recording" if eeg else "your input",
-                                     parts="its windows" if eeg else "")
+        gallery_map = GalleryMap.fit(b, spec.gallery_items, label="your recording" if eeg else "your input")
         served[name] = Served(spec, b, path, gallery_map)
     return served
 
@@ -176,14 +175,11 @@ def predict_image(served: Served, path: str | None, k: Any = None, max_pixels: i
     def run(path: str, source: str, k: Any) -> tuple:
         kk = _k(served, k)
         image = load_image(path, max_pixels=max_pixels)
-        emb, owner, failures = b.encoder.embed_rows([image], on_error="skip")
-        if failures:
-            raise UserError(failures[0].message)
-        pred = b.predict_embeddings(emb, owner, [image], k=kk)[0]
+        pred = b.predict([image], k=kk, embeddings=True)[0]  # a bad image raises UserError
         return (summary_markdown(b, pred, len(pred.neighbours), spec.items),
                 prediction_json(b, pred, len(pred.neighbours), source),
                 image_neighbours(b, pred),
-                served.gallery_map.draw(emb))
+                served.gallery_map.draw(pred.embedding))
 
     return _guarded(spec, 4, run, path, k)
 
@@ -197,17 +193,14 @@ def predict_eeg(served: Served, path: str | None, k: Any = None) -> tuple:
     def run(path: str, source: str, k: Any) -> tuple:
         kk = _k(served, k)
         raw = read_recording(path)  # read once: the model and the spectrum both use it
-        emb, owner, failures = b.encoder.embed_rows([raw], on_error="skip")
-        if failures:
-            raise UserError(failures[0].message)
-        pred = b.predict_embeddings(emb, owner, [raw], k=kk)[0]
+        pred = b.predict([raw], k=kk, embeddings=True)[0]  # a bad recording raises UserError
         lookup = channel_lookup(raw.ch_names)
         spectrum = eeg_spectrum(raw, [lookup[c] for c in b.spec.channels], (b.spec.l_freq, b.spec.h_freq))
         return (summary_markdown(b, pred, len(pred.neighbours), spec.items),
                 prediction_json(b, pred, len(pred.neighbours), source),
                 eeg_neighbours(b, pred),
                 spectrum,
-                served.gallery_map.draw(emb))
+                served.gallery_map.draw(pred.embedding))
 
     return _guarded(spec, 5, run, path, k)
 
