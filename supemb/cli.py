@@ -11,7 +11,6 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from types import ModuleType
 
 from supemb import __version__
@@ -145,24 +144,11 @@ _SUBCOMMANDS["index"] = ("rebuild or extend a bundle's labelled gallery without 
                          _lazy("supemb.commands", "index_parser"))
 
 
-def _load_demo(root: Path | None = None) -> ModuleType:
-    """demo/app.py from the source checkout (it is not part of the installed package).
-    root: the checkout (default: the folder above the imported supemb package)."""
-    import importlib.util
+def _load_demo() -> ModuleType:
+    """supemb.demo.app, imported only when the demo runs: gradio is heavy, and `supemb --help` must stay light."""
+    import importlib
 
-    import supemb
-
-    folder = (root or Path(supemb.__file__).resolve().parent.parent) / "demo"
-    if not (folder / "app.py").is_file():
-        raise UserError(f"{folder / 'app.py'}: not found; the demo lives in the source checkout, so run "
-                        "`supemb demo` from an editable install (`pip install -e .` in a clone of supemb)")
-    if "supemb_demo" not in sys.modules:  # a package of its own name, so its relative imports work
-        spec = importlib.util.spec_from_file_location("supemb_demo", folder / "__init__.py",
-                                                      submodule_search_locations=[str(folder)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["supemb_demo"] = module
-        spec.loader.exec_module(module)
-    return importlib.import_module("supemb_demo.app")
+    return importlib.import_module("supemb.demo.app")
 
 
 def _demo_parser(p: argparse.ArgumentParser) -> Handler:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +61,26 @@ def test_closed_stdout_pipe_ends_quietly(tmp_path) -> None:
     _, err = proc.communicate(timeout=120)
     assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
     assert proc.returncode == 141
+
+
+def test_demo_is_loaded_from_the_package_and_help_stays_light() -> None:
+    """`supemb --help` (and `import supemb.demo`) import no gradio; `supemb demo` loads
+    supemb.demo.app, the packaged app, as a normal subpackage."""
+    code = ("import contextlib, io, sys\n"
+            "import supemb.demo\n"
+            "from supemb.cli import _load_demo, main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try:\n"
+            "        main(['--help'])\n"
+            "    except SystemExit:\n"
+            "        pass\n"
+            "assert 'gradio' not in sys.modules, 'gradio imported before the demo runs'\n"
+            "app = _load_demo()\n"
+            "assert 'gradio' in sys.modules and callable(app.launch) and callable(app.build_app)\n"
+            "print(app.__name__, app.__file__)\n")
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    name, file = out.stdout.split()
+    import supemb
+
+    assert name == "supemb.demo.app" and Path(file) == Path(supemb.__file__).parent / "demo" / "app.py"

@@ -1,4 +1,4 @@
-"""The web demo (demo/app.py): served in-process and called like a user would.
+"""The web demo (supemb/demo/app.py): served in-process and called like a user would.
 
 Every tab is called through `gradio_client` and must give the library's own
 prediction for the same file; bad uploads must come back as a message while
@@ -31,8 +31,9 @@ from supemb.predict import api
 pytest.importorskip("gradio_client", reason="gradio_client is needed to call the demo")
 from gradio_client import Client, handle_file  # noqa: E402
 
-demo = _load_demo()
-from supemb_demo import views  # noqa: E402 - importable once _load_demo has run
+from supemb.demo import views  # noqa: E402
+
+demo = _load_demo()  # what `supemb demo` serves
 
 # gradio's queue calls pandas in ways pandas 3 deprecates: not ours to fix
 pytestmark = [pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
@@ -234,8 +235,6 @@ def test_cli_demo_usage_errors(capsys, tmp_path: Path) -> None:
     assert "expected NAME=DIR" in capsys.readouterr().err
     assert main(["demo", "--bundle", f"nose={tmp_path}"]) == 1
     assert "no demo tab 'nose'" in capsys.readouterr().err
-    with pytest.raises(UserError, match="source checkout"):
-        _load_demo(tmp_path)  # an installation without demo/
 
 
 def test_cli_demo_busy_port_is_a_clear_error(capsys, monkeypatch, tmp_path: Path) -> None:
@@ -296,3 +295,48 @@ def test_prediction_json_is_the_library_prediction() -> None:
     pred = b.predict(image)[0]
     d = demo.prediction_json(b, pred, 10, "x.png")
     assert d["value"] == pred.value and d["neighbours"] == [dataclasses.asdict(n) for n in pred.neighbours]
+
+
+def test_demo_is_the_packaged_module_over_the_public_api() -> None:
+    import inspect
+
+    assert demo.__name__ == "supemb.demo.app"
+    assert Path(demo.__file__).parent == Path(supemb.__file__).parent / "demo"
+    for module in (demo, views):  # the demo goes through Bundle.predict / embed, not the encoder's internals
+        source = inspect.getsource(module)
+        assert "embed_rows" not in source and "predict_embeddings" not in source and ".encoder" not in source
+
+
+def test_prediction_embedding_is_the_inputs_embedding(tmp_path: Path) -> None:
+    """Bundle.predict(..., embeddings=True): each input's `embed` row, from the same pass, JSON-able."""
+    import json
+
+    from supemb.data.synthetic_eeg import make_eeg_dataset
+    from supemb.data.synthetic_images import face_arrays
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", api.DemoModelWarning)
+        image_bundle, eeg_bundle = api.get_bundle(None, "age"), api.get_bundle(None, "brain_age")
+    faces = list(face_arrays(2, size=32, seed=5)[0])
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    preds = image_bundle.predict([faces[0], str(bad), faces[1]], on_error="skip", embeddings=True)
+    want = image_bundle.embed(faces)
+    assert preds[1].error and preds[1].embedding is None  # a skipped input has no embedding
+    for p, row in zip([preds[0], preds[2]], want):
+        assert len(p.embedding) == image_bundle.embedding_dim
+        np.testing.assert_allclose(p.embedding, row, rtol=1e-6, atol=1e-6)
+    assert json.loads(json.dumps(preds[0].to_dict()))["embedding"] == pytest.approx(preds[0].embedding)
+    plain = image_bundle.predict(faces[0])[0]  # the default: no embedding, and the same prediction
+    assert plain.embedding is None and "embedding" not in plain.to_dict()
+    assert plain.value == pytest.approx(preds[0].value, abs=1e-5)
+    assert [n.index for n in plain.neighbours] == [n.index for n in preds[0].neighbours]
+
+    folder = make_eeg_dataset(tmp_path / "eeg", 2, duration_s=40.0, sfreq=100.0, seed=3)
+    recordings = sorted(str(f) for f in folder.iterdir() if f.suffix == ".edf")
+    preds = eeg_bundle.predict(recordings, embeddings=True)
+    want = eeg_bundle.embed(recordings)  # a recording's pooled windows (recording_embeddings)
+    assert want.shape == (2, eeg_bundle.embedding_dim) and preds[0].windows > 1
+    for p, row in zip(preds, want):
+        np.testing.assert_allclose(p.embedding, row, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(want[0], want[1])

@@ -66,7 +66,11 @@ class Prediction:
     """One input's prediction. Regression: `value`; classification: `label`
     and `probabilities`. `uncertainty`: the neighbours' weighted spread (values,
     in target units) or 1 - top probability (classes). `error` is set, and the
-    rest empty, for an input that could not be read (on_error="skip")."""
+    rest empty, for an input that could not be read (on_error="skip").
+    `embedding` (only with `Bundle.predict(..., embeddings=True)`): the
+    input's embedding [D] in the bundle's metric, the row `Bundle.embed`
+    gives (EEG: `recording_embeddings` of the windows); float32 values as a
+    plain list, so `to_dict()` stays JSON-able."""
 
     source: str
     value: float | None = None
@@ -76,6 +80,7 @@ class Prediction:
     neighbours: list[Neighbour] = field(default_factory=list)
     windows: int | None = None  # EEG: windows the recording gave
     error: str | None = None
+    embedding: list[float] | None = None
 
     @property
     def ok(self) -> bool:
@@ -194,20 +199,31 @@ class Bundle:
 
     def predict(self, inputs: Any, k: int | None = None, *, batch_size: int = 64,
                 on_error: Literal["raise", "skip"] = "raise", reduce: str | None = None,
-                progress: bool | None = None) -> list[Prediction]:
+                progress: bool | None = None, embeddings: bool = False) -> list[Prediction]:
         """One `Prediction` per input, in order (a single input gives a list of one).
 
         k: neighbours (default: the bundle's). reduce: "mean" (default) or
         "median" of the neighbours' targets (regression). on_error="skip":
         an input that cannot be read gets a Prediction with `error` set
-        instead of stopping the others.
+        instead of stopping the others. embeddings=True also fills each
+        prediction's `embedding` (from the same encoder pass).
         """
         items, _ = _as_list(inputs)
         k = self.default_k if k is None else int(k)
         if k < 1:
             raise UserError(f"k must be >= 1, got {k}")
         emb, owner, failures = self.encoder.embed_rows(items, batch_size, progress, on_error)
-        return self.predict_embeddings(emb, owner, items, k=k, reduce=reduce, failures=failures)
+        preds = self.predict_embeddings(emb, owner, items, k=k, reduce=reduce, failures=failures)
+        if embeddings:  # per input as `embed` gives it: an image's one row, a recording's pooled windows
+            if self.modality == "image":
+                per_input = np.zeros((len(items), emb.shape[1]), np.float32)
+                per_input[owner] = emb
+            else:
+                per_input = recording_embeddings(emb, owner, len(items), self.metric)
+            for p, vector in zip(preds, per_input):
+                if p.ok:
+                    p.embedding = vector.tolist()
+        return preds
 
     def predict_embeddings(self, emb: np.ndarray, owner: np.ndarray, items: Sequence[Any], k: int,
                            reduce: str | None = None, failures: Sequence[Failure] = ()) -> list[Prediction]:

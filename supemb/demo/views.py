@@ -68,12 +68,11 @@ class GalleryMap:
     target_name: str
     colour_label: str
     label: str = "your input"  # the query's legend entry
-    parts: str = ""  # what an input's several rows are (EEG: "its windows"), "" for one row
-    _canvas: Any = field(default=None, init=False, repr=False)  # (figure, background, star, crosses)
+    _canvas: Any = field(default=None, init=False, repr=False)  # (figure, background, star, extent)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @classmethod
-    def fit(cls, bundle: Bundle, items: str = "items", label: str = "your input", parts: str = "") -> GalleryMap:
+    def fit(cls, bundle: Bundle, items: str = "items", label: str = "your input") -> GalleryMap:
         ids, vectors = gallery_vectors(bundle)
         x = vectors.astype(np.float64)
         y = np.asarray(bundle.targets, np.float64)[ids]
@@ -95,31 +94,27 @@ class GalleryMap:
         return cls(mean=mean, axes=axes, points=xc @ axes, targets=y, explained=explained,
                    title=f"the gallery's {bundle.index.ntotal} {items} in the embedding space",
                    target_name=bundle.target_name, colour_label=f"{bundle.target_name}{unit}",
-                   label=label, parts=parts)
+                   label=label)
 
     def project(self, emb: np.ndarray) -> np.ndarray:
         """Embeddings [N, D] -> map positions [N, 2]."""
         return (np.asarray(emb, np.float64) - self.mean) @ self.axes
 
-    def draw(self, query: np.ndarray) -> np.ndarray:
+    def draw(self, query: Any) -> np.ndarray:
         """The map with the query as a star -> RGB uint8 [H, W, 3].
 
-        query: [N, D] the input's embedding rows; N > 1 (an EEG recording's
-        windows) draws each as a cross and the star at their mean, which is
-        where the averaged prediction comes from. A star beyond the gallery's
-        extent is drawn on its edge.
+        query: the input's embedding [D] (a `Prediction.embedding`; for an EEG
+        recording its windows' pooled embedding, where the averaged prediction
+        comes from). A star beyond the gallery's extent is drawn on its edge.
         """
-        q = self.project(np.atleast_2d(query))
+        q = self.project(np.reshape(np.asarray(query, np.float64), (1, -1)))[0]
         with self._lock:  # one figure per map, drawn on by one request at a time (a few ms)
             if self._canvas is None:
                 self._canvas = self._background()
-            fig, background, star, crosses, (lo, hi) = self._canvas
+            fig, background, star, (lo, hi) = self._canvas
             fig.canvas.restore_region(background)
-            crosses.set_offsets(q if len(q) > 1 else np.zeros((0, 2)))
-            star.set_offsets(np.clip(q.mean(axis=0), lo, hi)[None])
-            ax = star.axes
-            ax.draw_artist(crosses)
-            ax.draw_artist(star)
+            star.set_offsets(np.clip(q, lo, hi)[None])
+            star.axes.draw_artist(star)
             return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
     def _background(self) -> tuple:
@@ -133,17 +128,15 @@ class GalleryMap:
         lo, hi = self.points.min(axis=0) - pad, self.points.max(axis=0) + pad
         ax.set_xlim(lo[0], hi[0])
         ax.set_ylim(lo[1], hi[1])
-        crosses = ax.scatter([], [], marker="x", s=22, c="#d62728", linewidths=1.0, animated=True,
-                             label=self.parts or "_nolegend_")
         star = ax.scatter([], [], marker="*", s=360, c="#d62728", edgecolors="white", linewidths=1.2,
                           animated=True, zorder=5, label=self.label)
         ax.set_xlabel(f"direction that follows {self.target_name} ({self.explained[0]:.0%} of variance)")
         ax.set_ylabel(f"largest other variation ({self.explained[1]:.0%})")
         ax.set_title(self.title, fontsize=9)
-        ax.legend(handles=[star, crosses] if self.parts else [star], loc="best", fontsize=8, framealpha=0.85)
+        ax.legend(handles=[star], loc="best", fontsize=8, framealpha=0.85)
         fig.canvas.draw()
         extent = (self.points.min(axis=0), self.points.max(axis=0))  # a far star stays whole, on the edge
-        return fig, fig.canvas.copy_from_bbox(fig.bbox), star, crosses, extent
+        return fig, fig.canvas.copy_from_bbox(fig.bbox), star, extent
 
 
 # ---------------------------------------------------------------- spectrum
@@ -222,8 +215,10 @@ def summary_markdown(bundle: Bundle, pred: Prediction, k: int, what: str) -> str
 
 
 def prediction_json(bundle: Bundle, pred: Prediction, k: int, source: str) -> dict[str, Any]:
-    """The prediction as data (for API clients): the library's Prediction, named by the upload."""
+    """The prediction as data (for API clients): the library's Prediction, named by the upload
+    (without its embedding: D numbers only the map needs)."""
     d = pred.to_dict()
+    d.pop("embedding", None)
     d.update(source=source, target=bundle.target_name, unit=bundle.unit, k=k, bundle=bundle.name)
     return d
 
