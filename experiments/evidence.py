@@ -452,7 +452,7 @@ def _task_markdown(name: str, r: dict) -> list[str]:
     if name == "webcam":
         intro = (f"{d['n_images']:,} {d['size']}x{d['size']} frames from {d['n_cameras']} cameras, one fixed "
                  "seeded 80/10/10 split; the camera dominates the pixels, temperature shows through weak cues "
-                 "(synthetic, `supemb.data.synthetic_images`).")
+                 "(synthetic, `supemb.data.synthetic_webcam`).")
     elif name == "eeg":
         intro = (f"{d['recordings']} recordings (one per subject) of {d['duration_s']:g} s, 19 channels at "
                  f"{d['sfreq']:g} Hz, {d['window_s']:g} s windows with {d['stride_s']:g} s stride, {d['scaling']} "

@@ -125,11 +125,11 @@ def evaluate_bundle(bundle: Any, data: str | Path, *, target: str | None = None,
     accuracy, balanced accuracy, P@1 and MAP@R against the gallery. EEG
     metrics are per recording ("rec_" keys, as the trainer names them).
     Everything compares embeddings in the bundle's metric (cosine or l2)."""
-    from supemb.export.writer import data_gallery
+    from supemb.export.gallery import data_gallery
     from supemb.predict import retrieval
     from supemb.predict.neighbours import recording_embeddings
 
-    src = data_gallery(data, bundle.modality, bundle.task, target or bundle.target_name, fmt=fmt,
+    src = data_gallery(data, bundle.plugin, bundle.task, target or bundle.target_name, fmt=fmt,
                        on_error=on_error)
     k = bundle.default_k if k is None else k
     emb, owner, failures = bundle.encoder.embed_rows(src.items, on_error=on_error)
@@ -137,7 +137,7 @@ def evaluate_bundle(bundle: Any, data: str | Path, *, target: str | None = None,
     ok = [i for i, p in enumerate(preds) if p.ok]
     if not ok:
         raise UserError(f"{data}: none of the items could be predicted")
-    prefix = "rec_knn" if bundle.modality == "eeg" else "knn"
+    prefix = "rec_knn" if bundle.plugin.grouped else "knn"  # a grouped input (recording) is scored whole
     out: dict[str, Any] = {"items": len(ok), "skipped": [f.message for f in failures] + list(src.skipped),
                            "k": k, "gallery": bundle.index.ntotal}
     if bundle.task == "regression":

@@ -48,7 +48,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from PIL import Image
 
     from supemb.data.synthetic_eeg import TUH_FILE_CHANNELS, synth_recording, write_edf
-    from supemb.data.synthetic_images import face_arrays
+    from supemb.data.synthetic_faces import face_arrays
 
     d = tmp_path_factory.mktemp("boundary_inputs")
     images, _, _ = face_arrays(1)
@@ -81,7 +81,6 @@ def test_eeg_serving_imports_no_training_code(eeg_served: dict) -> None:
     assert _training_modules(eeg_served["modules"]) == []
 
 
-@pytest.mark.xfail(strict=True, reason="lead: EEG decoding still imports torch via supemb.data.eeg")
 def test_eeg_serving_imports_no_torch(eeg_served: dict) -> None:
     assert eeg_served["ok"], eeg_served["error"]
     assert "torch" not in eeg_served["modules"]

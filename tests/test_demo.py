@@ -312,7 +312,7 @@ def test_prediction_embedding_is_the_inputs_embedding(tmp_path: Path) -> None:
     import json
 
     from supemb.data.synthetic_eeg import make_eeg_dataset
-    from supemb.data.synthetic_images import face_arrays
+    from supemb.data.synthetic_faces import face_arrays
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", api.DemoModelWarning)

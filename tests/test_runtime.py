@@ -269,7 +269,7 @@ def test_encoder_that_does_not_match_the_index(reg_bundle: Path, tmp_path: Path)
 
     b = _copy(reg_bundle, tmp_path)
     m = json.loads((b / "manifest.json").read_text())
-    s = m["preprocessing"]["image_size"]
+    s = next(step["image_size"] for step in m["preprocessing"]["steps"] if step["op"] == "resize_crop")
     export_onnx(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * s * s, 7)),
                 torch.zeros(2, 3, s, s), b / "encoder.onnx", input_name="input", output_name="embedding")
     mf.seal(b, {k: v for k, v in m.items() if k != "files"})

@@ -108,7 +108,7 @@ def test_wheel_installs_and_serves_without_the_checkout(tmp_path: Path) -> None:
         pytest.skip("installing the wheel needs pip")
     from PIL import Image
 
-    from supemb.data.synthetic_images import face_arrays
+    from supemb.data.synthetic_faces import face_arrays
     from supemb.predict.bundle import load_bundle
 
     env = _clean_env(tmp_path)

@@ -125,8 +125,8 @@ def load_served(bundles: Mapping[str, str | Path | Bundle] | None = None) -> dic
             raise UserError(f"{b.source}: the {spec.title} tab needs an {spec.modality} regression bundle, "
                             f"but this one does {b.modality} {b.task}")
         path = api.default_bundle_path(name) if given is None else Path(b.source)
-        eeg = spec.modality == "eeg"
-        gallery_map = GalleryMap.fit(b, spec.gallery_items, label="your recording" if eeg else "your input")
+        label = f"your {b.plugin.noun}" if b.plugin.grouped else "your input"
+        gallery_map = GalleryMap.fit(b, spec.gallery_items, label=label)
         served[name] = Served(spec, b, path, gallery_map)
     return served
 
@@ -217,7 +217,7 @@ _CSS = """
 def _tab(served: Served, examples: list[Any], max_pixels: int) -> None:
     """One tab: banner, input column (upload, k, examples), results column."""
     spec, b = served.spec, served.bundle
-    eeg = spec.modality == "eeg"
+    eeg = b.plugin.grouped  # a recording: its windows pooled, neighbours listed as recordings, a spectrum
     # outputs first (unrendered) so the examples, in the input column, can name them
     summary = gr.Markdown("Upload a file or pick an example to see a prediction.", render=False,
                           elem_classes="supemb-summary", elem_id=f"{spec.name}-summary")

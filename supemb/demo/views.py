@@ -252,6 +252,6 @@ def banner_markdown(bundle: Bundle, tab: str, path: Path, what: str) -> str:
               f"k = {bundle.default_k}{quality}")]
     if bundle.is_demo:
         lines.append(f"⚠️ **A demonstration model trained on synthetic data.** It has never seen a real "
-                     f"{'recording' if bundle.modality == 'eeg' else 'photo'}: its predictions on real inputs "
+                     f"{bundle.plugin.noun}: its predictions on real inputs "
                      f"mean nothing. Serve your own with `supemb demo --bundle {tab}=path/to/bundle`.")
     return "\n\n".join(lines)

@@ -48,6 +48,7 @@ class Modality:
     """The plug-in interface (see the module docstring); subclasses fill it in."""
 
     name: str = ""
+    title: str = ""  # in messages: "image", "EEG"
     noun: str = "input"  # how one input is called in messages and the demo ("photo", "recording")
     tasks: tuple[str, ...] = ("classification", "regression")
     grouped: bool = False  # several rows (windows) per input, aggregated per input

@@ -108,6 +108,7 @@ def steps_for(spec: Any) -> list[dict[str, Any]]:
 
 class EEGModality(Modality):
     name = "eeg"
+    title = "EEG"
     noun = "recording"
     tasks = ("regression",)
     grouped = True

@@ -104,6 +104,7 @@ def steps_for(image_size: int, resize_size: int | None = None, mean: tuple[float
 
 class ImageModality(Modality):
     name = "image"
+    title = "image"
     noun = "photo"
     tasks = ("classification", "regression")
     grouped = False

@@ -251,7 +251,7 @@ class Bundle:
                     p.label = self.labels[int(pr.argmax())]
                     p.probabilities = dict(zip(self.labels, pr.tolist()))
                 p.neighbours = self._neighbours(idx[rows], sim[rows], k)
-                if self.modality == "eeg":
+                if self.plugin.grouped:
                     p.windows = len(rows)
                 out[pos] = p
         return [p if p is not None else Prediction(source=describe(items[i], i), error="no prediction")

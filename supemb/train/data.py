@@ -47,14 +47,15 @@ def resolve_augment(value: str | Mapping[str, Any] | None, modality: str | Modal
         try:
             value = plugin.default_augment[task]
         except KeyError:
-            raise UsageError(f"no default augmentation for {plugin.name} {task}; set --augment "
+            raise UsageError(f"no default augmentation for {plugin.title} {task}; set --augment "
                              f"({', '.join(presets)})") from None
     name = value.get("preset") if isinstance(value, Mapping) else value
     if isinstance(name, str) and name not in presets:
         for other in modalities.names():
-            if other != plugin.name and name in modalities.get(other).augments()[0]:
-                raise UsageError(f"augmentation {name!r} is an {other} preset, but --data is {plugin.name} "
-                                 f"data; {plugin.name} presets: {', '.join(presets)}")
+            there = modalities.get(other)
+            if there is not plugin and name in there.augments()[0]:
+                raise UsageError(f"augmentation {name!r} is an {there.title} preset, but --data is {plugin.title} "
+                                 f"data; {plugin.title} presets: {', '.join(presets)}")
     name, spec = resolve(value)
     return spec, {"preset": name, **spec.to_dict()}
 
