@@ -225,7 +225,8 @@ def load_run(run_dir: Path) -> LoadedRun:
     """A finished run's trainer (data and encoder), model.json and linear head."""
     from safetensors.torch import load_file
 
-    from supemb.train.trainer import Trainer, load_run_config
+    from supemb.train.rundir import load_run_config
+    from supemb.train.trainer import Trainer
 
     cfg = load_run_config(run_dir)
     t = Trainer(cfg, resume=True)

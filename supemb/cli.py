@@ -22,51 +22,15 @@ Handler = Callable[[argparse.Namespace], int]
 _SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Handler]]] = {}
 
 
-# The names of supemb.preprocess.image.IMAGE_AUGMENTS and supemb.preprocess.eeg_augment.EEG_AUGMENTS and the
-# defaults of supemb.train.data.DEFAULT_AUGMENT, spelled out so `supemb --help` imports none of them
-# (torch); tests/test_augment_presets.py keeps them in step.
-AUGMENT_HELP = ("augmentation preset; images: simclr (SupCon recipe: crops, flips, colour jitter with hue, "
-                "greyscale), colour (crops, flips, brightness/contrast only: keeps colour), light (colour "
-                "without flips: digits, text), none; EEG: eeg, eeg-light, none. Default: by task "
-                "(image classes: light, image values: colour, EEG: eeg). "
-                "A YAML config may give {preset: NAME, field: value, ...}")
-
-
 def _train_parser(p: argparse.ArgumentParser) -> Handler:
-    from supemb.train.config import LOSSES
+    from supemb.train.config import TRAIN_FLAGS
 
-    p.add_argument("--data", help="images (CSV, folder with labels.csv, class folders, UTKFace/AgeDB names) "
-                   "or EEG recordings (folder or CSV of EDF/BDF/FIF)")
-    p.add_argument("--target", help="target column (or 'age' from EDF headers / file names; 'class' for folders)")
-    p.add_argument("--out", help="run directory to create (or to continue with --resume)")
-    p.add_argument("--loss", choices=LOSSES, help="supcon|tsc (classes), rnc (values); ce|l1: end-to-end baselines")
-    p.add_argument("--task", choices=["classification", "regression"], help="default: from the loss")
-    p.add_argument("--format", help="auto | csv | folder | utkface | agedb | eeg (default auto)")
-    p.add_argument("--encoder", help="encoder name (default: the recipe's, small_cnn with 2 convolutions per block "
-                   "for images, shallow for EEG)")
-    p.add_argument("--epochs", type=int, help="stage-1 (or baseline) epochs (default 20)")
-    p.add_argument("--linear-epochs", type=int, help="0 skips stage 2 (the linear head); with --head-fit sgd, "
-                   "its epochs (default 10)")
-    p.add_argument("--head-fit", choices=["convex", "sgd"], help="stage 2: convex (ridge / logistic regression "
-                   "to convergence, regularisation chosen on validation; default) or sgd (AdamW epochs)")
-    p.add_argument("--similarity", choices=["l2", "cosine"], help="RnC's feature similarity (default l2, as in "
-                   "its paper); the run serves the same geometry")
-    p.add_argument("--metric", choices=["cosine", "l2"], help="served geometry (default: the loss's; a baseline's "
-                   "is chosen on validation)")
-    p.add_argument("--knn-k", type=int, help="neighbours of the kNN (default: chosen on validation from 5-40)")
-    p.add_argument("--batch-size", type=int, help="samples per batch (default: 128 for images, 64 for EEG)")
-    p.add_argument("--lr", type=float, help="peak learning rate, AdamW with warm-up + cosine "
-                   "(default: 3e-3 for images, 1e-3 for EEG)")
-    p.add_argument("--temperature", type=float, help="loss temperature (default: the loss's own)")
-    p.add_argument("--image-size", type=int, help="square input size for images (default 64)")
-    p.add_argument("--ema-decay", type=float, help="EMA of weights, e.g. 0.999 (default off)")
-    p.add_argument("--grad-clip", type=float, help="max gradient norm, 0 = off (default 5)")
-    p.add_argument("--augment", metavar="NAME", help=AUGMENT_HELP)
-    p.add_argument("--seed", type=int, help="seed of splits, initialisation and augmentation (default 0)")
-    p.add_argument("--device", help="auto | cpu | cuda (default auto)")
-    p.add_argument("--num-workers", type=int, help="data-loading processes (default 0)")
-    p.add_argument("--on-error", choices=["fail", "skip"], help="bad data rows: stop (default) or skip")
-    p.add_argument("--no-viz", dest="viz", action="store_const", const=False, help="skip the embedding map")
+    for flag in TRAIN_FLAGS:  # declared once, beside TrainConfig
+        if flag.off:
+            p.add_argument(flag.option, dest=flag.name, action="store_const", const=False, help=flag.help)
+        else:
+            p.add_argument(flag.option, dest=flag.name, type=flag.type, choices=flag.choices,
+                           metavar=flag.metavar, help=flag.help)
     p.add_argument("--config", help="YAML file of settings; flags override it")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
 
@@ -74,11 +38,7 @@ def _train_parser(p: argparse.ArgumentParser) -> Handler:
         from supemb.train.config import load_config
         from supemb.train.trainer import resume_run, train
 
-        keys = ["data", "target", "out", "loss", "task", "format", "encoder", "epochs", "linear_epochs",
-                "head_fit", "similarity", "metric", "knn_k",
-                "batch_size", "lr", "temperature", "image_size", "ema_decay", "grad_clip", "augment", "seed",
-                "device", "num_workers", "on_error", "viz"]
-        overrides = {k: getattr(args, k) for k in keys}
+        overrides = {flag.name: getattr(args, flag.name) for flag in TRAIN_FLAGS}
         if args.resume:
             if not args.out:
                 raise UsageError("--resume needs --out RUN_DIR (the run to continue)")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from supemb.cli import AUGMENT_HELP, build_parser, main
+from supemb.cli import build_parser, main
 from supemb.preprocess.eeg_augment import EEG_AUGMENTS, EEGAugment, eeg_augment
 from supemb.preprocess.image import PreprocessSpec
 from supemb.preprocess.image_augment import (
@@ -23,8 +23,8 @@ from supemb.preprocess.image_augment import (
 )
 from supemb.errors import UsageError, UserError
 from supemb.train import trainer as trainer_mod
-from supemb.train.config import TrainConfig, load_config
 from supemb import modalities
+from supemb.train.config import AUGMENT_HELP, TrainConfig, load_config
 from supemb.train.data import prepare_data, resolve_augment
 
 # Identity normalisation, so a view's values are the pixel values / 255.

@@ -84,3 +84,53 @@ def test_demo_is_loaded_from_the_package_and_help_stays_light() -> None:
     import supemb
 
     assert name == "supemb.demo.app" and Path(file) == Path(supemb.__file__).parent / "demo" / "app.py"
+
+
+# ------------------------------------------------------------------ supemb train's flags
+
+
+def test_every_train_flag_is_a_config_field_and_reaches_the_config(monkeypatch) -> None:
+    import dataclasses
+
+    from supemb.train import trainer
+    from supemb.train.config import TRAIN_FLAGS, TrainConfig
+
+    assert {f.name for f in TRAIN_FLAGS} <= {f.name for f in dataclasses.fields(TrainConfig)}
+    seen: list[TrainConfig] = []
+    monkeypatch.setattr(trainer, "train", lambda cfg: seen.append(cfg) or {})
+    given = {"--data": "d", "--target": "t", "--out": "o", "--loss": "rnc", "--task": "regression",
+             "--format": "csv", "--encoder": "resnet18", "--epochs": "3", "--linear-epochs": "0",
+             "--head-fit": "sgd", "--similarity": "cosine", "--metric": "l2", "--knn-k": "7", "--batch-size": "4",
+             "--lr": "0.01", "--temperature": "0.2", "--image-size": "32", "--ema-decay": "0.9",
+             "--grad-clip": "1.5", "--augment": "light", "--seed": "5", "--device": "cpu", "--num-workers": "1",
+             "--on-error": "skip"}
+    assert {f.option for f in TRAIN_FLAGS} == set(given) | {"--no-viz"}  # every flag is tried below
+    assert main(["train", *[x for kv in given.items() for x in kv], "--no-viz"]) == 0
+    got = seen[0]
+    assert (got.data, got.target, got.out, got.loss, got.task, got.format, got.encoder) == (
+        "d", "t", "o", "rnc", "regression", "csv", "resnet18")
+    assert (got.epochs, got.linear_epochs, got.head_fit, got.similarity, got.metric, got.knn_k) == (
+        3, 0, "sgd", "cosine", "l2", 7)
+    assert (got.batch_size, got.lr, got.temperature, got.image_size, got.ema_decay, got.grad_clip) == (
+        4, 0.01, 0.2, 32, 0.9, 1.5)
+    assert (got.augment, got.seed, got.device, got.num_workers, got.on_error, got.viz) == (
+        "light", 5, "cpu", 1, "skip", False)
+    # flags not given leave the config's defaults
+    assert main(["train", "--data", "d", "--target", "t", "--out", "o"]) == 0
+    assert seen[1] == TrainConfig(data="d", target="t", out="o")
+
+
+def test_train_flag_choices_come_from_the_loss_registry(capsys) -> None:
+    from supemb.losses import LOSSES
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--loss", "nope"])
+    assert exc.value.code == 2
+    assert f"choose from {', '.join(repr(n) for n in LOSSES)}" in capsys.readouterr().err
+
+
+def test_help_does_not_import_torch() -> None:
+    code = ("import sys\nfrom supemb.cli import build_parser\nbuild_parser()\n"
+            "assert 'torch' not in sys.modules, 'building the parser imported torch'\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

@@ -368,3 +368,35 @@ def test_supcon_general_path_agrees_with_fused_mean() -> None:
         per_anchor = SupConLoss(contrast_mode=mode, reduction="none")(x, y)
         n_valid = (per_anchor != 0).sum()
         assert fused.item() == pytest.approx((per_anchor.sum() / n_valid).item(), abs=1e-12)
+
+
+# ----------------------------------------------------------------- registry
+
+
+def test_registry_has_every_loss_with_its_task_head_and_temperature() -> None:
+    from torch import nn
+
+    from supemb.losses import LOSSES, build_loss
+    from supemb.train.config import TrainConfig
+
+    # (task, contrastive, projection head, default temperature, geometry) as the papers and
+    # the temperature study (docs/temperature.md) set them
+    want = {"supcon": ("classification", True, "mlp", 0.5, "cosine"),
+            "rnc": ("regression", True, "none", 1.0, "l2"),
+            "tsc": ("classification", True, "mlp", 0.1, "cosine"),
+            "ce": ("classification", False, "none", None, None),
+            "l1": ("regression", False, "none", None, None)}
+    assert {name: (s.task, s.contrastive, s.projection, s.temperature, s.metric)
+            for name, s in LOSSES.items()} == want
+    kinds = {"supcon": SupConLoss, "rnc": RnCLoss, "tsc": TargetedSupConLoss, "ce": nn.CrossEntropyLoss,
+             "l1": nn.L1Loss}
+    for name, kind in kinds.items():
+        cfg = TrainConfig(data="d", target="t", out="o", loss=name, projection_dim=8)
+        loss = build_loss(cfg, 3)
+        assert type(loss) is kind, name
+        if want[name][3] is not None:
+            assert loss.temperature == want[name][3], name  # the default when --temperature is unset
+            given = build_loss(TrainConfig(data="d", target="t", out="o", loss=name, temperature=0.25), 3)
+            assert given.temperature == 0.25, name
+    assert build_loss(TrainConfig(data="d", target="t", out="o", loss="ce", label_smoothing=0.2), 3).label_smoothing == 0.2
+    assert build_loss(TrainConfig(data="d", target="t", out="o", loss="rnc", similarity="cosine"), 1).similarity == "cosine"

@@ -7,6 +7,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -16,14 +17,16 @@ from supemb.preprocess.eeg import EEGSpec
 from supemb.errors import UserError
 from supemb.encoders import (
     ENCODERS,
+    EmbeddingModel,
     Encoder,
+    HalfPrecision,
     LinearHead,
-    NormalizedEncoder,
     ProjectionHead,
     build_encoder,
     eeg_signal_kwargs,
     export_onnx,
-    onnx_max_abs_diff,
+    parity,
+    parity_scale,
 )
 from supemb.encoders.eeg import ShallowConvNet
 from supemb.encoders.resnet import BasicBlock, Bottleneck
@@ -289,11 +292,19 @@ def test_linear_head_shapes() -> None:
         ProjectionHead(0)
 
 
-def test_normalized_encoder_outputs_unit_vectors() -> None:
-    wrapped = NormalizedEncoder(build_encoder("small_cnn")).eval()
-    assert wrapped.embed_dim == 128 and wrapped.modality == "image"
-    out = wrapped(torch.randn(3, 3, 64, 64))
-    assert torch.allclose(out.norm(dim=1), torch.ones(3), atol=1e-5)
+def test_embedding_model_is_unit_vectors_for_cosine_and_the_raw_output_for_l2() -> None:
+    encoder = build_encoder("small_cnn").eval()
+    wrapped = EmbeddingModel(encoder).eval()
+    assert wrapped.embed_dim == 128 and wrapped.modality == "image" and wrapped.metric == "cosine"
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        raw, out = encoder(x), wrapped(x)
+        assert torch.allclose(out.norm(dim=1), torch.ones(3), atol=1e-5)
+        assert torch.allclose(out, raw / raw.norm(dim=1, keepdim=True), atol=1e-6)
+        assert torch.equal(EmbeddingModel(encoder, "l2")(x), raw)  # l2: what the distance loss shaped
+    assert list(EmbeddingModel(encoder, "l2").state_dict()) == [f"encoder.{k}" for k in encoder.state_dict()]
+    with pytest.raises(UserError, match="metric must be one of cosine, l2"):
+        EmbeddingModel(encoder, "dot")
 
 
 # ------------------------------------------------------------------ timm
@@ -341,7 +352,7 @@ def test_timm_model_is_built_without_weights_and_reads_num_features(monkeypatch:
 def test_onnx_export_matches_torch_at_batch_1_and_4(tmp_path: Path, name: str, wrap: bool) -> None:
     model: nn.Module = _randomise_bn(_build(name))
     if wrap:
-        model = NormalizedEncoder(model)
+        model = EmbeddingModel(model)
     model.train()
     path = export_onnx(model, _input_for(name, batch=1), tmp_path / "enc.onnx")
     assert model.training  # mode restored
@@ -349,9 +360,9 @@ def test_onnx_export_matches_torch_at_batch_1_and_4(tmp_path: Path, name: str, w
     graph = onnx.load(str(path)).graph
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch axis
     assert graph.output[0].type.tensor_type.shape.dim[0].dim_param
-    for batch in (1, 4):
-        x = _input_for(name, batch=batch) * 3.0
-        assert onnx_max_abs_diff(model, path, x) < 1e-4
+    diffs = parity(model, path, _input_for(name, batch=4) * 3.0)
+    assert model.training  # mode restored
+    assert set(diffs) == {"batch_1", "batch_4"} and max(diffs.values()) < 1e-4
 
 
 def test_onnx_export_static_batch(tmp_path: Path) -> None:
@@ -364,6 +375,34 @@ def test_onnx_export_static_batch(tmp_path: Path) -> None:
 def test_onnx_exporter_choice(tmp_path: Path) -> None:
     model = build_encoder("small_cnn")
     path = export_onnx(model, torch.randn(1, 3, 32, 32), tmp_path / "t.onnx", exporter="torchscript")
-    assert onnx_max_abs_diff(model, path, torch.randn(4, 3, 32, 32)) < 1e-4
+    assert max(parity(model, path, torch.randn(4, 3, 32, 32)).values()) < 1e-4
     with pytest.raises(UserError, match="exporter"):
         export_onnx(model, torch.randn(1, 3, 32, 32), tmp_path / "x.onnx", exporter="tflite")  # type: ignore[arg-type]
+
+
+def test_parity_refuses_a_graph_that_differs_and_scales_for_raw_embeddings(tmp_path: Path) -> None:
+    model = EmbeddingModel(build_encoder("small_cnn"), "l2").eval()
+    x = torch.randn(3, 3, 32, 32).numpy()
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    off = lambda batch: model(torch.from_numpy(batch)).detach().numpy() + 1e-3  # noqa: E731
+    assert parity(model, off, x) == pytest.approx({"batch_1": 1e-3, "batch_3": 1e-3}, rel=1e-2)
+    with pytest.raises(UserError, match=r"parity check failed: .* = 0.001 at batch 1 \(allowed 0.0001\)"):
+        parity(model, off, x, tol=1e-4)
+    wrong_shape = lambda batch: np.zeros((len(batch), 2), np.float32)  # noqa: E731
+    assert parity(model, wrong_shape, x) == {"batch_1": math.inf, "batch_3": math.inf}
+    # the tolerance is relative to the largest raw norm (at least 1); unit vectors: 1
+    assert parity_scale(model, x, "l2") == pytest.approx(max(1.0, float(np.linalg.norm(want, axis=1).max())))
+    assert parity_scale(model, x, "cosine") == 1.0
+
+
+def test_half_precision_computes_in_float16_between_float32_ends() -> None:
+    model = EmbeddingModel(build_encoder("small_cnn")).eval()
+    half = HalfPrecision(model)
+    assert next(model.parameters()).dtype == torch.float32  # the original is left as it was
+    assert next(half.parameters()).dtype == torch.float16
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = half(x)
+        assert out.dtype == torch.float32
+        assert 0 < (out - model(x)).abs().max() < 1e-2

@@ -457,7 +457,7 @@ def test_l2_bundle_serves_raw_embeddings_by_euclidean_distance(reg_bundle: Path,
     import faiss
     import torch
 
-    from supemb.export.writer import load_run_model
+    from supemb.train.rundir import RunDir
 
     b = load_bundle(reg_bundle, device="cpu")
     m = b.manifest
@@ -467,10 +467,10 @@ def test_l2_bundle_serves_raw_embeddings_by_euclidean_distance(reg_bundle: Path,
     assert faiss.read_index(str(reg_bundle / "index.faiss")).metric_type == faiss.METRIC_L2
     assert m["knn"]["temperature"] == pytest.approx(meta["knn_temperature"])
     # the ONNX output is the raw encoder output (not unit length), as PyTorch computes it
-    module, _, _ = load_run_model(work / "run_reg")
+    module, _, _ = RunDir(work / "run_reg").embedding_model()
     x = np.concatenate([b.encoder.decode(p) for p in _images(webcam, 6)])
     with torch.no_grad():
-        raw = module.m.encoder(torch.from_numpy(x)).numpy()
+        raw = module.encoder(torch.from_numpy(x)).numpy()
     emb = b.embed_arrays(x)
     np.testing.assert_allclose(emb, raw, atol=1e-4)
     assert not np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-3)
@@ -532,23 +532,22 @@ def test_old_manifest_without_a_metric_is_cosine(cls_bundle: Path, class_folder:
 def test_run_metric_and_temperature_from_model_json(work: Path, reg_bundle: Path, webcam: Path,
                                                     tmp_path: Path) -> None:
     from supemb.export import writer as export
-    from supemb.train.trainer import Model
+    from supemb.train.rundir import run_knn_temperature, run_metric
 
-    assert export.EMBEDDINGS == Model.EMBEDDINGS  # export reads what the trainer writes
-    assert export.run_metric({}) == "cosine"  # a run older than the metric
-    assert export.run_metric({"embedding": "l2-normalised encoder output"}) == "cosine"
-    assert export.run_metric({"metric": "l2", "embedding": "encoder output"}) == "l2"
+    assert run_metric({}) == "cosine"  # a run older than the metric
+    assert run_metric({"embedding": "l2-normalised encoder output"}) == "cosine"
+    assert run_metric({"metric": "l2", "embedding": "encoder output"}) == "l2"
     with pytest.raises(UserError, match="cannot export"):
-        export.run_metric({"metric": "l2", "embedding": "l2-normalised encoder output"})
+        run_metric({"metric": "l2", "embedding": "l2-normalised encoder output"})
     with pytest.raises(UserError, match="cannot export"):
-        export.run_metric({"embedding": "projection output"})
+        run_metric({"embedding": "projection output"})
     with pytest.raises(UserError, match="metric 'dot'"):
-        export.run_metric({"metric": "dot"})
-    assert export.run_knn_temperature({}, "regression") == 0.1
-    assert export.run_knn_temperature({"knn_temperature": None}, "classification") == 0.07
-    assert export.run_knn_temperature({"knn_temperature": 0.8}, "regression") == 0.8
+        run_metric({"metric": "dot"})
+    assert run_knn_temperature({}, "regression") == 0.1
+    assert run_knn_temperature({"knn_temperature": None}, "classification") == 0.07
+    assert run_knn_temperature({"knn_temperature": 0.8}, "regression") == 0.8
     with pytest.raises(UserError, match="knn_temperature"):
-        export.run_knn_temperature({"knn_temperature": -1}, "regression")
+        run_knn_temperature({"knn_temperature": -1}, "regression")
     # a run whose model.json says cosine exports a normalising graph and an inner-product index
     run = tmp_path / "run"
     shutil.copytree(work / "run_reg", run)

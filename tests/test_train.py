@@ -15,8 +15,12 @@ from supemb.cli import main
 from supemb.preprocess.eeg_augment import EEGAugment
 from supemb.errors import UsageError, UserError
 from supemb.train import trainer as trainer_mod
+from supemb import modalities
 from supemb.train.config import TrainConfig, load_config
-from supemb.train.trainer import Trainer, load_run_config, resume_run, train
+from supemb.train.rundir import EMBEDDINGS, MODEL_FORMAT_VERSION, RunDir, load_run_config
+from supemb.train.data import EvalDataset
+from supemb.train.selection import KNN_KS
+from supemb.train.trainer import Trainer, embed_run, resume_run, train
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +84,8 @@ def test_image_classification_supcon_run(image_classes: Path, tmp_path: Path) ->
     assert any(k.startswith("encoder.") for k in weights)
     assert weights["linear.fc.weight"].shape == (2, meta["embed_dim"])
     assert meta["projection"] == "mlp" and any(k.startswith("head.") for k in weights)
-    assert meta["embedding"] == trainer_mod.Model.EMBEDDING
+    assert meta["embedding"] == EMBEDDINGS["cosine"] == "l2-normalised encoder output"
+    assert meta["format_version"] == MODEL_FORMAT_VERSION
     assert json.loads((out / "preprocessing.json").read_text())["image_size"] == 16
 
 
@@ -126,6 +131,15 @@ def test_resume_after_interrupt_gives_the_same_weights(image_values: Path, tmp_p
         assert torch.equal(a[key], b[key]), key
     stages = [m["stage"] for m in _read_metrics(tmp_path / "resumed")]
     assert stages == [1, 1, 2, "final"]
+    # embed_run and export's loader rebuild the same final (EMA) encoder, in the run's metric
+    emb, _, cfg, metric = embed_run(tmp_path / "straight", "val")
+    module, meta, _ = RunDir(tmp_path / "straight").embedding_model()
+    assert metric == meta["metric"] == module.metric == "l2"
+    t = Trainer(cfg, resume=True)
+    t._setup()
+    x = torch.stack([item[0] for item in EvalDataset(t.data.splits["val"], t.data.eval_transform)])
+    with torch.no_grad():
+        np.testing.assert_allclose(emb, module(x).numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_nan_loss_stops_with_a_clear_message(image_values: Path, tmp_path: Path, monkeypatch) -> None:
@@ -179,16 +193,16 @@ def test_rnc_serves_the_raw_encoder_output_it_ordered(image_values: Path, tmp_pa
     meta = json.loads((out / "model.json").read_text())
     # RnC's default similarity is the negative L2 distance of raw features: serve that space
     assert meta["metric"] == final["metric"] == "l2"
-    assert meta["embedding"] == trainer_mod.Model.EMBEDDINGS["l2"] == "encoder output"
-    n_train = len(trainer_mod.embed_run(out, "train")[1])
-    assert meta["knn_k"] in {min(k, n_train) for k in trainer_mod.KNN_KS} and meta["knn_temperature"] > 0
-    emb, _, _, metric = trainer_mod.embed_run(out, "val")
+    assert meta["embedding"] == EMBEDDINGS["l2"] == "encoder output"
+    n_train = len(embed_run(out, "train")[1])
+    assert meta["knn_k"] in {min(k, n_train) for k in KNN_KS} and meta["knn_temperature"] > 0
+    emb, _, _, metric = embed_run(out, "val")
     assert metric == "l2" and not np.allclose(np.linalg.norm(emb, axis=1), 1.0)
     # the recorded kNN settings reproduce the final validation figure
-    train_emb, train_t, _, _ = trainer_mod.embed_run(out, "train")
+    train_emb, train_t, _, _ = embed_run(out, "train")
     from supemb.predict import neighbours as m
 
-    val_t = trainer_mod.Trainer(trainer_mod.load_run_config(out), resume=True)
+    val_t = Trainer(load_run_config(out), resume=True)
     val_t._setup()
     pred, _ = m.knn_regress(emb, train_emb, train_t, meta["knn_k"], temperature=meta["knn_temperature"],
                             metric="l2")
@@ -199,7 +213,7 @@ def test_cosine_rnc_and_supcon_serve_normalised_embeddings(image_values: Path, i
                                                             tmp_path: Path) -> None:
     train(_cfg(image_values, tmp_path / "rnc", target="value", loss="rnc", similarity="cosine"))
     assert json.loads((tmp_path / "rnc" / "model.json").read_text())["metric"] == "cosine"
-    emb, _, _, metric = trainer_mod.embed_run(tmp_path / "rnc", "val")
+    emb, _, _, metric = embed_run(tmp_path / "rnc", "val")
     assert metric == "cosine" and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     with pytest.raises(UsageError, match="similarity"):
         _cfg(image_classes, tmp_path / "x", target="class", loss="supcon", similarity="l2")
@@ -211,10 +225,10 @@ def test_stage_two_head_is_the_converged_ridge_fit(image_values: Path, tmp_path:
     stage2 = [m for m in _read_metrics(out) if m["stage"] == 2]
     assert len(stage2) == 1 and stage2[0]["probe"] == "ridge" and stage2[0]["probe_grad_norm"] < 1e-6
     # the saved head equals a direct ridge fit on the frozen features at the chosen alpha
-    t = trainer_mod.Trainer(trainer_mod.load_run_config(out), resume=True)
+    t = Trainer(load_run_config(out), resume=True)
     t._setup()
     w = load_file(str(out / "model.safetensors"))
-    t.model.encoder.load_state_dict({k[8:]: v for k, v in w.items() if k.startswith("encoder.")})
+    RunDir(out).load_encoder(t.model.encoder)
     ftr, ytr, _, _ = t.embed_split("train")
     fte, yte, _, _ = t.embed_split("test")
     # the normal equations on standardised features and targets, penalty alpha * N (supemb.train.probe)
@@ -240,18 +254,17 @@ def test_baseline_gets_a_converged_probe_and_a_geometry_chosen_on_validation(ima
 
     t = Trainer(load_run_config(out), resume=True)
     t._setup()
-    w = load_file(str(out / "model.safetensors"))
-    t.model.encoder.load_state_dict({k[8:]: v for k, v in w.items() if k.startswith("encoder.")})
+    RunDir(out).load_encoder(t.model.encoder)
     ftr, ytr, _, _ = t.embed_split("train")
     fva, yva, gva, _ = t.embed_split("val")
-    want = choose_knn(ftr, ytr, fva, lambda pred: t._probe_score(pred, yva, gva), task="classification",
+    want = choose_knn(ftr, ytr, fva, lambda pred: t.targets.score(pred, yva, gva), task="classification",
                       n_classes=2, metrics_tried=("cosine", "l2"), ks=[t.cfg.knn_k])
     meta = json.loads((out / "model.json").read_text())
     assert (meta["metric"], meta["knn_k"], meta["knn_temperature"]) == want
     # config.json records what the defaults resolved to, so a resumed run does not depend on them
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["encoder"] == "small_cnn" and cfg["augment"]["preset"] == "light"
-    recipe = trainer_mod.RECIPE["image"]
+    recipe = modalities.get("image").recipe
     assert cfg["encoder_kwargs"] == recipe["encoder_kwargs"] and cfg["lr"] == recipe["lr"]
     assert cfg["batch_size"] == 8  # given, so not the recipe's
 
@@ -263,5 +276,46 @@ def test_runs_from_before_the_presets_resume_with_their_old_settings(image_value
     for key in ("augment", "head_fit", "metric"):
         cfg.pop(key)
     (out / "config.json").write_text(json.dumps(cfg))
-    old = trainer_mod.load_run_config(out)
+    old = load_run_config(out)
     assert (old.augment, old.head_fit, old.metric) == ("simclr", "sgd", "cosine")
+
+
+def test_run_dir_reads_old_runs_and_refuses_newer_or_broken_ones(image_values: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(_cfg(image_values, out, target="value", loss="l1", metric="l2"))
+    run = RunDir(out)
+    meta = run.model()
+    assert meta["format_version"] == MODEL_FORMAT_VERSION and run.metric() == "l2"
+    assert run.final_metrics() == {k: v for k, v in _read_metrics(out)[-1].items()
+                                   if k.startswith("test_") and isinstance(v, (int, float))}
+    assert run.final_metrics()  # the baseline's test figures are there
+    # a model.json from before format_version and metric: today's layout, cosine
+    old = {k: v for k, v in meta.items() if k not in ("format_version", "metric", "embedding")}
+    run.model_json.write_text(json.dumps(old))
+    module, _, _ = run.embedding_model()
+    assert module.metric == run.metric() == "cosine"
+    run.model_json.write_text(json.dumps({**meta, "format_version": MODEL_FORMAT_VERSION + 1}))
+    with pytest.raises(UserError, match=f"model.json: format_version {MODEL_FORMAT_VERSION + 1} is newer"):
+        run.embedding_model()
+    run.model_json.write_text("{not json")
+    with pytest.raises(UserError, match="model.json: not valid JSON"):
+        run.model()
+    run.model_json.write_text(json.dumps(meta))
+    run.weights.write_bytes(b"garbage")
+    with pytest.raises(UserError, match="model.safetensors: cannot read the weights"):
+        run.embedding_model()
+    run.weights.unlink()
+    with pytest.raises(UserError, match="model.safetensors: not found; has the run .* finished"):
+        embed_run(out)
+    run.preprocessing_json.unlink()
+    with pytest.raises(UserError, match=r"preprocessing.json: not found; is .* a supemb training run\?"):
+        run.preprocessing()
+
+
+def test_served_metric_follows_the_loss_registry() -> None:
+    def served(**kw) -> str | None:
+        return TrainConfig(data="d", target="t", out="o", **kw).served_metric
+
+    assert (served(loss="supcon"), served(loss="tsc"), served(loss="rnc")) == ("cosine", "cosine", "l2")
+    assert served(loss="rnc", similarity="cosine") == "cosine" and served(loss="ce") is None
+    assert served(loss="l1", metric="l2") == "l2" and served(loss="rnc", metric="cosine") == "cosine"

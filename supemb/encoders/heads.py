@@ -1,4 +1,4 @@
-"""Heads on top of an encoder, and the L2-normalising wrapper used for serving.
+"""Heads on top of an encoder, and the module that turns an encoder into the served embedding.
 
 - `ProjectionHead`: stage 1 (SupCon / TSC; RnC only if asked, its paper
   applies the loss to the encoder output). An MLP from the encoder's
@@ -7,8 +7,9 @@
   projection's, as SimCLR and SupCon found).
 - `LinearHead`: stage 2. One linear layer on the frozen encoder's features,
   to n_classes logits (CE) or n_targets values (L1).
-- `NormalizedEncoder`: encoder + L2 normalisation, what `encoder.onnx` in a
-  cosine bundle computes (an "l2" bundle serves the encoder's raw output).
+- `EmbeddingModel`: inputs -> the embedding in a metric: the L2-normalised
+  encoder output for "cosine", the raw encoder output for "l2". The trainer
+  evaluates it, export writes it as `encoder.onnx`.
 """
 
 from __future__ import annotations
@@ -76,21 +77,43 @@ class LinearHead(nn.Module):
         return self.fc(features)
 
 
-class NormalizedEncoder(nn.Module):
-    """Wraps an encoder so it returns unit-length embeddings `[B, embed_dim]`.
+# What the embedding is, per served metric ("cosine": compared by dot product, "l2": by
+# negative Euclidean distance); the names are `supemb.train.config.METRICS`.
+METRICS = ("cosine", "l2")
 
-    This is what a cosine bundle's `encoder.onnx` computes: FAISS inner
-    product on these vectors is cosine similarity. (An "l2" bundle serves
-    the encoder's raw output, compared by Euclidean distance.)
+
+def embedding_of(features: Tensor, metric: str = "cosine", eps: float = 1e-12) -> Tensor:
+    """Encoder features `[B, D]` -> the embedding `[B, D]` in `metric`: unit rows for "cosine",
+    the features themselves for "l2" (what an L2-distance loss shaped)."""
+    return F.normalize(features, dim=-1, eps=eps) if metric == "cosine" else features
+
+
+class EmbeddingModel(nn.Module):
+    """An encoder and the metric it is served in: `x` -> embeddings `[B, embed_dim]`.
+
+    metric "cosine": each row has norm 1 (FAISS inner product is then cosine
+    similarity); "l2": the encoder's raw output, compared by Euclidean distance.
+    The state dict is the encoder's under `encoder.` (as model.safetensors stores it).
     """
 
-    def __init__(self, encoder: nn.Module, eps: float = 1e-12) -> None:
+    def __init__(self, encoder: nn.Module, metric: str = "cosine") -> None:
         super().__init__()
-        self.encoder = encoder
-        self.embed_dim: int = int(encoder.embed_dim)
-        self.modality: str = str(encoder.modality)
-        self.eps = eps
+        if metric not in METRICS:
+            raise UserError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        self.encoder, self.metric = encoder, metric
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.encoder.embed_dim)
+
+    @property
+    def modality(self) -> str:
+        return str(self.encoder.modality)
 
     def forward(self, x: Tensor) -> Tensor:
-        """`x`: the encoder's input -> `[B, embed_dim]`, each row of norm 1."""
-        return F.normalize(self.encoder(x), dim=1, eps=self.eps)
+        """`x`: a batch of the encoder's inputs -> `[B, embed_dim]` in `self.metric`."""
+        return embedding_of(self.encoder(x), self.metric)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """The same as calling the module (the name the trainer's `Model` reads best with)."""
+        return self(x)

@@ -1,4 +1,8 @@
-"""Export a module to one self-contained .onnx file with a dynamic batch axis.
+"""Export a module to one self-contained .onnx file with a dynamic batch axis, and check it.
+
+`export_onnx` writes the file; `parity` compares ONNX Runtime with PyTorch on
+the same inputs (the one check every export and test uses); `HalfPrecision`
+wraps a module for a float16 graph.
 
 torch 2.13's `torch.onnx.export` defaults to the torch.export-based
 ("dynamo") exporter, which needs the `onnxscript` package; supemb does not
@@ -11,8 +15,11 @@ both match PyTorch within 1e-4 on every supemb encoder.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
+import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -112,20 +119,62 @@ def _export_dynamo(
     program.save(str(path), external_data=False)
 
 
-def onnx_max_abs_diff(module: nn.Module, path: str | Path, x: Tensor) -> float:
-    """Largest |PyTorch(eval) - ONNX Runtime| over the outputs for input `x`."""
-    import onnxruntime as ort  # only the check needs it, not the export
+def parity(module: nn.Module, onnx: str | Path | Callable[[np.ndarray], np.ndarray], x: np.ndarray | Tensor,
+           tol: float = math.inf) -> dict[str, float]:
+    """Max |ONNX Runtime - PyTorch| at batch 1 and at batch len(x): {"batch_1": d, "batch_N": d}.
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    (got,) = session.run(None, {name: x.detach().cpu().numpy().astype(np.float32)})
+    module: run in eval mode (its mode is restored), on the CPU, in float32 out.
+    onnx: the .onnx file (run with ONNX Runtime on the CPU), or a function that runs
+        the exported graph on a float32 batch (e.g. a bundle encoder's `embed_arrays`).
+    x: example inputs `[N, ...]`. A shape mismatch counts as an infinite difference.
+    Raises UserError when a difference is above `tol`: the graph does not reproduce the module.
+    """
+    if not callable(onnx):
+        import onnxruntime as ort  # only the check needs it, not the export
+
+        session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        run = lambda batch: session.run(None, {name: batch})[0]  # noqa: E731
+    else:
+        run = onnx
+    x = x.detach().cpu().numpy() if isinstance(x, Tensor) else x
+    out: dict[str, float] = {}
     was_training = module.training
     module.eval()
     try:
-        with torch.no_grad():
-            want = module(x).cpu().numpy()
+        for n in sorted({1, len(x)}):
+            batch = np.ascontiguousarray(x[:n], dtype=np.float32)
+            with torch.no_grad():
+                want = module(torch.from_numpy(batch)).float().numpy()
+            got = run(batch)
+            diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
+            out[f"batch_{n}"] = diff
+            if not diff <= tol:
+                raise UserError(f"export parity check failed: max |ONNX Runtime - PyTorch| = {diff:.3g} at batch "
+                                f"{n} (allowed {tol:g}); the ONNX graph does not reproduce the model")
     finally:
         module.train(was_training)
-    if got.shape != want.shape:
-        return float("inf")
-    return float(np.abs(got - want).max())
+    return out
+
+
+def parity_scale(module: nn.Module, x: np.ndarray, metric: str) -> float:
+    """What a parity tolerance is relative to: 1 for unit-length ("cosine") embeddings; for
+    raw "l2" ones the largest row norm of the module's embeddings of `x` (at least 1), so the
+    tolerance is relative to the size of what is compared."""
+    if metric == "cosine":
+        return 1.0
+    with torch.no_grad():
+        emb = module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).float().numpy()
+    return max(1.0, float(np.linalg.norm(emb, axis=1).max()))
+
+
+class HalfPrecision(nn.Module):
+    """float32 in -> float16 compute (a copy of the module) -> float32 out: a float16 graph
+    whose inputs and outputs stay float32."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.m = copy.deepcopy(module).half().eval()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.m(x.half()).float()

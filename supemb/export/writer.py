@@ -37,174 +37,17 @@ from typing import Any
 
 import numpy as np
 
-from supemb import __version__
-from supemb.errors import UserError
-from supemb.predict import manifest as mf
-from supemb import modalities
+from supemb import __version__, modalities
 from supemb.embed.onnx import Encoder
+from supemb.errors import UserError
 from supemb.export.gallery import append_gallery_json, data_gallery, embed_gallery, run_training_gallery, write_gallery
+from supemb.predict import manifest as mf
 from supemb.predict.bundle import load_bundle
+from supemb.train.rundir import RunDir
 
 PARITY_TOL = {"float32": 1e-4, "float16": 1e-2}
-KNN_TEMPERATURE = {"regression": 0.1, "classification": 0.07}  # as the trainer's evaluation, when the run has none
-METRICS = ("cosine", "l2")
-# What the trainer's `Model.EMBEDDINGS` records in model.json per metric (kept here too, so a
-# trainer from before the metric still reads runs that have one).
-EMBEDDINGS = {"cosine": "l2-normalised encoder output", "l2": "encoder output"}
 
 
-# ------------------------------------------------------------------ run -> torch
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"{path}: not found; is {path.parent} a finished supemb training run ({what})?")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not valid JSON ({err})") from None
-
-
-def run_metric(meta: dict[str, Any], where: Path | str = "model.json") -> str:
-    """The served geometry of a run from its model.json: "cosine" or "l2".
-
-    No "metric" (runs written before it was recorded) means cosine. The
-    "embedding" string, when present, must be the one the trainer records
-    for that metric; anything else is refused (an embedding this supemb
-    cannot rebuild)."""
-    metric = meta.get("metric", "cosine")
-    if metric not in METRICS:
-        raise UserError(f"{where}: metric {metric!r} is not one this supemb serves ({', '.join(METRICS)})")
-    embedding = meta.get("embedding", EMBEDDINGS[metric])
-    if embedding != EMBEDDINGS[metric]:
-        raise UserError(f"{where}: the embedding is {embedding!r}, which this supemb cannot export "
-                        f"for metric {metric!r} (it exports the {EMBEDDINGS[metric]})")
-    return metric
-
-
-def run_knn_temperature(meta: dict[str, Any], task: str, where: Path | str = "model.json") -> float:
-    """model.json's knn_temperature (in its metric's similarity units), else the cosine defaults."""
-    t = meta.get("knn_temperature")
-    if t is None:
-        return KNN_TEMPERATURE[task]
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not (float(t) > 0 and np.isfinite(float(t))):
-        raise UserError(f"{where}: knn_temperature must be a positive number, got {t!r}")
-    return float(t)
-
-
-def load_run_model(run: Path):
-    """(embedding module: inputs -> embeddings, model.json, preprocessing.json).
-
-    The embedding is the trainer's `Model.embed` in model.json's metric: the
-    L2-normalised encoder output for "cosine" (also runs without a metric),
-    the raw encoder output for "l2". Only the encoder's weights are needed;
-    heads stay behind."""
-    import torch
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-    from torch import nn
-
-    from supemb.encoders.registry import build_encoder
-    from supemb.train.trainer import Model
-
-    meta = _read_json(run / "model.json", "model.json")
-    prep = _read_json(run / "preprocessing.json", "preprocessing.json")
-    metric = run_metric(meta, run / "model.json")
-    weights_path = run / "model.safetensors"
-    if not weights_path.is_file():
-        raise UserError(f"{weights_path}: not found; has the run in {run} finished?")
-    try:
-        weights = load_file(str(weights_path))
-    except (SafetensorError, OSError) as err:
-        raise UserError(f"{weights_path}: cannot read the weights ({err})") from None
-    model = Model(build_encoder(meta["encoder"], **meta.get("encoder_kwargs", {})), nn.Identity())
-    try:
-        model.encoder.load_state_dict({k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")})
-    except RuntimeError as err:
-        raise UserError(f"{weights_path}: the weights do not fit encoder {meta['encoder']!r} "
-                        f"({str(err).splitlines()[0]})") from None
-
-    class Embed(nn.Module):
-        """inputs -> the embedding: `Model.embedding_of` in the run's metric."""
-
-        def __init__(self, m: Model, metric: str) -> None:
-            super().__init__()
-            self.m, self.metric = m, metric
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            features = self.m.encoder(x)
-            if self.metric == "l2":
-                return features  # the raw encoder output, what an L2-distance loss shaped
-            return self.m.embedding_of(features)  # L2-normalised (the default metric of embedding_of)
-
-    return Embed(model, metric).eval(), meta, prep
-
-
-def _half_wrapper(module):
-    """float32 in -> float16 compute -> float32 out."""
-    import torch
-    from torch import nn
-
-    class Half(nn.Module):
-        def __init__(self, m: nn.Module) -> None:
-            super().__init__()
-            self.m = m.half()
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.m(x.half()).float()
-
-    import copy
-
-    return Half(copy.deepcopy(module)).eval()
-
-
-# ---------------------------------------------------------------------- parity
-
-
-def parity(module, encoder: Encoder, x: np.ndarray, tol: float) -> dict[str, float]:
-    """Max |ONNX Runtime - PyTorch| at batch 1 and at batch len(x); raises UserError above `tol`."""
-    import torch
-
-    out: dict[str, float] = {}
-    for n in sorted({1, len(x)}):
-        batch = np.ascontiguousarray(x[:n], dtype=np.float32)
-        with torch.no_grad():
-            want = module(torch.from_numpy(batch)).float().numpy()
-        got = encoder.embed_arrays(batch)
-        diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
-        out[f"batch_{n}"] = diff
-        if not diff <= tol:
-            raise UserError(f"export parity check failed: max |ONNX Runtime - PyTorch| = {diff:.3g} at batch {n} "
-                            f"(allowed {tol:g}); the ONNX graph does not reproduce the model")
-    return out
-
-
-def _parity_scale(module, x: np.ndarray, metric: str) -> float:
-    """1 for unit-length ("cosine") embeddings; for raw "l2" ones the largest
-    row norm of the PyTorch embeddings of `x` (at least 1), so the parity
-    tolerance is relative to the size of what is compared."""
-    if metric == "cosine":
-        return 1.0
-    import torch
-
-    with torch.no_grad():
-        emb = module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).float().numpy()
-    return max(1.0, float(np.linalg.norm(emb, axis=1).max()))
-
-
-def _final_metrics(run: Path) -> dict[str, float]:
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        return {}
-    last: dict[str, Any] = {}
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if rec.get("stage") == "final":
-            last = rec
-    return {k: v for k, v in last.items() if k.startswith("test_") and isinstance(v, (int, float))}
 
 
 # ---------------------------------------------------------------------- export
@@ -230,7 +73,8 @@ def export_run(
     path ending in .zip). Returns the manifest."""
     import torch
 
-    from supemb.encoders.onnx_util import DEFAULT_OPSET, export_onnx, resolve_exporter
+    from supemb.encoders.onnx_util import (DEFAULT_OPSET, HalfPrecision, export_onnx, parity, parity_scale,
+                                           resolve_exporter)
 
     run, out = Path(run), Path(out)
     if not run.is_dir():
@@ -238,17 +82,16 @@ def export_run(
     zipped = out.suffix.lower() == ".zip"
     if out.exists() and (zipped or any(out.iterdir())) and not force:
         raise UserError(f"{out}: already exists; choose another --out or pass --force to replace it")
-    module, meta, prep = load_run_model(run)
+    run_dir = RunDir(run)
+    module, meta, prep = run_dir.embedding_model()
     task = meta["task"]
-    metric = run_metric(meta, run / "model.json")
-    knn_temperature = run_knn_temperature(meta, task, run / "model.json")
+    metric = module.metric
+    knn_temperature = run_dir.knn_temperature(meta)
     plugin, pipeline = modalities.from_record(prep, str(run / "preprocessing.json"))
     if gallery:
         src = data_gallery(gallery, plugin, task, meta["target"], on_error=on_error)
     else:
-        from supemb.train.trainer import load_run_config
-
-        src = run_training_gallery(plugin, load_run_config(run))
+        src = run_training_gallery(plugin, run_dir.config())
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -263,13 +106,13 @@ def export_run(
                 break
         examples = np.concatenate(rows)[:16]
         dtype = "float16" if fp16 else "float32"
-        graph_module = _half_wrapper(module) if fp16 else module
+        graph_module = HalfPrecision(module) if fp16 else module
         opset = opset or DEFAULT_OPSET
         export_onnx(graph_module, torch.from_numpy(examples[:2] if len(examples) > 1 else examples),
                     tmp / "encoder.onnx", input_name="input", output_name="embedding", opset=opset)
         encoder = Encoder(tmp / "encoder.onnx", plugin, pipeline, device="cpu")
-        tolerance = PARITY_TOL[dtype] * _parity_scale(module, examples, metric)
-        diffs = parity(module, encoder, examples, tolerance)
+        tolerance = PARITY_TOL[dtype] * parity_scale(module, examples, metric)
+        diffs = parity(module, encoder.embed_arrays, examples, tolerance)
         labels = list(meta.get("classes") or []) if task == "classification" else []
         indexed = embed_gallery(encoder, src, task, labels, thumbnails, on_error)
         idx = write_gallery(tmp, indexed, index, metric=metric)
@@ -292,7 +135,7 @@ def export_run(
                         "inputs": len(src.items) - len(indexed.gallery_json.get("skipped", [])),
                         "thumbnails": int(thumbnails) if indexed.thumbnails is not None else 0},
             "training": {"run": run.name, "loss": meta.get("loss"), "encoder": meta.get("encoder"),
-                         "embed_dim": meta.get("embed_dim"), "test_metrics": _final_metrics(run),
+                         "embed_dim": meta.get("embed_dim"), "test_metrics": run_dir.final_metrics(),
                          "data": meta.get("data")},
         }
         manifest = {k: v for k, v in manifest.items() if v is not None}

@@ -115,6 +115,7 @@ class ImageModality(Modality):
     recipe = {"encoder": "small_cnn", "encoder_kwargs": {"convs": 2}, "batch_size": 128, "lr": 3e-3}
     # supemb.preprocess.image_augment.IMAGE_AUGMENTS; chosen on validation (docs/recipe.md).
     default_augment = {"classification": "light", "regression": "colour"}
+    legacy_augment = "simclr"  # runs written before the presets
 
     def legacy_steps(self, flat: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
         spec = _spec_from_flat(flat, where)

@@ -1,14 +1,15 @@
-"""Training configuration: one frozen dataclass, YAML only at the CLI edge.
+"""Training configuration: one frozen dataclass and its command-line flags, YAML only at the CLI edge.
 
-`load_config(yaml_path, overrides)` merges a YAML file with command-line
-flags (flags win), validates every field and returns a `TrainConfig`. The
-resolved config is written into the run directory as `config.json`.
+`TRAIN_FLAGS` declares every `supemb train` flag once (field, help, type,
+choices); `load_config(yaml_path, overrides)` merges a YAML file with the
+flags given (flags win), validates every field and returns a `TrainConfig`.
+The resolved config is written into the run directory as `config.json`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,16 +17,13 @@ from typing import Any
 import yaml
 
 from supemb.errors import UsageError, UserError
+from supemb.losses.registry import LOSSES
 
-LOSSES = ("supcon", "rnc", "tsc", "ce", "l1")
-CONTRASTIVE = ("supcon", "rnc", "tsc")
-# Where the contrastive loss is applied, following each loss's paper: SupCon
-# and targeted SupCon on an MLP projection of the encoder output (dropped after
-# stage 1); Rank-N-Contrast directly on the encoder output, no projection head
-# (Zha et al. 2023, and their reference code). Either way the embedding is the
-# L2-normalised encoder output; with "none" it is the space the loss orders.
+# Every loss, its task, projection head, temperature and geometry: `supemb.losses.registry.LOSSES`.
+# Where the contrastive loss is applied follows each loss's paper: SupCon and targeted
+# SupCon on an MLP projection of the encoder output (dropped after stage 1); Rank-N-Contrast
+# directly on the encoder output, no projection head (Zha et al. 2023, and their reference code).
 PROJECTIONS = ("mlp", "none")
-PROJECTION_OF_LOSS = {"supcon": "mlp", "tsc": "mlp", "rnc": "none"}
 # The geometry an embedding is served in: "cosine" compares L2-normalised
 # encoder outputs by their dot product, "l2" compares raw encoder outputs by
 # negative Euclidean distance. A contrastive run serves the geometry its loss
@@ -34,8 +32,8 @@ PROJECTION_OF_LOSS = {"supcon": "mlp", "tsc": "mlp", "rnc": "none"}
 METRICS = ("cosine", "l2")
 SIMILARITIES = ("l2", "cosine")  # RnC's feature similarity (its paper's default: l2)
 HEAD_FITS = ("convex", "sgd")
-TASK_OF_LOSS = {"supcon": "classification", "tsc": "classification", "ce": "classification",
-                "rnc": "regression", "l1": "regression"}
+TASKS = ("classification", "regression")
+ON_ERRORS = ("fail", "skip")
 
 
 @dataclass(frozen=True)
@@ -52,14 +50,14 @@ class TrainConfig:
     encoder_kwargs: dict[str, Any] = field(default_factory=dict)
     epochs: int = 20
     linear_epochs: int = 10  # stage 2 (frozen encoder, linear head); contrastive losses only
-    batch_size: int | None = None  # None: the recipe's for the modality (supemb.train.trainer.RECIPE)
+    batch_size: int | None = None  # None: the modality plug-in's recipe
     lr: float | None = None  # peak learning rate; None: the recipe's
     linear_lr: float = 1e-2  # head_fit "sgd" only
     head_fit: str = "convex"  # stage 2: "convex" (ridge / logistic regression, regularisation chosen on val) | "sgd"
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
-    temperature: float | None = None  # None: supemb.train.trainer.DEFAULT_TEMPERATURE (chosen on validation)
-    projection: str | None = None  # stage-1 head: "mlp" | "none"; None: the loss's paper (see PROJECTION_OF_LOSS)
+    temperature: float | None = None  # None: the loss's (supemb.losses.registry, chosen on validation)
+    projection: str | None = None  # stage-1 head: "mlp" | "none"; None: the loss's paper (LossSpec.projection)
     projection_dim: int = 128
     similarity: str | None = None  # RnC's feature similarity "l2" | "cosine"; None: l2 (its paper's)
     metric: str | None = None  # served geometry "cosine" | "l2"; None: the loss's (baselines: chosen on val)
@@ -73,7 +71,7 @@ class TrainConfig:
     image_size: int = 64
     eeg: dict[str, Any] = field(default_factory=dict)  # EEGSpec fields (channels, sfreq, window_s, ...)
     # Augmentation preset ("colour"), or {"preset": NAME, field: value, ...}; None: the task's default
-    # (supemb.train.data.DEFAULT_AUGMENT). Names and fields are checked once the modality is known.
+    # (the plug-in's default_augment). Names and fields are checked once the modality is known.
     augment: str | dict[str, Any] | None = None
     knn_k: int | None = None  # None: chosen on validation from KNN_KS (with the kNN temperature)
     on_error: str = "fail"  # bad data rows: fail | skip
@@ -82,11 +80,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise UsageError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        task = self.task or TASK_OF_LOSS[self.loss]
-        if task not in ("classification", "regression"):
+        loss_task = LOSSES[self.loss].task
+        task = self.task or loss_task
+        if task not in TASKS:
             raise UsageError(f"--task must be classification or regression, got {task!r}")
-        if TASK_OF_LOSS[self.loss] != task:
-            raise UsageError(f"--loss {self.loss} is for {TASK_OF_LOSS[self.loss]}, but the task is {task}")
+        if loss_task != task:
+            raise UsageError(f"--loss {self.loss} is for {loss_task}, but the task is {task}")
         object.__setattr__(self, "task", task)
         positive = {"epochs": self.epochs, "batch_size": 2 if self.batch_size is None else self.batch_size,
                     "lr": 1.0 if self.lr is None else self.lr,
@@ -94,7 +93,7 @@ class TrainConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {value}")
-        if self.batch_size is not None and self.batch_size < 2 and self.loss in CONTRASTIVE:
+        if self.batch_size is not None and self.batch_size < 2 and self.contrastive:
             raise UsageError("--batch-size must be at least 2 for a contrastive loss")
         if self.linear_epochs < 0 or self.warmup_epochs < 0 or self.grad_clip < 0:
             raise UsageError("--linear-epochs, --warmup-epochs and --grad-clip must be >= 0")
@@ -119,30 +118,25 @@ class TrainConfig:
                              f"got {type(self.augment).__name__}")
         if isinstance(self.augment, dict) and not isinstance(self.augment.get("preset"), str):
             raise UsageError(f"augment: a mapping needs 'preset: NAME' to start from, got {self.augment!r}")
-        if self.on_error not in ("fail", "skip"):
+        if self.on_error not in ON_ERRORS:
             raise UsageError(f"--on-error must be fail or skip, got {self.on_error!r}")
 
     @property
     def contrastive(self) -> bool:
-        return self.loss in CONTRASTIVE
+        return LOSSES[self.loss].contrastive
 
     @property
     def projection_head(self) -> str:
         """Stage 1's head between encoder and loss: "mlp" or "none" ("none" for the end-to-end baselines)."""
         if not self.contrastive:
             return "none"
-        return self.projection or PROJECTION_OF_LOSS[self.loss]
+        return self.projection or LOSSES[self.loss].projection
 
     @property
     def served_metric(self) -> str | None:
         """The geometry served: fixed by `metric` or the contrastive loss; None = choose on validation."""
-        if self.metric is not None:
-            return self.metric
-        if self.loss == "rnc":
-            return "cosine" if self.similarity == "cosine" else "l2"
-        if self.loss in ("supcon", "tsc"):
-            return "cosine"
-        return None
+        # `similarity` (RnC only) is the geometry the loss compares features in
+        return self.metric or self.similarity or LOSSES[self.loss].metric
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -161,6 +155,86 @@ class TrainConfig:
             return cls(**d)
         except TypeError as err:
             raise UsageError(f"{source}: {err}") from None
+
+
+def resolve_defaults(cfg: TrainConfig, recipe: Mapping[str, Any], augment: dict[str, Any] | None) -> TrainConfig:
+    """`cfg` with what its unset values become: the modality plug-in's `recipe` (encoder and its
+    settings, batch size, lr; chosen on validation, docs/recipe.md), the loss's temperature, and
+    `augment` (the data's resolved augmentation). config.json records the result."""
+    kwargs = {**(recipe["encoder_kwargs"] if cfg.encoder is None else {}), **cfg.encoder_kwargs}
+    return dataclasses.replace(
+        cfg, encoder=cfg.encoder or recipe["encoder"], encoder_kwargs=kwargs, augment=augment or cfg.augment,
+        batch_size=cfg.batch_size or recipe["batch_size"], lr=cfg.lr or recipe["lr"],
+        temperature=cfg.temperature if cfg.temperature is not None else LOSSES[cfg.loss].temperature)
+
+
+# ------------------------------------------------------------------ CLI flags
+
+
+# The names of supemb.preprocess.image_augment.IMAGE_AUGMENTS and supemb.preprocess.eeg_augment.EEG_AUGMENTS and
+# the plug-ins' default_augment (supemb.modalities), spelled out so `supemb --help` imports none of them
+# (torch); tests/test_augment_presets.py keeps them in step.
+AUGMENT_HELP = ("augmentation preset; images: simclr (SupCon recipe: crops, flips, colour jitter with hue, "
+                "greyscale), colour (crops, flips, brightness/contrast only: keeps colour), light (colour "
+                "without flips: digits, text), none; EEG: eeg, eeg-light, none. Default: by task "
+                "(image classes: light, image values: colour, EEG: eeg). "
+                "A YAML config may give {preset: NAME, field: value, ...}")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One `supemb train` flag, setting the `TrainConfig` field `name`.
+
+    Unset flags parse to None, so a YAML config's value (or the field's default) stands.
+    `off`: a boolean field set by a flag that turns it off (`--no-viz` -> viz=False)."""
+
+    name: str  # the TrainConfig field
+    help: str
+    type: Callable[[str], Any] | None = None  # None: the string as given
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+    off: str | None = None
+
+    @property
+    def option(self) -> str:
+        return self.off or "--" + self.name.replace("_", "-")
+
+
+# The training flags, in `supemb train --help` order; `supemb.cli` builds the parser and the
+# overrides from this list alone (`--config` and `--resume` are the CLI's own).
+TRAIN_FLAGS: tuple[Flag, ...] = (
+    Flag("data", "images (CSV, folder with labels.csv, class folders, UTKFace/AgeDB names) "
+         "or EEG recordings (folder or CSV of EDF/BDF/FIF)"),
+    Flag("target", "target column (or 'age' from EDF headers / file names; 'class' for folders)"),
+    Flag("out", "run directory to create (or to continue with --resume)"),
+    Flag("loss", "supcon|tsc (classes), rnc (values); ce|l1: end-to-end baselines", choices=tuple(LOSSES)),
+    Flag("task", "default: from the loss", choices=TASKS),
+    Flag("format", "auto | csv | folder | utkface | agedb | eeg (default auto)"),
+    Flag("encoder", "encoder name (default: the recipe's, small_cnn with 2 convolutions per block "
+         "for images, shallow for EEG)"),
+    Flag("epochs", "stage-1 (or baseline) epochs (default 20)", int),
+    Flag("linear_epochs", "0 skips stage 2 (the linear head); with --head-fit sgd, its epochs (default 10)", int),
+    Flag("head_fit", "stage 2: convex (ridge / logistic regression to convergence, regularisation chosen "
+         "on validation; default) or sgd (AdamW epochs)", choices=HEAD_FITS),
+    Flag("similarity", "RnC's feature similarity (default l2, as in its paper); the run serves the same "
+         "geometry", choices=SIMILARITIES),
+    Flag("metric", "served geometry (default: the loss's; a baseline's is chosen on validation)",
+         choices=METRICS),
+    Flag("knn_k", "neighbours of the kNN (default: chosen on validation from 5-40)", int),
+    Flag("batch_size", "samples per batch (default: 128 for images, 64 for EEG)", int),
+    Flag("lr", "peak learning rate, AdamW with warm-up + cosine (default: 3e-3 for images, 1e-3 for EEG)",
+         float),
+    Flag("temperature", "loss temperature (default: the loss's own)", float),
+    Flag("image_size", "square input size for images (default 64)", int),
+    Flag("ema_decay", "EMA of weights, e.g. 0.999 (default off)", float),
+    Flag("grad_clip", "max gradient norm, 0 = off (default 5)", float),
+    Flag("augment", AUGMENT_HELP, metavar="NAME"),
+    Flag("seed", "seed of splits, initialisation and augmentation (default 0)", int),
+    Flag("device", "auto | cpu | cuda (default auto)"),
+    Flag("num_workers", "data-loading processes (default 0)", int),
+    Flag("on_error", "bad data rows: stop (default) or skip", choices=ON_ERRORS),
+    Flag("viz", "skip the embedding map", off="--no-viz"),
+)
 
 
 def load_config(yaml_path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
@@ -184,6 +258,3 @@ def load_config(yaml_path: str | Path | None, overrides: dict[str, Any]) -> Trai
     merged.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig.from_dict(merged, source=source)
 
-
-def save_config(cfg: TrainConfig, path: Path) -> None:
-    path.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
