@@ -86,7 +86,9 @@ def test_image_classification_supcon_run(image_classes: Path, tmp_path: Path) ->
     assert meta["projection"] == "mlp" and any(k.startswith("head.") for k in weights)
     assert meta["embedding"] == EMBEDDINGS["cosine"] == "l2-normalised encoder output"
     assert meta["format_version"] == MODEL_FORMAT_VERSION
-    assert json.loads((out / "preprocessing.json").read_text())["image_size"] == 16
+    prep = json.loads((out / "preprocessing.json").read_text())
+    assert prep["modality"] == "image" and [s["op"] for s in prep["steps"]] == ["decode", "resize_crop", "normalize"]
+    assert prep["steps"][1]["image_size"] == 16
 
 
 def test_image_regression_l1_baseline_run(image_values: Path, tmp_path: Path) -> None:

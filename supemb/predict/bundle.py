@@ -191,9 +191,16 @@ class Bundle:
         An EEG recording's row is `recording_embeddings` of its windows'."""
         items, _ = _as_list(inputs)
         emb, owner, _ = self.encoder.embed_rows(items, batch_size, progress, "raise")
-        if not self.plugin.grouped:
-            return emb
-        return recording_embeddings(emb, owner, len(items), self.metric)
+        return self._input_embeddings(emb, owner, len(items))
+
+    def _input_embeddings(self, emb: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+        """Row embeddings [R, D] -> one per input [n, D]: its row, or a grouped input's rows pooled
+        (`recording_embeddings`); an input without rows (it failed) gets zeros."""
+        if self.plugin.grouped:
+            return recording_embeddings(emb, owner, n, self.metric)
+        out = np.zeros((n, emb.shape[1]), np.float32)
+        out[owner] = emb
+        return out
 
     # -------------------------------------------------------------- predict
 
@@ -215,11 +222,7 @@ class Bundle:
         emb, owner, failures = self.encoder.embed_rows(items, batch_size, progress, on_error)
         preds = self.predict_embeddings(emb, owner, items, k=k, reduce=reduce, failures=failures)
         if embeddings:  # per input as `embed` gives it: an image's one row, a recording's pooled windows
-            if self.modality == "image":
-                per_input = np.zeros((len(items), emb.shape[1]), np.float32)
-                per_input[owner] = emb
-            else:
-                per_input = recording_embeddings(emb, owner, len(items), self.metric)
+            per_input = self._input_embeddings(emb, owner, len(items))
             for p, vector in zip(preds, per_input):
                 if p.ok:
                     p.embedding = vector.tolist()
