@@ -1,3 +1,5 @@
+"""`python -m supemb`: the command line (`supemb.cli`)."""
+
 import sys
 
 from supemb.cli import main

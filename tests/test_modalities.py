@@ -152,3 +152,68 @@ def test_no_modality_branching_outside_the_plug_ins() -> None:
             if pattern.search(line):
                 offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+# ------------------------------------------------------- a third modality
+
+
+class _VectorModality(modalities.Modality):
+    """A toy third modality: an .npy file of one feature vector, scaled by a recorded factor."""
+
+    name, title, noun = "vector", "vector", "vector"
+    tasks = ("regression",)
+    formats = ("vectors",)
+    augment_from = "scale"
+    ops = {
+        "load": modalities.base.Op("load", lambda x, p: np.load(x) if isinstance(x, (str, Path)) else np.asarray(x),
+                                   lambda p: {}),
+        "scale": modalities.base.Op("scale", lambda x, p: (x * p["factor"]).astype(np.float32)[None],
+                                    lambda p: {"factor": float(p["factor"])}),
+    }
+
+    def input_shape(self, pipeline: Pipeline) -> list[int]:
+        return [4]
+
+    def decoder(self, pipeline: Pipeline):
+        return pipeline.run
+
+    def spec(self, pipeline: Pipeline):
+        return pipeline.params("scale")
+
+
+def test_a_third_modality_is_one_plug_in_and_one_registry_line(tmp_path: Path, monkeypatch) -> None:
+    """Serving a bundle of a new modality needs its plug-in and one REGISTRY entry, nothing else."""
+    import sys
+    import types
+
+    import torch
+
+    from supemb.encoders.onnx_util import export_onnx
+    from supemb.index.gallery import GalleryIndex
+    from supemb.predict import manifest as mf
+    from supemb.predict.bundle import load_bundle
+
+    module = types.ModuleType("supemb_test_vector_plugin")
+    module.VECTOR = _VectorModality()
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(modalities.REGISTRY, "vector", (module.__name__, "VECTOR"))
+
+    root = tmp_path / "bundle"
+    root.mkdir()
+    net = torch.nn.Linear(4, 3).eval()
+    export_onnx(net, torch.zeros(2, 4), root / "encoder.onnx", input_name="input", output_name="embedding")
+    gallery = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    with torch.no_grad():
+        emb = net(torch.from_numpy(gallery * 2.0)).numpy()
+    GalleryIndex.build(emb, metric="l2").save(root / "index.faiss")
+    np.save(root / "targets.npy", np.arange(10, dtype=np.float64))
+    (root / "gallery.json").write_text(json.dumps({"ids": [f"v{i}" for i in range(10)]}))
+    pipe = module.VECTOR.pipeline([{"op": "load"}, {"op": "scale", "factor": 2}])
+    mf.seal(root, {"format": mf.FORMAT, "format_version": mf.FORMAT_VERSION, "task": "regression",
+                   "modality": "vector", "preprocessing": pipe.to_record(), "embedding_dim": 3, "metric": "l2",
+                   "knn": {"k": 1, "temperature": 0.1}, "index": {"kind": "flat", "metric": "l2"}})
+    np.save(tmp_path / "q.npy", gallery[7])
+    bundle = load_bundle(root, device="cpu")
+    p = bundle.predict(tmp_path / "q.npy", embeddings=True)[0]
+    assert p.value == 7.0 and p.neighbours[0].id == "v7" and p.neighbours[0].similarity == pytest.approx(0, abs=1e-3)
+    np.testing.assert_allclose(p.embedding, emb[7], atol=1e-5)

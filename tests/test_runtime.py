@@ -563,3 +563,38 @@ def test_run_metric_and_temperature_from_model_json(work: Path, reg_bundle: Path
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     raw = load_bundle(reg_bundle, device="cpu").embed_arrays(x)  # the same weights served as l2
     np.testing.assert_allclose(emb, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["image", "eeg"])
+def test_runs_and_bundles_with_flat_preprocessing_still_work(which: str, work: Path, reg_bundle: Path,
+                                                             eeg_bundle: Path, webcam: Path, eeg_data: Path,
+                                                             tmp_path: Path) -> None:
+    """A run directory and a bundle written before preprocessing was a list of steps (version 1:
+    the flat spec) export and predict exactly as the current format does."""
+    from supemb import modalities
+    from supemb.export.writer import export_run
+
+    run_name, bundle = ("run_reg", reg_bundle) if which == "image" else ("run_eeg", eeg_bundle)
+    run = tmp_path / "run"
+    shutil.copytree(work / run_name, run)
+    plugin, pipe = modalities.from_record(json.loads((run / "preprocessing.json").read_text()), "new")
+    flat = {"modality": plugin.name, **plugin.spec(pipe).to_dict()}  # what preprocessing.json held before
+    (run / "preprocessing.json").write_text(json.dumps(flat))
+    m = export_run(run, tmp_path / "b_old_run", thumbnails=8 if which == "image" else 0)
+    assert m["preprocessing"] == pipe.to_record() and m["format_version"] == mf.FORMAT_VERSION
+    # the same bundle with a version-1 manifest (flat preprocessing)
+    old_bundle = tmp_path / "b_v1"
+    shutil.copytree(tmp_path / "b_old_run", old_bundle)
+    v1 = {k: v for k, v in m.items() if k != "files"}
+    v1.update(format_version=1, preprocessing=flat)
+    mf.seal(old_bundle, v1)
+    items = (_images(webcam, 4) if which == "image"
+             else sorted(eeg_data.rglob("*.edf"))[:2])
+    want = load_bundle(tmp_path / "b_old_run", device="cpu").predict(items, embeddings=True)
+    got = load_bundle(old_bundle, device="cpu").predict(items, embeddings=True)
+    assert [p.to_dict() for p in got] == [p.to_dict() for p in want]
+    # a manifest from a newer supemb is refused with a message that says so
+    v_next = {**v1, "format_version": mf.FORMAT_VERSION + 1}
+    mf.seal(old_bundle, v_next)
+    with pytest.raises(UserError, match="newer than this supemb reads"):
+        load_bundle(old_bundle, device="cpu")

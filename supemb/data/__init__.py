@@ -1,1 +1,2 @@
-"""supemb.data — see docs/DESIGN.md for the planned contents."""
+"""Data: files -> labelled records (image decoding and layouts, EEG files and targets, the one
+split rule) and the synthetic generators the tests and default bundles use. No torch."""

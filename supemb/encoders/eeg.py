@@ -77,7 +77,7 @@ def _can_fold(bn: nn.BatchNorm2d) -> bool:
 
 
 class _SignalSpec(Protocol):
-    """What `eeg_signal_kwargs` reads (supemb.data.eeg.EEGSpec has it)."""
+    """What `eeg_signal_kwargs` reads (supemb.preprocess.eeg.EEGSpec has it)."""
 
     n_channels: int
     window_samples: int

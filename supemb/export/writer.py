@@ -1,10 +1,11 @@
 """`supemb export` and `supemb index`: a training run -> a bundle; a bundle's gallery rebuilt.
 
 export_run(run, out):
-1. rebuild the run's encoder from model.json + model.safetensors and wrap it
-   so it outputs the embedding in the geometry its loss shaped (the trainer's
-   `Model.embed`): L2-normalised for model.json's metric "cosine" (and for
-   runs older than the metric), the raw encoder output for "l2";
+1. rebuild the run's encoder from model.json + model.safetensors (`RunDir`)
+   and wrap it so it outputs the embedding in the geometry its loss shaped
+   (`supemb.encoders.heads.EmbeddingModel`, as the trainer does): L2-normalised
+   for model.json's metric "cosine" (and runs older than the metric), the raw
+   encoder output for "l2";
 2. write it as one ONNX file with a dynamic batch axis (weights inside);
    `fp16=True` casts the weights to float16 inside the graph (inputs and
    outputs stay float32), for GPU serving;

@@ -134,7 +134,7 @@ def l2_normalize(emb: npt.ArrayLike, name: str = "emb") -> np.ndarray:
 def embedding_array(features: npt.ArrayLike, metric: str) -> np.ndarray:
     """Raw encoder features [N, D] -> the embedding served in `metric` (float32):
     L2-normalised rows for "cosine", the features as they are for "l2" (the trainer's
-    `Model.embedding_of` in numpy)."""
+    `supemb.encoders.heads.embedding_of` in numpy)."""
     f = np.asarray(features, np.float32)
     return _unit_rows(f) if check_metric(metric) == "cosine" else f
 
