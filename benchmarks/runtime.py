@@ -496,8 +496,8 @@ def bench_files(args: argparse.Namespace) -> dict:
     from PIL import Image
 
     from supemb.data.synthetic_faces import face_arrays
-    from supemb.predict.bundle import load_bundle
     from supemb.export.writer import export_run
+    from supemb.predict.bundle import load_bundle
     from supemb.train.config import TrainConfig
     from supemb.train.trainer import train
 
@@ -526,8 +526,8 @@ def bench_files(args: argparse.Namespace) -> dict:
                               viz=False, device="cpu"))
             export_run(run, tmp / f"bundle_{name}")
             b = load_bundle(tmp / f"bundle_{name}", device="auto")
-            from supemb.preprocess.image import eval_preprocess_batch
             from supemb.embed.batches import decoded_batches
+            from supemb.preprocess.image import eval_preprocess_batch
 
             decoded = eval_preprocess_batch(queries, b.spec)
             bs = args.file_batch

@@ -526,7 +526,7 @@ def reference(work: Path, labels_csv: Path, epochs: int, seeds: int, quick: bool
 def _reference_markdown(r: dict) -> list[str]:
     if "reference" not in r:
         return []
-    ref, ours = r["reference"], {row["label"]: row for row in r["rows"]}
+    ref = r["reference"]
     n = len(ref["rows"]["rnc_knn"]["per_seed"])
     labels = {"rnc_knn": "RnC + kNN", "rnc_ridge": "RnC + ridge probe", "l1_head": "L1 end to end",
               "l1_knn": "L1 encoder + kNN", "l1_ridge": "L1 encoder + ridge probe"}

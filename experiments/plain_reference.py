@@ -2,9 +2,18 @@
 
 python experiments/plain_reference.py LABELS_CSV --target temperature --loss rnc|l1 [--epochs 30] [--seed 0] [--json OUT.json]
 """
-import argparse, csv, json, math, os
-import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
+import argparse
+import csv
+import json
+import math
+import os
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 from PIL import Image
+
 
 def load(csv_path, target):
     rows = list(csv.DictReader(open(csv_path)))

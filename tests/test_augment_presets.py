@@ -11,7 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from supemb import modalities
 from supemb.cli import build_parser, main
+from supemb.errors import UsageError, UserError
 from supemb.preprocess.eeg_augment import EEG_AUGMENTS, EEGAugment, eeg_augment
 from supemb.preprocess.image import PreprocessSpec
 from supemb.preprocess.image_augment import (
@@ -21,9 +23,7 @@ from supemb.preprocess.image_augment import (
     eval_preprocess,
     image_augment,
 )
-from supemb.errors import UsageError, UserError
 from supemb.train import trainer as trainer_mod
-from supemb import modalities
 from supemb.train.config import AUGMENT_HELP, TrainConfig, load_config
 from supemb.train.data import prepare_data, resolve_augment
 

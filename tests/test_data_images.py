@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from supemb.data.image_files import DEFAULT_MAX_PIXELS, load_image, to_rgb
 from supemb.data.image_filename_layouts import read_agedb_table, read_utkface_table
+from supemb.data.image_files import DEFAULT_MAX_PIXELS, load_image, to_rgb
 from supemb.data.image_layouts import detect_format, load_image_table, read_csv_table, read_folder_table
 from supemb.data.image_table import ImageRecord, ImageTable, verify_images
 from supemb.data.splits import assign_splits, split_labels

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from supemb.preprocess import eeg_augment as aug
 from supemb.data.eeg_files import (
     EEG_TEST_FRAC,
     EEG_VAL_FRAC,
@@ -24,6 +23,8 @@ from supemb.data.eeg_files import (
 )
 from supemb.data.splits import assign_splits, split_labels
 from supemb.data.synthetic_eeg import write_edf
+from supemb.errors import UserError
+from supemb.preprocess import eeg_augment as aug
 from supemb.preprocess.eeg import (
     EEGSpec,
     make_windows,
@@ -33,7 +34,6 @@ from supemb.preprocess.eeg import (
     slice_windows,
 )
 from supemb.train.eeg_windows import EEGWindowDataset, split_datasets
-from supemb.errors import UserError
 
 RAW_SPEC = dict(l_freq=None, h_freq=None, scaling="fixed", unit_uv=1.0)  # output == microvolts
 

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-
 from loss_reference import rnc_reference, supcon_reference, tsc_reference
+
 from supemb.losses import RnCLoss, SupConLoss, TargetedSupConLoss, uniform_targets
 
 

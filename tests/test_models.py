@@ -13,8 +13,6 @@ import pytest
 import torch
 from torch import nn
 
-from supemb.preprocess.eeg import EEGSpec
-from supemb.errors import UserError
 from supemb.encoders import (
     ENCODERS,
     EmbeddingModel,
@@ -30,6 +28,8 @@ from supemb.encoders import (
 )
 from supemb.encoders.eeg import ShallowConvNet
 from supemb.encoders.resnet import BasicBlock, Bottleneck
+from supemb.errors import UserError
+from supemb.preprocess.eeg import EEGSpec
 
 EEG_KW = dict(n_chans=19, n_times=4 * 100, sfreq=100.0)
 EXPECTED_DIM = {

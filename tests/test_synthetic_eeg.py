@@ -12,8 +12,8 @@ import pytest
 from scipy.signal import welch
 
 from supemb.data.eeg_files import age_from_header, list_recordings, read_patient_field, read_recording
-from supemb.preprocess.eeg import EEGSpec, preprocess_recording
 from supemb.data.synthetic_eeg import TUH_FILE_CHANNELS, make_eeg_dataset, write_edf
+from supemb.preprocess.eeg import EEGSpec, preprocess_recording
 
 
 def _digest(folder: Path) -> dict[str, str]:

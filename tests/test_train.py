@@ -11,14 +11,14 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from supemb.cli import main
-from supemb.preprocess.eeg_augment import EEGAugment
-from supemb.errors import UsageError, UserError
-from supemb.train import trainer as trainer_mod
 from supemb import modalities
+from supemb.cli import main
+from supemb.errors import UsageError, UserError
+from supemb.preprocess.eeg_augment import EEGAugment
+from supemb.train import trainer as trainer_mod
 from supemb.train.config import TrainConfig, load_config
-from supemb.train.rundir import EMBEDDINGS, MODEL_FORMAT_VERSION, RunDir, load_run_config
 from supemb.train.data import EvalDataset
+from supemb.train.rundir import EMBEDDINGS, MODEL_FORMAT_VERSION, RunDir, load_run_config
 from supemb.train.selection import KNN_KS
 from supemb.train.trainer import Trainer, embed_run, resume_run, train
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from supemb.errors import UserError
 from supemb.preprocess.image import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -29,7 +30,6 @@ from supemb.preprocess.image_augment import (
     eval_preprocess,
     random_crop_box,
 )
-from supemb.errors import UserError
 
 SPEC = PreprocessSpec(image_size=32, resize_size=40)
 

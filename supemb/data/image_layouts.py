@@ -19,8 +19,8 @@ import csv
 from pathlib import Path
 from typing import Callable
 
-from supemb.data.image_files import images_under, is_image_file, one_line
 from supemb.data.image_filename_layouts import parse_agedb, parse_utkface, read_agedb_table, read_utkface_table
+from supemb.data.image_files import images_under, is_image_file, one_line
 from supemb.data.image_table import ImageTable, RawRow, RowProblems, make_table
 from supemb.data.splits import SPLITS
 from supemb.errors import UserError

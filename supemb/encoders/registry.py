@@ -27,10 +27,10 @@ from typing import Any, Callable, Literal, Mapping, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
-from supemb.errors import UserError
 from supemb.encoders.eeg import deep4, shallow
 from supemb.encoders.resnet import resnet18, resnet34, resnet50
 from supemb.encoders.small import small_cnn
+from supemb.errors import UserError
 
 Modality = Literal["image", "eeg"]
 TIMM_PREFIX = "timm:"

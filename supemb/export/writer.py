@@ -74,8 +74,14 @@ def export_run(
     path ending in .zip). Returns the manifest."""
     import torch
 
-    from supemb.encoders.onnx_util import (DEFAULT_OPSET, HalfPrecision, export_onnx, parity, parity_scale,
-                                           resolve_exporter)
+    from supemb.encoders.onnx_util import (
+        DEFAULT_OPSET,
+        HalfPrecision,
+        export_onnx,
+        parity,
+        parity_scale,
+        resolve_exporter,
+    )
 
     run, out = Path(run), Path(out)
     if not run.is_dir():

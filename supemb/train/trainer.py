@@ -49,7 +49,7 @@ from supemb.train.device import resolve_device
 from supemb.train.final import finish
 from supemb.train.linear_head import Targets, fit_stage_two
 from supemb.train.rundir import RunDir, load_run_config, summary_line
-from supemb.train.selection import embedding_array
+
 
 class Model(EmbeddingModel):
     """encoder -> embedding (`EmbeddingModel`: L2-normalised for metric "cosine", raw for "l2"),
