@@ -217,3 +217,35 @@ def test_a_third_modality_is_one_plug_in_and_one_registry_line(tmp_path: Path, m
     p = bundle.predict(tmp_path / "q.npy", embeddings=True)[0]
     assert p.value == 7.0 and p.neighbours[0].id == "v7" and p.neighbours[0].similarity == pytest.approx(0, abs=1e-3)
     np.testing.assert_allclose(p.embedding, emb[7], atol=1e-5)
+
+
+# ------------------------------------------- training sees what serving sees
+
+
+def test_training_and_serving_give_the_same_tensors(tmp_path: Path) -> None:
+    """The trainer's evaluation input for an item equals the serving decoder's rows for its file:
+    both come from the recorded steps (images: decode, then the rest; EEG: the signal, then windows)."""
+    import torch
+
+    from supemb.data.synthetic_eeg import make_eeg_dataset
+    from supemb.data.synthetic_webcam import make_webcam_dataset
+    from supemb.train.config import TrainConfig
+    from supemb.train.data import prepare_data
+
+    webcam = make_webcam_dataset(tmp_path / "w", 30, n_cameras=2, size=20, seed=1)
+    data = prepare_data(TrainConfig(data=str(webcam), target="temperature", out="o", loss="rnc", image_size=16))
+    plugin, pipe = modalities.from_record(data.preprocessing, "preprocessing.json")
+    split = data.splits["val"]
+    for i in range(len(split)):
+        served = plugin.decoder(pipe)(split.names[i])
+        assert torch.equal(data.eval_transform(split.load(i)), torch.from_numpy(served[0]))
+
+    eeg_dir = make_eeg_dataset(tmp_path / "e", 8, duration_s=12.0, sfreq=100.0, seed=2)
+    data = prepare_data(TrainConfig(data=str(eeg_dir), target="age", out="o", loss="rnc",
+                                    eeg={"window_s": 4.0, "stride_s": 2.0}))
+    plugin, pipe = modalities.from_record(data.preprocessing, "preprocessing.json")
+    split = data.splits["train"]
+    for rec, path in enumerate(split.names):
+        rows = np.flatnonzero(split.groups == rec)
+        trained = np.stack([data.eval_transform(split.load(int(i))).numpy() for i in rows])
+        np.testing.assert_array_equal(trained, plugin.decoder(pipe)(path))
