@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from supemb.errors import UsageError, UserError
+from supemb.errors import ON_ERROR_FLAGS, UsageError, UserError, raise_or_skip
 
 Handler = Callable[[argparse.Namespace], int]
 INDEX_KINDS = ("flat", "ivf", "hnsw")
@@ -36,7 +36,7 @@ def export_parser(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--name", help="bundle name shown by the demo (default: the --out name)")
     p.add_argument("--thumbnails", type=int, default=0, metavar="PX",
                    help="store PX x PX thumbnails of image galleries, for showing neighbours (default 0: none)")
-    p.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="unreadable gallery items")
+    p.add_argument("--on-error", choices=ON_ERROR_FLAGS, default="fail", help="unreadable gallery items")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
 
     def run(args: argparse.Namespace) -> int:
@@ -44,7 +44,7 @@ def export_parser(p: argparse.ArgumentParser) -> Handler:
 
         m = export_run(args.run, args.out, gallery=args.gallery, opset=args.opset, fp16=args.fp16,
                        index=args.index, k=args.k, unit=args.unit, name=args.name, thumbnails=args.thumbnails,
-                       force=args.force, on_error="raise" if args.on_error == "fail" else "skip")
+                       force=args.force, on_error=raise_or_skip(args.on_error))
         diffs = m["onnx"]["parity_max_abs_diff"]
         print(f"wrote {args.out}: {m['modality']} {m['task']}, {m['embedding_dim']}-d, "
               f"gallery {m['gallery']['items']} ({m['index']['kind']} index), "
@@ -61,13 +61,13 @@ def index_parser(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--index", choices=INDEX_KINDS, help="FAISS index type (default: the bundle's)")
     p.add_argument("--target", help="target column (default: the bundle's target name)")
     p.add_argument("--format", default="auto", help="auto | csv | folder | utkface | agedb")
-    p.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="unreadable items")
+    p.add_argument("--on-error", choices=ON_ERROR_FLAGS, default="fail", help="unreadable items")
 
     def run(args: argparse.Namespace) -> int:
         from supemb.export.writer import reindex
 
         m = reindex(args.bundle, args.data, append=args.append, index=args.index, target=args.target,
-                    fmt=args.format, on_error="raise" if args.on_error == "fail" else "skip")
+                    fmt=args.format, on_error=raise_or_skip(args.on_error))
         print(f"{args.bundle}: gallery now {m['gallery']['items']} items ({m['index']['kind']} index)")
         return 0
 
@@ -92,7 +92,7 @@ def predict_parser(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--k", type=int, help="neighbours (default: the bundle's)")
     p.add_argument("--median", action="store_true", help="regression: weighted median of the neighbours")
     p.add_argument("--json", action="store_true", help="one JSON list with values, uncertainty, neighbours")
-    p.add_argument("--on-error", choices=["fail", "skip"], default="fail",
+    p.add_argument("--on-error", choices=ON_ERROR_FLAGS, default="fail",
                    help="skip: predict the good inputs and list the bad (exit code 1 if any was bad)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -102,7 +102,7 @@ def predict_parser(p: argparse.ArgumentParser) -> Handler:
 
         bundle = load_bundle(args.bundle, device=args.device)
         preds = bundle.predict(args.inputs, k=args.k, batch_size=args.batch_size,
-                               on_error="raise" if args.on_error == "fail" else "skip",
+                               on_error=raise_or_skip(args.on_error),
                                reduce="median" if args.median else None)
         if args.json:
             print(json.dumps([p.to_dict() for p in preds], indent=1))
@@ -181,7 +181,7 @@ def eval_parser(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--format", default="auto", help="auto | csv | folder | utkface | agedb")
     p.add_argument("--k", type=int, help="neighbours (default: the bundle's)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="unreadable items")
+    p.add_argument("--on-error", choices=ON_ERROR_FLAGS, default="fail", help="unreadable items")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     def run(args: argparse.Namespace) -> int:
@@ -191,7 +191,7 @@ def eval_parser(p: argparse.ArgumentParser) -> Handler:
             raise UsageError(f"--k must be >= 1, got {args.k}")
         bundle = load_bundle(args.bundle, device=args.device)
         m = evaluate_bundle(bundle, args.data, target=args.target, fmt=args.format, k=args.k,
-                            on_error="raise" if args.on_error == "fail" else "skip")
+                            on_error=raise_or_skip(args.on_error))
         if args.json:
             print(json.dumps(m, indent=2))
         else:

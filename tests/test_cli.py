@@ -134,3 +134,11 @@ def test_help_does_not_import_torch() -> None:
             "assert 'torch' not in sys.modules, 'building the parser imported torch'\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_on_error_flag_means_the_same_everywhere() -> None:
+    from supemb.errors import ON_ERROR_FLAGS, UsageError, raise_or_skip
+
+    assert [raise_or_skip(f) for f in ON_ERROR_FLAGS] == ["raise", "skip"]
+    with pytest.raises(UsageError, match="--on-error"):
+        raise_or_skip("ignore")

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from supemb.errors import UserError
+from supemb.errors import UserError, raise_or_skip
 from supemb.modalities.base import Listing, Modality, check_task
 from supemb.preprocess.steps import Op, Pipeline, only_keys
 
@@ -162,7 +162,7 @@ class ImageModality(Modality):
 
     def training_gallery(self, cfg: Any) -> Listing:
         table = self._table(Path(cfg.data), cfg.target, cfg.task, cfg.format,
-                            "raise" if cfg.on_error == "fail" else "skip", seed=cfg.seed)
+                            raise_or_skip(cfg.on_error), seed=cfg.seed)
         return _listing(table.split("train"), cfg.task)
 
     def training_data(self, cfg: Any, data: Path) -> Any:
@@ -174,7 +174,7 @@ class ImageModality(Modality):
         check_task(self, cfg.task, data)
         aug, aug_record = resolve_augment(cfg.augment, self, cfg.task)  # before reading data: fail fast
         table = self._table(data, cfg.target, cfg.task, cfg.format,
-                            "raise" if cfg.on_error == "fail" else "skip", seed=cfg.seed)
+                            raise_or_skip(cfg.on_error), seed=cfg.seed)
         pipe = self.training_pipeline(cfg)
         before, after = pipe.split_at(self.augment_from)  # decode once; augmentation replaces the rest
         contrastive = ContrastiveAugment(self.spec(pipe), aug)

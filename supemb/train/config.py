@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from supemb.errors import UsageError, UserError
+from supemb.errors import ON_ERROR_FLAGS, UsageError, UserError
 from supemb.losses.registry import LOSSES
 
 # Every loss, its task, projection head, temperature and geometry: `supemb.losses.registry.LOSSES`.
@@ -33,7 +33,7 @@ METRICS = ("cosine", "l2")
 SIMILARITIES = ("l2", "cosine")  # RnC's feature similarity (its paper's default: l2)
 HEAD_FITS = ("convex", "sgd")
 TASKS = ("classification", "regression")
-ON_ERRORS = ("fail", "skip")
+
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ class TrainConfig:
                              f"got {type(self.augment).__name__}")
         if isinstance(self.augment, dict) and not isinstance(self.augment.get("preset"), str):
             raise UsageError(f"augment: a mapping needs 'preset: NAME' to start from, got {self.augment!r}")
-        if self.on_error not in ON_ERRORS:
+        if self.on_error not in ON_ERROR_FLAGS:
             raise UsageError(f"--on-error must be fail or skip, got {self.on_error!r}")
 
     @property
@@ -232,7 +232,7 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("seed", "seed of splits, initialisation and augmentation (default 0)", int),
     Flag("device", "auto | cpu | cuda (default auto)"),
     Flag("num_workers", "data-loading processes (default 0)", int),
-    Flag("on_error", "bad data rows: stop (default) or skip", choices=ON_ERRORS),
+    Flag("on_error", "bad data rows: stop (default) or skip", choices=ON_ERROR_FLAGS),
     Flag("viz", "skip the embedding map", off="--no-viz"),
 )
 
