@@ -35,7 +35,6 @@ HEAD_FITS = ("convex", "sgd")
 TASKS = ("classification", "regression")
 
 
-
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a run needs; defaults follow the seeds' two-stage recipe."""
