@@ -2,7 +2,7 @@
 `supemb viz` and `--resume` read it through `RunDir`.
 
     config.json           the resolved configuration (`TrainConfig`)
-    preprocessing.json    what serving must do to an input (from the data module)
+    preprocessing.json    what serving must do to an input: the recorded steps (supemb.preprocess.steps)
     model.json            format_version, encoder name/kwargs, embed_dim, modality, task, loss,
                           classes, target stats, metric and embedding, kNN k and temperature, ...
     model.safetensors     final weights: encoder.*, head.* (projection), linear.* (linear head)
