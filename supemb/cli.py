@@ -15,6 +15,7 @@ from types import ModuleType
 
 from supemb import __version__
 from supemb.errors import UsageError, UserError
+from supemb.train.world import rank_prefix
 
 # name -> (help, function that adds arguments and returns the handler)
 Handler = Callable[[argparse.Namespace], int]
@@ -37,6 +38,7 @@ def _train_parser(p: argparse.ArgumentParser) -> Handler:
     def run(args: argparse.Namespace) -> int:
         from supemb.train.config import load_config
         from supemb.train.trainer import resume_run, train
+        from supemb.train.world import World
 
         overrides = {flag.name: getattr(args, flag.name) for flag in TRAIN_FLAGS}
         if args.resume:
@@ -48,6 +50,8 @@ def _train_parser(p: argparse.ArgumentParser) -> Handler:
             cfg = load_config(args.config, overrides)
             out = cfg.out
             final = train(cfg)
+        if not World.from_env().main:  # under torchrun, rank 0 reports
+            return 0
         print(f"wrote {out} (all metrics in metrics.jsonl)")
         shown = {k: round(v, 4) for k, v in final.items() if k.startswith("test_") and isinstance(v, float)}
         if shown:
@@ -164,10 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         if args.debug:
             raise
-        print(f"supemb {args.command}: error: {err}", file=sys.stderr)
+        print(f"supemb {args.command}: error: {rank_prefix()}{err}", file=sys.stderr)
         return 2 if isinstance(err, UsageError) else 1
     except KeyboardInterrupt:
-        print("supemb: interrupted", file=sys.stderr)
+        print(f"supemb: {rank_prefix()}interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # The reader went away (`supemb predict ... | head`): stop quietly, as

@@ -66,7 +66,9 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     seed: int = 0
     device: str = "auto"
-    num_workers: int = 0
+    num_workers: int | None = None  # DataLoader workers per process; None: from the machine's cores
+    sync_bn: bool = True  # several GPUs: BatchNorm over the global batch (SyncBatchNorm)
+    dist_timeout: float = 1800.0  # seconds a collective may wait for a rank before the run stops
     image_size: int = 64
     eeg: dict[str, Any] = field(default_factory=dict)  # EEGSpec fields (channels, sfreq, window_s, ...)
     # Augmentation preset ("colour"), or {"preset": NAME, field: value, ...}; None: the task's default
@@ -117,6 +119,10 @@ class TrainConfig:
                              f"got {type(self.augment).__name__}")
         if isinstance(self.augment, dict) and not isinstance(self.augment.get("preset"), str):
             raise UsageError(f"augment: a mapping needs 'preset: NAME' to start from, got {self.augment!r}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise UsageError(f"--num-workers must be >= 0, got {self.num_workers}")
+        if not self.dist_timeout > 0:
+            raise UsageError(f"--dist-timeout must be > 0 seconds, got {self.dist_timeout}")
         if self.on_error not in ON_ERROR_FLAGS:
             raise UsageError(f"--on-error must be fail or skip, got {self.on_error!r}")
 
@@ -220,7 +226,8 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("metric", "served geometry (default: the loss's; a baseline's is chosen on validation)",
          choices=METRICS),
     Flag("knn_k", "neighbours of the kNN (default: chosen on validation from 5-40)", int),
-    Flag("batch_size", "samples per batch (default: 128 for images, 64 for EEG)", int),
+    Flag("batch_size", "samples per batch, the global batch over all processes under torchrun "
+         "(default: 128 for images, 64 for EEG)", int),
     Flag("lr", "peak learning rate, AdamW with warm-up + cosine (default: 3e-3 for images, 1e-3 for EEG)",
          float),
     Flag("temperature", "loss temperature (default: the loss's own)", float),
@@ -230,7 +237,12 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("augment", AUGMENT_HELP, metavar="NAME"),
     Flag("seed", "seed of splits, initialisation and augmentation (default 0)", int),
     Flag("device", "auto | cpu | cuda (default auto)"),
-    Flag("num_workers", "data-loading processes (default 0)", int),
+    Flag("num_workers", "data-loading worker processes per training process (default: from the "
+         "machine's cores, up to 8)", int),
+    Flag("sync_bn", "under torchrun on GPUs, keep per-GPU BatchNorm statistics instead of SyncBatchNorm",
+         off="--no-sync-bn"),
+    Flag("dist_timeout", "under torchrun, seconds a rank may wait for the others before the run stops "
+         "(default 1800)", float),
     Flag("on_error", "bad data rows: stop (default) or skip", choices=ON_ERROR_FLAGS),
     Flag("viz", "skip the embedding map", off="--no-viz"),
 )

@@ -101,23 +101,51 @@ def _seed_for(*parts: int) -> int:
 
 
 class SeededDataset(torch.utils.data.Dataset):
-    """Items (x, target, group) with x = V augmented views `[V, ...]`, or one
-    view `[...]` when views == 1; augmentation seeded by (seed, epoch, index)."""
+    """Items (x, target, group) with x = V augmented views `[V, ...]`, or one view `[...]`
+    when views == 1. Keys are (epoch, index) pairs (`EpochBatches` yields them), and the
+    augmentation is seeded by (seed, epoch, index): the same in any worker process, on
+    any rank, before and after a resume."""
 
     def __init__(self, split: Split, augment: Callable[[Any, torch.Generator], torch.Tensor],
                  views: int, seed: int) -> None:
         self.split, self.augment, self.views, self.seed = split, augment, views, seed
-        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, i: int):
-        g = torch.Generator().manual_seed(_seed_for(self.seed, self.epoch, i))
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, i = key
+        g = torch.Generator().manual_seed(_seed_for(self.seed, epoch, i))
         raw = self.split.load(i)
         views = [self.augment(raw, g) for _ in range(self.views)]
         x = views[0] if self.views == 1 else torch.stack(views)
         return x, torch.as_tensor(self.split.targets[i]), int(self.split.groups[i])
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """A batch sampler over epochs: `set_epoch(epoch, skip)` chooses the epoch (and how many of
+    its batches are already done); iterating yields this rank's batches of (epoch, index) keys.
+
+    One object for the whole run, so a DataLoader with persistent workers keeps them across
+    epochs. Batches: `batches_of(order)`, e.g. `distributed.rank_batches` (this rank's slice of
+    each global batch of the seeded epoch order)."""
+
+    def __init__(self, n: int, seed: int, batches_of: Callable[[list[int]], list[list[int]]]) -> None:
+        self.n, self.seed, self.batches_of = n, seed, batches_of
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def _batches(self) -> list[list[int]]:
+        return self.batches_of(epoch_order(self.n, self.seed, self.epoch))[self.skip:]
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+    def __iter__(self):
+        for batch in self._batches():
+            yield [(self.epoch, i) for i in batch]
 
 
 class EvalDataset(torch.utils.data.Dataset):

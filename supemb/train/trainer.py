@@ -44,11 +44,23 @@ from supemb.predict.neighbours import embedding_array
 from supemb.train import evaluate
 from supemb.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from supemb.train.config import TrainConfig, resolve_defaults
-from supemb.train.data import EvalDataset, PreparedData, SeededDataset, epoch_order, prepare_data
-from supemb.train.device import resolve_device
+from supemb.train import distributed
+from supemb.train.data import EpochBatches, EvalDataset, PreparedData, SeededDataset, prepare_data
+from supemb.train.world import World
 from supemb.train.final import finish
 from supemb.train.linear_head import Targets, fit_stage_two
 from supemb.train.rundir import RunDir, load_run_config, summary_line
+
+
+class _TrainForward(nn.Module):
+    """inputs -> the training head's output: what DDP wraps (its forward is the one DDP watches)."""
+
+    def __init__(self, model: Model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.head(self.model.encoder(x))
 
 
 class Model(EmbeddingModel):
@@ -76,16 +88,18 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, interrupt_at_step: int | None = None) -> None:
         self.run_dir = RunDir(cfg.out)
         self.out = self.run_dir.path
+        self.world = World.from_env()  # torchrun's processes; a world of one otherwise
         last = self.run_dir.last
-        if resume and not last.is_file():
-            raise UserError(f"{last}: nothing to resume (no checkpoint in {self.out})")
-        if not resume and last.is_file():
-            raise UserError(f"{self.out}: already holds a training run; pass --resume to continue it "
-                            "or choose another --out")
+        if self.world.main:  # the run directory is rank 0's (other machines may not see it)
+            if resume and not last.is_file():
+                raise UserError(f"{last}: nothing to resume (no checkpoint in {self.out})")
+            if not resume and last.is_file():
+                raise UserError(f"{self.out}: already holds a training run; pass --resume to continue it "
+                                "or choose another --out")
         self.cfg = cfg
         self.resume = resume
         self.interrupt_at_step = interrupt_at_step  # tests: simulate Ctrl-C at this global step
-        self.device = resolve_device(cfg.device)
+        self.device = distributed.start(self.world, cfg.device, cfg.dist_timeout)
         self.amp = cfg.amp and self.device.type == "cuda"
         self.global_step = 0
         self._frozen: dict[str, tuple] | None = None  # split -> embed_split result, once the encoder is final
@@ -123,7 +137,14 @@ class Trainer:
         self.metric = cfg.served_metric or "cosine"
         self.knn_k = cfg.knn_k or 10  # per-epoch evaluation; chosen on validation at the end
         self.knn_temperature: float | None = None  # chosen on validation at the end
-        self.model = Model(encoder, head, self.metric).to(self.device)
+        model = Model(encoder, head, self.metric)
+        if self.world.active and self.device.type == "cuda" and cfg.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BatchNorm over the global batch
+        self.model = model.to(self.device)
+        self.forward = _TrainForward(self.model)
+        if self.world.active:  # gradients averaged over the ranks (see supemb.train.distributed)
+            self.forward = nn.parallel.DistributedDataParallel(
+                self.forward, device_ids=[self.device] if self.device.type == "cuda" else None)
         self.loss_fn = build_loss(cfg, self.n_classes).to(self.device)
         self.linear = LinearHead(self.embed_dim, out_dim).to(self.device)  # stage 2
         params = list(self.model.parameters())
@@ -132,8 +153,21 @@ class Trainer:
         self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()} if cfg.ema_decay else None
         n_train = len(self.data.splits["train"])
         drop_last = cfg.contrastive and n_train > cfg.batch_size
-        self.steps_per_epoch = n_train // cfg.batch_size if drop_last else math.ceil(n_train / cfg.batch_size)
-        self.drop_last = drop_last
+
+        def batches_of(order: list[int]) -> list[list[int]]:  # this rank's slice of each global batch
+            return distributed.rank_batches(order, cfg.batch_size, self.world, drop_last)
+
+        self.sampler = EpochBatches(n_train, cfg.seed, batches_of)
+        self.steps_per_epoch = len(batches_of(list(range(n_train))))
+        if self.steps_per_epoch == 0:
+            raise UserError(f"{cfg.data}: {n_train} training items make no full global batch of "
+                            f"{cfg.batch_size}; lower --batch-size")
+        self.workers = cfg.num_workers if cfg.num_workers is not None else distributed.default_workers(self.world)
+        views = 2 if cfg.contrastive else 1
+        self.train_loader = torch.utils.data.DataLoader(
+            SeededDataset(self.data.splits["train"], self.data.augment, views, cfg.seed),
+            batch_sampler=self.sampler, num_workers=self.workers, persistent_workers=self.workers > 0,
+            pin_memory=self.device.type == "cuda")
         self.total_steps = max(1, self.steps_per_epoch * cfg.epochs)
         self.warmup_steps = int(cfg.warmup_epochs * self.steps_per_epoch)
         self.best_score = -math.inf
@@ -159,54 +193,63 @@ class Trainer:
             "global_step": self.global_step,
             "best_score": self.best_score,
             "rng": rng_state(),
+            "world_size": self.world.size,
         }
 
     def _save(self, path: Path) -> Path:
-        save_checkpoint(self._state(), path)
+        if self.world.main:  # rank 0 writes; every rank holds the same state
+            save_checkpoint(self._state(), path)
         return path
 
     def _restore(self) -> None:
-        state = load_checkpoint(self.run_dir.last, map_location=self.device)
+        state = load_checkpoint(self.run_dir.last, map_location="cpu") if self.world.main else None
+        state = distributed.broadcast_state(state, self.world)  # rank 0 read it; every rank continues from it
         self.model.load_state_dict(state["model"])
         self.loss_fn.load_state_dict(state["loss"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        self.ema = state["ema"]
+        self.ema = ({k: v.to(self.device) for k, v in state["ema"].items()} if state["ema"] is not None
+                    else None)
         self.position = Position(*state["position"])
         self.global_step = int(state["global_step"])
         self.best_score = float(state["best_score"])
         set_rng_state(state["rng"])
+        was = int(state.get("world_size", 1))
+        if was != self.world.size and self.world.main and self.position.stage == 1:
+            print(f"note: {self.run_dir.last} was written by {was} process(es) and this run has "
+                  f"{self.world.size}: the global batches and data order stay the same, but the result will "
+                  "not be bit-identical to an uninterrupted run", file=sys.stderr)
 
     # -------------------------------------------------------------- training
 
     def run(self) -> dict[str, Any]:
         self._setup()
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.world.main:
+            self.out.mkdir(parents=True, exist_ok=True)
         if self.resume:
             self._restore()
-            print(f"resuming {self.out} at stage {self.position.stage}, epoch {self.position.epoch + 1}, "
-                  f"step {self.position.step}", file=sys.stderr)
-        else:
+            self._say(f"resuming {self.out} at stage {self.position.stage}, epoch {self.position.epoch + 1}, "
+                      f"step {self.position.step}")
+        elif self.world.main:
             self.run_dir.start(self.resolved_cfg, self.data.preprocessing)
         if self.position.stage == 1:
             self._stage_one()
             self.position = Position(stage=2)
             self._save(self.run_dir.last)
+        if self.world.active:  # the rest is single-process work, on rank 0 (supemb.train.distributed)
+            distributed.stop()
+            if not self.world.main:
+                return {}
+            self.world = World()
         self._load_best()
         self._frozen = {}  # the encoder no longer changes: embed each split once from here on
         if self.cfg.contrastive and self.cfg.linear_epochs > 0:
             self._stage_two()
         return finish(self)
 
-    def _train_loader(self, epoch: int, skip: int) -> torch.utils.data.DataLoader:
-        views = 2 if self.cfg.contrastive else 1
-        ds = SeededDataset(self.data.splits["train"], self.data.augment, views, self.cfg.seed)
-        ds.epoch = epoch
-        order = epoch_order(len(ds), self.cfg.seed, epoch)[skip * self.cfg.batch_size:]
-        return torch.utils.data.DataLoader(
-            ds, batch_size=self.cfg.batch_size, sampler=order, drop_last=self.drop_last,
-            num_workers=self.cfg.num_workers,
-        )
+    def _say(self, line: str) -> None:
+        if self.world.main:
+            print(line, file=sys.stderr)
 
     def _stage_one(self) -> None:
         cfg = self.cfg
@@ -215,8 +258,10 @@ class Trainer:
             self.model.train()
             self.loss_fn.train()
             skip = self.position.step if epoch == self.position.epoch else 0
-            bar = tqdm(self._train_loader(epoch, skip), total=self.steps_per_epoch, initial=skip,
-                       desc=f"{what} epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None, file=sys.stderr)
+            self.sampler.set_epoch(epoch, skip)
+            bar = tqdm(self.train_loader, total=self.steps_per_epoch, initial=skip,
+                       desc=f"{what} epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                       disable=None if self.world.main else True, file=sys.stderr)
             running, seen, t0 = 0.0, 0, time.perf_counter()
             step = skip
             try:
@@ -232,15 +277,19 @@ class Trainer:
             except KeyboardInterrupt:
                 path = self._save(self.run_dir.last)
                 bar.close()
-                print(f"interrupted at epoch {epoch + 1}, step {step}: saved {path}; continue with "
-                      f"supemb train --resume --out {self.out}", file=sys.stderr)
+                self._say(f"interrupted at epoch {epoch + 1}, step {step}: saved {path}; continue with "
+                          f"supemb train --resume --out {self.out}")
                 raise
             bar.close()
-            metrics = self._evaluate_epoch()
-            metrics.update(stage=1, epoch=epoch + 1, loss=running / max(seen, 1),
-                           lr=self.lr_at(self.global_step - 1), seconds=time.perf_counter() - t0)
-            self.run_dir.log(metrics)
+            seconds = time.perf_counter() - t0
+            metrics = self._evaluate_epoch()  # every rank embeds a shard; rank 0 gets the figures
             self.position = Position(1, epoch + 1, 0)
+            if not self.world.main:
+                continue
+            metrics.update(stage=1, epoch=epoch + 1, loss=running / max(seen, 1),
+                           lr=self.lr_at(self.global_step - 1), seconds=seconds,
+                           samples_per_s=(step - skip) * cfg.batch_size / max(seconds, 1e-9), processes=self.world.size)
+            self.run_dir.log(metrics)
             score = self._score(metrics)
             if score > self.best_score:
                 self.best_score = score
@@ -254,20 +303,23 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        distributed.sync_buffers(self.loss_fn, self.world)  # a loss's running state: rank 0's everywhere
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             if cfg.contrastive:
                 b, v = x.shape[:2]
-                feats = self.model.head(self.model.encoder(x.flatten(0, 1))).view(b, v, -1)
+                feats = self.forward(x.flatten(0, 1)).view(b, v, -1)
+                feats, y = distributed.gather(feats, y, self.world)  # the global batch, on every rank
                 loss = self.loss_fn(feats, y)
             else:
-                out = self.model.head(self.model.encoder(x))
+                out = self.forward(x)
                 if cfg.task == "classification":
                     loss = self.loss_fn(out, y.long())
                 else:
                     loss = self.loss_fn(out.squeeze(1), (y.float() - self.targets.mean) / self.targets.std)
-        if not torch.isfinite(loss):
+        value = distributed.mean_over_ranks(loss.detach().float(), self.world)  # the same on every rank
+        if not torch.isfinite(value):
             self._save(self.run_dir.last)
-            raise UserError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+            raise UserError(f"the loss became {value.item()} at epoch {epoch + 1}, step {step + 1}; "
                             f"try a lower --lr (now {cfg.lr}) or --grad-clip; the run was saved in {self.out}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -284,7 +336,7 @@ class Trainer:
                     else:
                         self.ema[k].copy_(v)
         self.global_step += 1
-        return loss.item()
+        return value.item()
 
     # ------------------------------------------------------------ evaluation
 
@@ -296,13 +348,16 @@ class Trainer:
         """(raw encoder features [N, D], targets [N], groups [N], head outputs [N, out] or None).
 
         `embedding_array(features, metric)` turns the features into the served embedding.
-        Once the encoder is final (stage 2 and the end), each split is embedded once."""
+        Once the encoder is final (stage 2 and the end), each split is embedded once. With
+        several ranks each embeds its shard and every rank gets the whole split, in order."""
         if self._frozen is not None and name in self._frozen:
             return self._frozen[name]
         split = self.data.splits[name]
-        loader = torch.utils.data.DataLoader(EvalDataset(split, self.data.eval_transform),
-                                             batch_size=max(self.cfg.batch_size, 64), shuffle=False,
-                                             num_workers=self.cfg.num_workers)
+        dataset = EvalDataset(split, self.data.eval_transform)
+        if self.world.active:
+            dataset = torch.utils.data.Subset(dataset, distributed.shard(len(split), self.world))
+        loader = torch.utils.data.DataLoader(dataset, batch_size=max(self.cfg.batch_size, 64), shuffle=False,
+                                             num_workers=self.workers, pin_memory=self.device.type == "cuda")
         current = None
         if self.ema is not None:
             current = {k: v.clone() for k, v in self.model.state_dict().items()}
@@ -316,15 +371,23 @@ class Trainer:
                 outs.append(self.model.head(feats).float().cpu())
         if current is not None:
             self.model.load_state_dict(current)
-        head_out = torch.cat(outs).numpy() if outs else None
-        result = torch.cat(embs).numpy(), split.targets, split.groups, head_out
+        feats = torch.cat(embs) if embs else torch.zeros(0, self.embed_dim)
+        feats = distributed.gather_rows(feats.to(self.device), self.world).cpu()
+        head_out = None
+        if not self.cfg.contrastive:
+            out = torch.cat(outs) if outs else torch.zeros(0, self.targets.out_dim)
+            head_out = distributed.gather_rows(out.to(self.device), self.world).cpu().numpy()
+        result = feats.numpy(), split.targets, split.groups, head_out
         if self._frozen is not None:
             self._frozen[name] = result
         return result
 
     def _evaluate_epoch(self, split: str = "val") -> dict[str, Any]:
+        """The figures of `split` (rank 0; the other ranks only help embed and get {})."""
         train_feats, train_t, _, _ = self.embed_split("train")
         feats, t, groups, head_out = self.embed_split(split)
+        if not self.world.main:
+            return {}
         metrics = evaluate.embedding_metrics(
             embedding_array(train_feats, self.metric), train_t, embedding_array(feats, self.metric), t, groups,
             self.cfg.task, self.knn_k, self.data.plugin.grouped, metric=self.metric,
