@@ -20,6 +20,14 @@ from supemb.errors import ON_ERROR_FLAGS, UsageError, UserError, raise_or_skip
 
 Handler = Callable[[argparse.Namespace], int]
 INDEX_KINDS = ("flat", "ivf", "hnsw")
+PROCESSES_HELP = ("embed the gallery with N processes, each taking a shard of it (for large galleries on "
+                  "many cores); the bundle is identical to one process's (default 1)")
+
+
+def _processes(args: argparse.Namespace) -> int:
+    if args.processes < 1:
+        raise UsageError(f"--processes must be >= 1, got {args.processes}")
+    return args.processes
 
 
 def export_parser(p: argparse.ArgumentParser) -> Handler:
@@ -38,13 +46,14 @@ def export_parser(p: argparse.ArgumentParser) -> Handler:
                    help="store PX x PX thumbnails of image galleries, for showing neighbours (default 0: none)")
     p.add_argument("--on-error", choices=ON_ERROR_FLAGS, default="fail", help="unreadable gallery items")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--processes", type=int, default=1, metavar="N", help=PROCESSES_HELP)
 
     def run(args: argparse.Namespace) -> int:
         from supemb.export.writer import export_run
 
         m = export_run(args.run, args.out, gallery=args.gallery, opset=args.opset, fp16=args.fp16,
                        index=args.index, k=args.k, unit=args.unit, name=args.name, thumbnails=args.thumbnails,
-                       force=args.force, on_error=raise_or_skip(args.on_error))
+                       force=args.force, on_error=raise_or_skip(args.on_error), processes=_processes(args))
         diffs = m["onnx"]["parity_max_abs_diff"]
         print(f"wrote {args.out}: {m['modality']} {m['task']}, {m['embedding_dim']}-d, "
               f"gallery {m['gallery']['items']} ({m['index']['kind']} index), "
@@ -62,12 +71,13 @@ def index_parser(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--target", help="target column (default: the bundle's target name)")
     p.add_argument("--format", default="auto", help="auto | csv | folder | utkface | agedb")
     p.add_argument("--on-error", choices=ON_ERROR_FLAGS, default="fail", help="unreadable items")
+    p.add_argument("--processes", type=int, default=1, metavar="N", help=PROCESSES_HELP)
 
     def run(args: argparse.Namespace) -> int:
         from supemb.export.writer import reindex
 
         m = reindex(args.bundle, args.data, append=args.append, index=args.index, target=args.target,
-                    fmt=args.format, on_error=raise_or_skip(args.on_error))
+                    fmt=args.format, on_error=raise_or_skip(args.on_error), processes=_processes(args))
         print(f"{args.bundle}: gallery now {m['gallery']['items']} items ({m['index']['kind']} index)")
         return 0
 

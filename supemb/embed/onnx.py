@@ -27,7 +27,8 @@ Device = Literal["auto", "cpu", "cuda"]
 _PROGRESS_MIN = 200  # inputs: with progress=None, a bar from this many on, on a terminal
 
 
-def _providers(device: str) -> list[str]:
+def _providers(device: str, device_id: int | None = None) -> list[Any]:
+    """ONNX Runtime's provider list for `device`; `device_id` picks the GPU (CUDA's "device_id" option)."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -36,7 +37,9 @@ def _providers(device: str) -> list[str]:
     if device not in ("auto", "cuda"):
         raise UserError(f"device must be auto, cpu or cuda, got {device!r}")
     if "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        if device_id is None:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
     if device == "cuda":
         raise UserError("device='cuda': this ONNX Runtime has no CUDA provider "
                         "(pip install 'supemb[gpu]' for onnxruntime-gpu), use device='cpu'")
@@ -47,17 +50,23 @@ class Encoder:
     """An ONNX encoder in ONNX Runtime with the decoding of its inputs:
     inputs -> embeddings (unit length for a cosine bundle, raw for l2). Used
     by `Bundle` and by export (which embeds the gallery with the exported
-    model itself)."""
+    model itself). `device_id` picks the GPU for "cuda"/"auto" (default: CUDA's
+    own, GPU 0); `threads` > 0 caps ONNX Runtime's intra-op threads (default:
+    one per core), for several encoders in several processes on one machine."""
 
-    def __init__(self, onnx_path: Path, modality: Modality, pipeline: Pipeline, device: Device = "auto") -> None:
+    def __init__(self, onnx_path: Path, modality: Modality, pipeline: Pipeline, device: Device = "auto",
+                 device_id: int | None = None, threads: int = 0) -> None:
         import onnxruntime as ort
 
+        self.onnx_path = Path(onnx_path)
         self.modality, self.pipeline = modality, pipeline
         self.decode = modality.decoder(pipeline)
         want_input = modality.input_shape(pipeline)
-        providers = _providers(device)
+        providers = _providers(device, device_id)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads > 0:
+            options.intra_op_num_threads = threads
         # Idle worker threads sleep instead of spinning: the decode threads that
         # feed the next batch, and anything else on the machine, need those cores.
         # (On 2 shared cores, ONNX Runtime at batch 1 ran 2-3x faster without spinning.)
@@ -67,7 +76,8 @@ class Encoder:
         except Exception as err:  # onnxruntime raises its own exception types for a bad model
             raise UserError(f"{onnx_path}: ONNX Runtime cannot load it ({' '.join(str(err).split())[:300]})") from None
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
-        if providers[0] == "CUDAExecutionProvider" and self.device != "cuda":
+        asked = providers[0] if isinstance(providers[0], str) else providers[0][0]  # a name, or (name, options)
+        if asked == "CUDAExecutionProvider" and self.device != "cuda":
             warnings.warn(f"{onnx_path}: ONNX Runtime could not start its CUDA provider and fell back to CPU "
                           "(check the CUDA/cuDNN libraries); predictions run on CPU", RuntimeWarning, stacklevel=3)
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]

@@ -5,7 +5,9 @@
     write_gallery(bundle_dir, indexed, "flat", metric="l2")
 
 The gallery is embedded with the ONNX model that serves it, through the same
-decoding, so a gallery input queried again finds itself. A grouped modality
+decoding, so a gallery input queried again finds itself. With processes > 1
+the inputs are embedded in shards by several processes
+(`supemb.embed.shards`), with the same result. A grouped modality
 (EEG) gives several rows per input; gallery.json then maps each row to its
 recording ("groups", "recordings").
 """
@@ -19,9 +21,13 @@ from typing import Any
 import numpy as np
 
 from supemb.embed.onnx import Encoder
+from supemb.embed.shards import embed_rows_sharded
 from supemb.errors import UserError
 from supemb.modalities.base import Listing, Modality
 from supemb.predict import manifest as mf
+
+
+GALLERY_BATCH = 64  # inputs per ONNX Runtime batch when embedding a gallery
 
 
 @dataclass
@@ -80,11 +86,19 @@ class IndexedGallery:
 
 
 def embed_gallery(encoder: Encoder, gallery: Gallery, task: str, labels: list[str],
-                  thumbnail_size: int = 0, on_error: str = "raise") -> IndexedGallery:
+                  thumbnail_size: int = 0, on_error: str = "raise", processes: int = 1) -> IndexedGallery:
     """Embed the gallery's inputs with the ONNX encoder; targets per row
     (an EEG recording's target repeated over its windows). New class names
-    are appended to `labels`."""
-    emb, owner, failures = encoder.embed_rows(gallery.items, on_error=on_error, progress=None)
+    are appended to `labels`. `processes` > 1: that many worker processes,
+    each with its own copy of the encoder (same file, preprocessing and
+    device), embed it in shards; the result is identical."""
+    if processes == 1:
+        emb, owner, failures = encoder.embed_rows(gallery.items, batch_size=GALLERY_BATCH, on_error=on_error,
+                                                  progress=None)
+    else:
+        emb, owner, failures = embed_rows_sharded(
+            encoder.onnx_path, encoder.pipeline.to_record(), gallery.items, processes=processes,
+            device=encoder.device, batch_size=GALLERY_BATCH, on_error=on_error, progress=None)
     if len(emb) == 0:
         raise UserError(f"{gallery.source}: none of the gallery items could be read")
     labels = list(labels)

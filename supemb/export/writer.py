@@ -69,9 +69,11 @@ def export_run(
     synthetic: bool | None = None,
     force: bool = False,
     on_error: str = "raise",
+    processes: int = 1,
 ) -> dict[str, Any]:
     """Write the bundle for training run `run` into `out` (a directory, or a
-    path ending in .zip). Returns the manifest."""
+    path ending in .zip). Returns the manifest. `processes` > 1 embeds the
+    gallery with that many processes (same bundle, sooner on many cores)."""
     import torch
 
     from supemb.encoders.onnx_util import (
@@ -121,7 +123,7 @@ def export_run(
         tolerance = PARITY_TOL[dtype] * parity_scale(module, examples, metric)
         diffs = parity(module, encoder.embed_arrays, examples, tolerance)
         labels = list(meta.get("classes") or []) if task == "classification" else []
-        indexed = embed_gallery(encoder, src, task, labels, thumbnails, on_error)
+        indexed = embed_gallery(encoder, src, task, labels, thumbnails, on_error, processes)
         idx = write_gallery(tmp, indexed, index, metric=metric)
         manifest = {
             "format": mf.FORMAT, "format_version": mf.FORMAT_VERSION,
@@ -166,8 +168,9 @@ def export_run(
 
 def reindex(bundle_dir: str | Path, data: str | Path, *, append: bool = False, index: str | None = None,
             target: str | None = None, fmt: str = "auto", on_error: str = "raise",
-            thumbnails: int | None = None) -> dict[str, Any]:
-    """Rebuild (or, with append, extend) a bundle's gallery from `data`, in place."""
+            thumbnails: int | None = None, processes: int = 1) -> dict[str, Any]:
+    """Rebuild (or, with append, extend) a bundle's gallery from `data`, in place;
+    `processes` > 1 embeds it with that many processes (same result)."""
     root = Path(bundle_dir)
     if not root.is_dir():
         raise UserError(f"{root}: `supemb index` works on a bundle directory (unzip a zipped bundle first)")
@@ -175,7 +178,7 @@ def reindex(bundle_dir: str | Path, data: str | Path, *, append: bool = False, i
     m = bundle.manifest
     src = data_gallery(data, bundle.plugin, bundle.task, target or bundle.target_name, fmt=fmt, on_error=on_error)
     thumb_size = m.get("gallery", {}).get("thumbnails", 0) if thumbnails is None else thumbnails
-    new = embed_gallery(bundle.encoder, src, bundle.task, bundle.labels, thumb_size, on_error)
+    new = embed_gallery(bundle.encoder, src, bundle.task, bundle.labels, thumb_size, on_error, processes)
     if append:
         if index is not None and index != m["index"]["kind"]:
             raise UserError("--append keeps the bundle's index type; rebuild without --append to change it")
