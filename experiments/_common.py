@@ -138,7 +138,7 @@ Corrupt = Callable[[Any, int, int], Any]  # (raw item, item index, group id) -> 
 
 @dataclass
 class LoadedRun:
-    """A finished run, rebuilt as `supemb.train.trainer.embed_run` does."""
+    """A finished run, rebuilt as `supemb.train.embedding.embed_run` does."""
 
     path: Path
     trainer: Any  # supemb.train.trainer.Trainer, set up, final encoder weights loaded

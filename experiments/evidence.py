@@ -213,7 +213,7 @@ def _verdict(task: dict, c: dict, p: dict, seeds: int) -> str:
 
 
 def webcam_map(work: Path, docs: Path) -> Path:
-    from supemb.train.trainer import embed_run
+    from supemb.train.embedding import embed_run
     from supemb.train.viz import side_by_side
 
     maps = []

@@ -70,7 +70,7 @@ def _viz_parser(p: argparse.ArgumentParser) -> Handler:
     def run(args: argparse.Namespace) -> int:
         from pathlib import Path
 
-        from supemb.train.trainer import embed_run
+        from supemb.train.embedding import embed_run
         from supemb.train.viz import embedding_map
 
         emb, targets, cfg, metric = embed_run(args.run, args.split)

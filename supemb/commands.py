@@ -47,13 +47,16 @@ def export_parser(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--on-error", choices=ON_ERROR_FLAGS, default="fail", help="unreadable gallery items")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--processes", type=int, default=1, metavar="N", help=PROCESSES_HELP)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
+                   help="where the gallery is embedded: cpu (default), or cuda: one GPU per process")
 
     def run(args: argparse.Namespace) -> int:
         from supemb.export.writer import export_run
 
         m = export_run(args.run, args.out, gallery=args.gallery, opset=args.opset, fp16=args.fp16,
                        index=args.index, k=args.k, unit=args.unit, name=args.name, thumbnails=args.thumbnails,
-                       force=args.force, on_error=raise_or_skip(args.on_error), processes=_processes(args))
+                       force=args.force, on_error=raise_or_skip(args.on_error), processes=_processes(args),
+                       device=args.device)
         diffs = m["onnx"]["parity_max_abs_diff"]
         print(f"wrote {args.out}: {m['modality']} {m['task']}, {m['embedding_dim']}-d, "
               f"gallery {m['gallery']['items']} ({m['index']['kind']} index), "
@@ -72,12 +75,15 @@ def index_parser(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--format", default="auto", help="auto | csv | folder | utkface | agedb")
     p.add_argument("--on-error", choices=ON_ERROR_FLAGS, default="fail", help="unreadable items")
     p.add_argument("--processes", type=int, default=1, metavar="N", help=PROCESSES_HELP)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
+                   help="where the gallery is embedded: cpu (default), or cuda: one GPU per process")
 
     def run(args: argparse.Namespace) -> int:
         from supemb.export.writer import reindex
 
         m = reindex(args.bundle, args.data, append=args.append, index=args.index, target=args.target,
-                    fmt=args.format, on_error=raise_or_skip(args.on_error), processes=_processes(args))
+                    fmt=args.format, on_error=raise_or_skip(args.on_error), processes=_processes(args),
+                    device=args.device)
         print(f"{args.bundle}: gallery now {m['gallery']['items']} items ({m['index']['kind']} index)")
         return 0
 

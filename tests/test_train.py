@@ -18,9 +18,10 @@ from supemb.preprocess.eeg_augment import EEGAugment
 from supemb.train import trainer as trainer_mod
 from supemb.train.config import TrainConfig, load_config
 from supemb.train.data import EvalDataset
+from supemb.train.embedding import embed_run
 from supemb.train.rundir import EMBEDDINGS, MODEL_FORMAT_VERSION, RunDir, load_run_config
 from supemb.train.selection import KNN_KS
-from supemb.train.trainer import Trainer, embed_run, resume_run, train
+from supemb.train.trainer import Trainer, resume_run, train
 
 
 @pytest.fixture(scope="module")

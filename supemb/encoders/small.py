@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from supemb.errors import UserError
 
-
 NORMS = {
     "batch": nn.BatchNorm2d,
     "group": lambda c: nn.GroupNorm(min(8, c), c),

@@ -26,7 +26,6 @@ from supemb.errors import UserError
 from supemb.modalities.base import Listing, Modality
 from supemb.predict import manifest as mf
 
-
 GALLERY_BATCH = 64  # inputs per ONNX Runtime batch when embedding a gallery
 
 

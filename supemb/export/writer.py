@@ -70,10 +70,13 @@ def export_run(
     force: bool = False,
     on_error: str = "raise",
     processes: int = 1,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Write the bundle for training run `run` into `out` (a directory, or a
     path ending in .zip). Returns the manifest. `processes` > 1 embeds the
-    gallery with that many processes (same bundle, sooner on many cores)."""
+    gallery with that many processes (same bundle, sooner on many cores);
+    `device` "cuda" (or "auto") embeds it on GPUs, one per process (the parity
+    check always runs on the CPU)."""
     import torch
 
     from supemb.encoders.onnx_util import (
@@ -123,7 +126,8 @@ def export_run(
         tolerance = PARITY_TOL[dtype] * parity_scale(module, examples, metric)
         diffs = parity(module, encoder.embed_arrays, examples, tolerance)
         labels = list(meta.get("classes") or []) if task == "classification" else []
-        indexed = embed_gallery(encoder, src, task, labels, thumbnails, on_error, processes)
+        gallery_encoder = encoder if device == "cpu" else Encoder(tmp / "encoder.onnx", plugin, pipeline, device=device)
+        indexed = embed_gallery(gallery_encoder, src, task, labels, thumbnails, on_error, processes)
         idx = write_gallery(tmp, indexed, index, metric=metric)
         manifest = {
             "format": mf.FORMAT, "format_version": mf.FORMAT_VERSION,
@@ -168,13 +172,13 @@ def export_run(
 
 def reindex(bundle_dir: str | Path, data: str | Path, *, append: bool = False, index: str | None = None,
             target: str | None = None, fmt: str = "auto", on_error: str = "raise",
-            thumbnails: int | None = None, processes: int = 1) -> dict[str, Any]:
+            thumbnails: int | None = None, processes: int = 1, device: str = "cpu") -> dict[str, Any]:
     """Rebuild (or, with append, extend) a bundle's gallery from `data`, in place;
-    `processes` > 1 embeds it with that many processes (same result)."""
+    `processes` > 1 embeds it with that many processes (same result), on GPUs with `device` "cuda"."""
     root = Path(bundle_dir)
     if not root.is_dir():
         raise UserError(f"{root}: `supemb index` works on a bundle directory (unzip a zipped bundle first)")
-    bundle = load_bundle(root, device="cpu")
+    bundle = load_bundle(root, device=device)
     m = bundle.manifest
     src = data_gallery(data, bundle.plugin, bundle.task, target or bundle.target_name, fmt=fmt, on_error=on_error)
     thumb_size = m.get("gallery", {}).get("thumbnails", 0) if thumbnails is None else thumbnails

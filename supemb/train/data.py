@@ -15,7 +15,8 @@ resumed mid-epoch sees exactly the data an uninterrupted run would.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,22 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """The shuffled item order of one epoch."""
     g = torch.Generator().manual_seed(_seed_for(seed, epoch, -1))
     return torch.randperm(n, generator=g).tolist()
+
+
+@contextlib.contextmanager
+def worker_errors() -> Iterator[None]:
+    """A UserError raised in a DataLoader worker process reaches the trainer as the worker's
+    whole traceback in one message; give it back as the one line it was (naming the file)."""
+    try:
+        yield
+    except UserError as err:
+        lines = str(err).strip().splitlines()
+        if len(lines) < 2:
+            raise
+        last = lines[-1]  # "supemb.errors.UserError: data/x.png: corrupt image (...)"
+        if last.startswith("supemb.errors.") and ": " in last:
+            last = last.split(": ", 1)[1]
+        raise type(err)(last) from None
 
 
 def prepare_data(cfg: TrainConfig) -> PreparedData:

@@ -19,6 +19,11 @@ validation and writes the weights and model.json into the run directory
 Every random draw is a function of the seed, the epoch and the item index
 (`supemb.train.data`), and the RNG state is checkpointed, so a run resumed
 after an interruption ends with the same weights as one never interrupted.
+
+Under torchrun the same code runs on every rank (`supemb.train.distributed`):
+`--batch-size` is the global batch, each rank trains on its slice of it, the
+contrastive loss sees the gathered global batch, DDP averages the gradients,
+and rank 0 writes the run directory and finishes the run alone.
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,51 +39,22 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from supemb.encoders.heads import EmbeddingModel, LinearHead, ProjectionHead
+from supemb.encoders.heads import LinearHead, ProjectionHead
 from supemb.encoders.registry import build_encoder
 from supemb.errors import UserError
 from supemb.losses.registry import build_loss
 from supemb.losses.rnc import RnCLoss
 from supemb.predict.neighbours import embedding_array
-from supemb.train import evaluate
+from supemb.train import distributed, evaluate
 from supemb.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from supemb.train.config import TrainConfig, resolve_defaults
-from supemb.train import distributed
-from supemb.train.data import EpochBatches, EvalDataset, PreparedData, SeededDataset, prepare_data
-from supemb.train.world import World
+from supemb.train.data import EpochBatches, PreparedData, SeededDataset, prepare_data, worker_errors
+from supemb.train.embedding import embed_split
 from supemb.train.final import finish
 from supemb.train.linear_head import Targets, fit_stage_two
+from supemb.train.model import Model, Position, TrainForward
 from supemb.train.rundir import RunDir, load_run_config, summary_line
-
-
-class _TrainForward(nn.Module):
-    """inputs -> the training head's output: what DDP wraps (its forward is the one DDP watches)."""
-
-    def __init__(self, model: Model) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.head(self.model.encoder(x))
-
-
-class Model(EmbeddingModel):
-    """encoder -> embedding (`EmbeddingModel`: L2-normalised for metric "cosine", raw for "l2"),
-    plus the training `head`: the projection (contrastive; `nn.Identity` when the loss is
-    applied to the encoder output) or the linear head (baseline). State: encoder.*, head.*."""
-
-    def __init__(self, encoder: nn.Module, head: nn.Module, metric: str = "cosine") -> None:
-        super().__init__(encoder, metric)
-        self.head = head
-
-
-@dataclass
-class Position:
-    """Where training stands: the next (stage, epoch, step) to run."""
-
-    stage: int = 1
-    epoch: int = 0
-    step: int = 0  # batches already done in `epoch`
+from supemb.train.world import World
 
 
 class Trainer:
@@ -141,7 +116,7 @@ class Trainer:
         if self.world.active and self.device.type == "cuda" and cfg.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BatchNorm over the global batch
         self.model = model.to(self.device)
-        self.forward = _TrainForward(self.model)
+        self.forward = TrainForward(self.model)
         if self.world.active:  # gradients averaged over the ranks (see supemb.train.distributed)
             self.forward = nn.parallel.DistributedDataParallel(
                 self.forward, device_ids=[self.device] if self.device.type == "cuda" else None)
@@ -223,6 +198,10 @@ class Trainer:
     # -------------------------------------------------------------- training
 
     def run(self) -> dict[str, Any]:
+        with worker_errors():  # a bad file read in a DataLoader worker: its one-line message
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         self._setup()
         if self.world.main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -343,41 +322,12 @@ class Trainer:
     def _weights_for_eval(self) -> dict[str, torch.Tensor]:
         return self.ema if self.ema is not None else self.model.state_dict()
 
-    @torch.no_grad()
     def embed_split(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """(raw encoder features [N, D], targets [N], groups [N], head outputs [N, out] or None).
-
-        `embedding_array(features, metric)` turns the features into the served embedding.
-        Once the encoder is final (stage 2 and the end), each split is embedded once. With
-        several ranks each embeds its shard and every rank gets the whole split, in order."""
+        """(raw encoder features [N, D], targets [N], groups [N], head outputs [N, out] or None):
+        `supemb.train.embedding.embed_split` (cached once the encoder is final)."""
         if self._frozen is not None and name in self._frozen:
             return self._frozen[name]
-        split = self.data.splits[name]
-        dataset = EvalDataset(split, self.data.eval_transform)
-        if self.world.active:
-            dataset = torch.utils.data.Subset(dataset, distributed.shard(len(split), self.world))
-        loader = torch.utils.data.DataLoader(dataset, batch_size=max(self.cfg.batch_size, 64), shuffle=False,
-                                             num_workers=self.workers, pin_memory=self.device.type == "cuda")
-        current = None
-        if self.ema is not None:
-            current = {k: v.clone() for k, v in self.model.state_dict().items()}
-            self.model.load_state_dict(self.ema)
-        self.model.eval()
-        embs, outs = [], []
-        for x, _, _ in loader:
-            feats = self.model.encoder(x.to(self.device))
-            embs.append(feats.float().cpu())
-            if not self.cfg.contrastive:
-                outs.append(self.model.head(feats).float().cpu())
-        if current is not None:
-            self.model.load_state_dict(current)
-        feats = torch.cat(embs) if embs else torch.zeros(0, self.embed_dim)
-        feats = distributed.gather_rows(feats.to(self.device), self.world).cpu()
-        head_out = None
-        if not self.cfg.contrastive:
-            out = torch.cat(outs) if outs else torch.zeros(0, self.targets.out_dim)
-            head_out = distributed.gather_rows(out.to(self.device), self.world).cpu().numpy()
-        result = feats.numpy(), split.targets, split.groups, head_out
+        result = embed_split(self, name)
         if self._frozen is not None:
             self._frozen[name] = result
         return result
@@ -445,19 +395,3 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 def resume_run(out: str | Path) -> dict[str, Any]:
     """Continue the run in `out` with the settings it started with."""
     return Trainer(load_run_config(out), resume=True).run()
-
-
-def embed_run(out: str | Path, split: str = "val") -> tuple[np.ndarray, np.ndarray, TrainConfig, str]:
-    """The final encoder's embeddings of one split of a finished run, in its served geometry:
-    (emb [N, D], targets [N], cfg, metric)."""
-    run = RunDir(out)
-    cfg = run.config()
-    t = Trainer(cfg, resume=True)
-    t._setup()
-    if split not in t.data.splits or len(t.data.splits[split]) == 0:
-        raise UserError(f"{out}: the data has no {split!r} split")
-    run.load_encoder(t.model.encoder)
-    t.ema = None  # the saved weights are the ones evaluated (the EMA's, where the run kept one)
-    metric = run.metric()
-    feats, targets, _, _ = t.embed_split(split)
-    return embedding_array(feats, metric), targets, cfg, metric
