@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -206,11 +207,17 @@ def test_resume_under_two_processes_equals_an_uninterrupted_run(webcam: Path, tm
     rc, log, _ = _torchrun(_train_args(webcam, tmp_path / "resumed", epochs=3), nproc=2,
                            env={"SUPEMB_TEST_FAULT": "0:7:interrupt"})
     assert rc != 0 and "interrupted at epoch 2, step 3" in log, log[-3000:]
+    shutil.copytree(tmp_path / "resumed", tmp_path / "one_process")
     rc, log, _ = _torchrun(["train", "--resume", "--out", str(tmp_path / "resumed")], nproc=2)
     assert rc == 0, log[-3000:]
     assert "resuming" in log
     straight = (tmp_path / "straight" / "model.safetensors").read_bytes()
     assert (tmp_path / "resumed" / "model.safetensors").read_bytes() == straight
+    # the same checkpoint continued by one process: it says so, and finishes
+    proc = subprocess.run([sys.executable, "-m", "supemb", "train", "--resume", "--out", str(tmp_path / "one_process")],
+                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "was written by 2 process(es) and this run has 1" in proc.stderr
 
 
 @pytest.mark.slow

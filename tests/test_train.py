@@ -322,3 +322,13 @@ def test_served_metric_follows_the_loss_registry() -> None:
     assert (served(loss="supcon"), served(loss="tsc"), served(loss="rnc")) == ("cosine", "cosine", "l2")
     assert served(loss="rnc", similarity="cosine") == "cosine" and served(loss="ce") is None
     assert served(loss="l1", metric="l2") == "l2" and served(loss="rnc", metric="cosine") == "cosine"
+
+
+def test_a_moved_run_directory_is_where_it_is_now(tmp_path: Path) -> None:
+    """config.json records where the run was started; a run copied elsewhere resumes there, not back home."""
+    from supemb.train.rundir import RunDir
+
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / "config.json").write_text(json.dumps({"data": "d", "target": "t", "out": str(tmp_path / "original")}))
+    assert RunDir(moved).config().out == str(moved)

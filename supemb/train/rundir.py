@@ -131,8 +131,11 @@ class RunDir:
         return d
 
     def config(self) -> TrainConfig:
-        """config.json as a `TrainConfig`, with what older runs did where they recorded nothing."""
+        """config.json as a `TrainConfig`, with what older runs did where they recorded nothing.
+        `out` is this directory, wherever the run was started (a run copied or moved elsewhere
+        resumes, exports and embeds where it is now)."""
         d = self.read_json(self.config_json)
+        d["out"] = str(self.path)
         if "augment" not in d:
             # Runs from before the presets: what the modality used then (images: the SimCLR recipe).
             if self.preprocessing_json.is_file():
