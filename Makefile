@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,13 @@ demo: setup
 
 bench: setup
 	$(PY) benchmarks/losses.py
+
+# On a machine with a CUDA GPU: the CUDA tests and the GPU benchmarks (figures for BENCHMARKS.md).
+gpu-check: setup
+	$(PY) -m pytest -q -m cuda tests
+	$(PY) benchmarks/losses.py --device cuda
+	$(PY) benchmarks/training.py --device cuda --processes 1 --encoder resnet18 --size 64
+	$(PY) benchmarks/training.py --device cuda --processes 1 --kind eeg --n 64 --batch-size 64
 
 clean:
 	rm -rf $(VENV) build *.egg-info
