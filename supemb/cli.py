@@ -27,8 +27,8 @@ def _train_parser(p: argparse.ArgumentParser) -> Handler:
     from supemb.train.config import TRAIN_FLAGS
 
     for flag in TRAIN_FLAGS:  # declared once, beside TrainConfig
-        if flag.off:
-            p.add_argument(flag.option, dest=flag.name, action="store_const", const=False, help=flag.help)
+        if flag.off or flag.on:
+            p.add_argument(flag.option, dest=flag.name, action="store_const", const=bool(flag.on), help=flag.help)
         else:
             p.add_argument(flag.option, dest=flag.name, type=flag.type, choices=flag.choices,
                            metavar=flag.metavar, help=flag.help)

@@ -49,6 +49,9 @@ def export_parser(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--processes", type=int, default=1, metavar="N", help=PROCESSES_HELP)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
                    help="where the gallery is embedded: cpu (default), or cuda: one GPU per process")
+    p.add_argument("--detect-faces", action="store_true",
+                   help="serve photos cropped to their face (a face-detection step before the resize); "
+                        "the gallery, already face crops, is embedded as it is")
 
     def run(args: argparse.Namespace) -> int:
         from supemb.export.writer import export_run
@@ -56,7 +59,7 @@ def export_parser(p: argparse.ArgumentParser) -> Handler:
         m = export_run(args.run, args.out, gallery=args.gallery, opset=args.opset, fp16=args.fp16,
                        index=args.index, k=args.k, unit=args.unit, name=args.name, thumbnails=args.thumbnails,
                        force=args.force, on_error=raise_or_skip(args.on_error), processes=_processes(args),
-                       device=args.device)
+                       device=args.device, detect_faces=args.detect_faces)
         diffs = m["onnx"]["parity_max_abs_diff"]
         print(f"wrote {args.out}: {m['modality']} {m['task']}, {m['embedding_dim']}-d, "
               f"gallery {m['gallery']['items']} ({m['index']['kind']} index), "
@@ -99,7 +102,8 @@ def _format_prediction(p: Any, unit: str) -> str:
         what = f"{p.label} (p={1 - p.uncertainty:.2f})"
     near = ", ".join(f"{n.label if isinstance(n.label, str) else round(n.label, 2)}@{n.similarity:.2f}"
                      for n in p.neighbours[:5])
-    return f"{p.source}\t{what}\tneighbours: {near}"
+    face = f"\tface {[round(v) for v in p.face['box']]} score {p.face['score']:.2f}" if p.face else ""
+    return f"{p.source}\t{what}\tneighbours: {near}{face}"
 
 
 def predict_parser(p: argparse.ArgumentParser) -> Handler:
@@ -112,6 +116,10 @@ def predict_parser(p: argparse.ArgumentParser) -> Handler:
                    help="skip: predict the good inputs and list the bad (exit code 1 if any was bad)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--no-detect", action="store_true",
+                   help="a bundle that finds faces: the photos are face crops already, skip the detection")
+    p.add_argument("--all-faces", action="store_true",
+                   help="a bundle that finds faces: one prediction per face (default: the largest face)")
 
     def run(args: argparse.Namespace) -> int:
         from supemb.predict.bundle import load_bundle
@@ -119,7 +127,8 @@ def predict_parser(p: argparse.ArgumentParser) -> Handler:
         bundle = load_bundle(args.bundle, device=args.device)
         preds = bundle.predict(args.inputs, k=args.k, batch_size=args.batch_size,
                                on_error=raise_or_skip(args.on_error),
-                               reduce="median" if args.median else None)
+                               reduce="median" if args.median else None, detect=not args.no_detect,
+                               faces="all" if args.all_faces else "largest")
         if args.json:
             print(json.dumps([p.to_dict() for p in preds], indent=1))
         else:

@@ -16,7 +16,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +58,23 @@ def _decode_one(decode: Callable[[Any], np.ndarray], item: Any, position: int) -
 
 @dataclass
 class Batch:
-    """Decoded inputs: `x` [n, ...] rows, `owner` [n] the input position of each row."""
+    """Decoded inputs: `x` [n, ...] rows, `owner` [n] the input position of each row, and
+    `meta`: input position -> what its decoder said about it (e.g. the face it kept)."""
 
     x: np.ndarray
     owner: np.ndarray
     failures: list[Failure]
     done: int  # inputs consumed so far (for progress bars)
+    meta: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What a decoder may return instead of bare rows: the rows and facts about the input
+    (a face step's box and score) that travel to its prediction."""
+
+    rows: np.ndarray
+    meta: dict[str, Any]
 
 
 def decoded_batches(
@@ -101,13 +112,15 @@ def decoded_batches(
             if next_start < n:
                 submit()  # keep the pool busy while the caller runs this batch
             start = stop - len(futures)
-            rows, owner, failures = [], [], []
+            rows, owner, failures, meta = [], [], [], {}
             for pos, fut in enumerate(futures, start):
                 got = fut.result()
                 if isinstance(got, Failure):
                     failures.append(got)
-                else:
-                    rows.append(got)
-                    owner.append(np.full(len(got), pos, dtype=np.int64))
+                    continue
+                if isinstance(got, Decoded):
+                    got, meta[pos] = got.rows, got.meta
+                rows.append(got)
+                owner.append(np.full(len(got), pos, dtype=np.int64))
             x = np.concatenate(rows) if rows else np.zeros((0,), np.float32)
-            yield Batch(x, np.concatenate(owner) if owner else np.zeros(0, np.int64), failures, stop)
+            yield Batch(x, np.concatenate(owner) if owner else np.zeros(0, np.int64), failures, stop, meta)

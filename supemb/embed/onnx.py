@@ -97,9 +97,12 @@ class Encoder:
         return np.asarray(emb, dtype=np.float32)
 
     def embed_rows(self, items: Sequence[Any], batch_size: int = 64, progress: bool | None = None,
-                   on_error: str = "raise") -> tuple[np.ndarray, np.ndarray, list[Failure]]:
+                   on_error: str = "raise", *, decode: Any = None,
+                   meta: dict[int, dict[str, Any]] | None = None) -> tuple[np.ndarray, np.ndarray, list[Failure]]:
         """(row embeddings [R, D], owner [R] input position of each row, failures).
-        An input gives the rows its modality's decoder gives (an image one, an EEG recording one per window)."""
+        An input gives the rows its modality's decoder gives (an image one, an EEG recording one per window).
+        decode: another decoder than the pipeline's (e.g. without its face step); meta: filled with
+        input position -> what the decoder said about it (a face's box and score)."""
         if on_error not in ("raise", "skip"):
             raise UserError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         bar = None
@@ -110,10 +113,12 @@ class Encoder:
         embs, owners, failures = [], [], []
         done = 0
         try:
-            for batch in decoded_batches(items, self.decode, batch_size):
+            for batch in decoded_batches(items, decode or self.decode, batch_size):
                 if batch.failures and on_error == "raise":
                     raise UserError(batch.failures[0].message)
                 failures.extend(batch.failures)
+                if meta is not None:
+                    meta.update(batch.meta)
                 for start in range(0, len(batch.x), batch_size):  # EEG: a batch of recordings, many windows
                     embs.append(self.embed_arrays(batch.x[start:start + batch_size]))
                 owners.append(batch.owner)

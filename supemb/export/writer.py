@@ -47,6 +47,8 @@ from supemb.predict.bundle import load_bundle
 from supemb.train.rundir import RunDir
 
 PARITY_TOL = {"float32": 1e-4, "float16": 1e-2}
+# manifest["gallery"]["face_detection"] of a bundle whose gallery was embedded without its face step
+PRECROPPED = "skipped: the gallery photos are face crops already"
 
 
 
@@ -71,12 +73,15 @@ def export_run(
     on_error: str = "raise",
     processes: int = 1,
     device: str = "cpu",
+    detect_faces: bool = False,
 ) -> dict[str, Any]:
     """Write the bundle for training run `run` into `out` (a directory, or a
     path ending in .zip). Returns the manifest. `processes` > 1 embeds the
     gallery with that many processes (same bundle, sooner on many cores);
     `device` "cuda" (or "auto") embeds it on GPUs, one per process (the parity
-    check always runs on the CPU)."""
+    check always runs on the CPU). `detect_faces`: serve with a face step added
+    before the resize (photos are cropped to their face); the gallery, already
+    face crops, is embedded without it, and the manifest says so."""
     import torch
 
     from supemb.encoders.onnx_util import (
@@ -100,6 +105,9 @@ def export_run(
     metric = module.metric
     knn_temperature = run_dir.knn_temperature(meta)
     plugin, pipeline = modalities.from_record(prep, str(run / "preprocessing.json"))
+    gallery_pipeline = pipeline
+    if detect_faces and not pipeline.has("face"):
+        pipeline = plugin.detecting(pipeline)  # queries are cropped to the face; the gallery already is
     if gallery:
         src = data_gallery(gallery, plugin, task, meta["target"], on_error=on_error)
     else:
@@ -110,10 +118,16 @@ def export_run(
     mf.public_mode(tmp, directory=True)
     try:
         # example inputs: the first gallery items, decoded as serving decodes them
-        decode_one = plugin.decoder(pipeline)
+        decode_one = plugin.decoder(gallery_pipeline)
         rows = []
-        for item in src.items[:16]:
-            rows.append(decode_one(item))
+        for item in src.items:
+            try:
+                got = decode_one(item)
+            except UserError:
+                if on_error == "raise":
+                    raise
+                continue  # skipped here as in the gallery below
+            rows.append(getattr(got, "rows", got))  # a face step's Decoded(rows, meta)
             if sum(len(r) for r in rows) >= 16:
                 break
         examples = np.concatenate(rows)[:16]
@@ -126,7 +140,8 @@ def export_run(
         tolerance = PARITY_TOL[dtype] * parity_scale(module, examples, metric)
         diffs = parity(module, encoder.embed_arrays, examples, tolerance)
         labels = list(meta.get("classes") or []) if task == "classification" else []
-        gallery_encoder = encoder if device == "cpu" else Encoder(tmp / "encoder.onnx", plugin, pipeline, device=device)
+        gallery_encoder = encoder if device == "cpu" and gallery_pipeline is pipeline else Encoder(
+            tmp / "encoder.onnx", plugin, gallery_pipeline, device=device)
         indexed = embed_gallery(gallery_encoder, src, task, labels, thumbnails, on_error, processes)
         idx = write_gallery(tmp, indexed, index, metric=metric)
         manifest = {
@@ -146,7 +161,8 @@ def export_run(
                      "parity_max_abs_diff": diffs, "parity_tolerance": tolerance},
             "gallery": {"source": src.source, "items": int(len(indexed.targets)),
                         "inputs": len(src.items) - len(indexed.gallery_json.get("skipped", [])),
-                        "thumbnails": int(thumbnails) if indexed.thumbnails is not None else 0},
+                        "thumbnails": int(thumbnails) if indexed.thumbnails is not None else 0,
+                        **({"face_detection": PRECROPPED} if gallery_pipeline is not pipeline else {})},
             "training": {"run": run.name, "loss": meta.get("loss"), "encoder": meta.get("encoder"),
                          "embed_dim": meta.get("embed_dim"), "test_metrics": run_dir.final_metrics(),
                          "data": meta.get("data")},
@@ -182,7 +198,10 @@ def reindex(bundle_dir: str | Path, data: str | Path, *, append: bool = False, i
     m = bundle.manifest
     src = data_gallery(data, bundle.plugin, bundle.task, target or bundle.target_name, fmt=fmt, on_error=on_error)
     thumb_size = m.get("gallery", {}).get("thumbnails", 0) if thumbnails is None else thumbnails
-    new = embed_gallery(bundle.encoder, src, bundle.task, bundle.labels, thumb_size, on_error, processes)
+    encoder = bundle.encoder
+    if m.get("gallery", {}).get("face_detection") == PRECROPPED:  # as the gallery was embedded: no face step
+        encoder = Encoder(root / "encoder.onnx", bundle.plugin, bundle.pipeline.without("face"), device=device)
+    new = embed_gallery(encoder, src, bundle.task, bundle.labels, thumb_size, on_error, processes)
     if append:
         if index is not None and index != m["index"]["kind"]:
             raise UserError("--append keeps the bundle's index type; rebuild without --append to change it")
@@ -204,8 +223,9 @@ def reindex(bundle_dir: str | Path, data: str | Path, *, append: bool = False, i
         idx = write_gallery(root, new, index or m["index"]["kind"], metric=bundle.metric)
         n_items, labels, has_thumbs = len(new.targets), new.labels, new.thumbnails is not None
     m = {**m, "index": idx.params(), "labels": labels if bundle.task == "classification" else None}
+    face = {"face_detection": PRECROPPED} if encoder is not bundle.encoder else {}
     m["gallery"] = {"source": (f"{m['gallery']['source']} + {src.source}" if append else src.source),
-                    "items": int(n_items), "thumbnails": int(thumb_size) if has_thumbs else 0}
+                    "items": int(n_items), "thumbnails": int(thumb_size) if has_thumbs else 0, **face}
     m = {k: v for k, v in m.items() if v is not None and k != "files"}
     return mf.seal(root, m)
 

@@ -110,6 +110,10 @@ class Modality:
         """The trainer's `supemb.train.data.PreparedData` (torch; training only)."""
         raise NotImplementedError
 
+    def detecting(self, pipeline: Pipeline) -> Pipeline:
+        """`pipeline` with a face-detection step (images only)."""
+        raise UserError(f"face detection is for photos; {self.title} data has none")
+
     def thumbnails(self, items: list[Any], size: int) -> np.ndarray | None:
         """uint8 previews `[N, size, size, 3]` of gallery inputs, or None for a modality without them."""
         return None

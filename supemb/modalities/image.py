@@ -40,7 +40,22 @@ def _spec(image_size: int, resize_size: int, mean: tuple[float, ...] = (0.5, 0.5
 def _decode(x: Any, params: Mapping[str, Any]) -> Any:
     from supemb.preprocess.image import as_rgb_image
 
-    return as_rgb_image(x)
+    image = as_rgb_image(x)
+    if isinstance(x, (str, Path)):
+        image.info["supemb_source"] = str(x)  # so a later step's error can name the file
+    return image
+
+
+def _face(x: Any, params: Mapping[str, Any]) -> Any:
+    from supemb.preprocess.faces import face_step
+
+    return face_step(x, dict(params))
+
+
+def _check_face(params: Mapping[str, Any]) -> dict[str, Any]:
+    from supemb.preprocess.faces import check_params
+
+    return check_params(dict(params))
 
 
 def _check_decode(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -86,17 +101,28 @@ def _spec_checked(**kwargs: Any) -> Any:
 
 OPS: dict[str, Op] = {
     "decode": Op("decode", _decode, _check_decode, "path / PIL image / uint8 array -> RGB image"),
+    "face": Op("face", _face, _check_face, "RGB image -> the square crop around its largest face (YuNet)"),
     "resize_crop": Op("resize_crop", _resize_crop, _check_resize_crop, "-> uint8 [S, S, 3]"),
     "normalize": Op("normalize", _normalize, _check_normalize, "-> float32 [3, S, S]"),
 }
 
 
 def steps_for(image_size: int, resize_size: int | None = None, mean: tuple[float, ...] = TRAIN_MEAN,
-              std: tuple[float, ...] = TRAIN_STD) -> list[dict[str, Any]]:
-    """The standard image steps: decode, resize + centre crop, normalise."""
-    return [{"op": "decode"},
+              std: tuple[float, ...] = TRAIN_STD, faces: bool = False) -> list[dict[str, Any]]:
+    """The standard image steps: decode, (crop to the face,) resize + centre crop, normalise."""
+    return [{"op": "decode"}, *([{"op": "face"}] if faces else []),
             {"op": "resize_crop", "image_size": image_size, "resize_size": resize_size or image_size},
             {"op": "normalize", "mean": list(mean), "std": list(std)}]
+
+
+def with_face_step(pipeline: Pipeline, **params: Any) -> Pipeline:
+    """`pipeline` with a face step before its resize/crop (no change if it has one)."""
+    if pipeline.has("face"):
+        return pipeline
+    steps = [dict(s) for s in pipeline.steps]
+    at = next(i for i, s in enumerate(steps) if s["op"] == "resize_crop")
+    return Pipeline(pipeline.modality, [*steps[:at], {"op": "face", **params}, *steps[at:]], pipeline.ops,
+                    pipeline.where)
 
 
 # ---------------------------------------------------------------- plug-in
@@ -130,8 +156,22 @@ class ImageModality(Modality):
         s = pipeline.params("resize_crop")["image_size"]
         return [3, s, s]
 
-    def decoder(self, pipeline: Pipeline) -> Callable[[Any], np.ndarray]:
-        return lambda item: pipeline.run(item)[None]
+    def decoder(self, pipeline: Pipeline) -> Callable[[Any], Any]:
+        """An input -> its one row [1, 3, S, S]; with a face step, `Decoded(row, {"face": box and score})`."""
+        if not pipeline.has("face"):
+            return lambda item: pipeline.run(item)[None]
+        from supemb.embed.batches import Decoded
+        from supemb.preprocess.faces import FACE_INFO
+
+        before, after = pipeline.split_at("resize_crop")
+
+        def decode(item: Any) -> Any:
+            image = before.run(item)
+            row = after.run(image)[None]
+            face = image.info.get(FACE_INFO)
+            return Decoded(row, {"face": face}) if face else row
+
+        return decode
 
     def augments(self) -> tuple[dict[str, Any], Callable[[Any], tuple[str, Any]]]:
         """(the presets, value -> (preset name, spec)); torch (training only)."""
@@ -178,22 +218,29 @@ class ImageModality(Modality):
         pipe = self.training_pipeline(cfg)
         before, after = pipe.split_at(self.augment_from)  # decode once; augmentation replaces the rest
         contrastive = ContrastiveAugment(self.spec(pipe), aug)
+        load, no_face = _loader(before, [str(r.path) for r in table.records], cfg.on_error)
 
         def split_of(name: str) -> Split:
-            records = table.split(name)
-            paths = [r.path for r in records]
-            return Split(load=lambda i: before.run(paths[i]), targets=table.targets(records),
-                         groups=np.arange(len(records)), names=[str(p) for p in paths])
+            records = [r for r in table.split(name) if str(r.path) not in no_face]
+            paths = [str(r.path) for r in records]
+            return Split(load=lambda i: load(paths[i]), targets=table.targets(records),
+                         groups=np.arange(len(records)), names=paths)
 
+        summary = {**table.summary(), "augment": aug_record, **({"no_face": sorted(no_face)} if no_face else {})}
         return PreparedData(
             modality=self.name, task=table.task, target_name=table.target, classes=table.classes,
             splits=splits_of(split_of, data), preprocessing=pipe.to_record(),
             augment=lambda img, g: contrastive(img, generator=g),
             eval_transform=lambda img: torch.from_numpy(after.run(img)),
-            encoder_kwargs={}, summary={**table.summary(), "augment": aug_record}, augment_spec=aug_record)
+            encoder_kwargs={}, summary=summary, augment_spec=aug_record)
 
     def training_pipeline(self, cfg: Any) -> Pipeline:
-        return self.pipeline(steps_for(cfg.image_size), "training preprocessing")
+        """decode, (face,) resize_crop, normalize: `--faces` adds the face step."""
+        return self.pipeline(steps_for(cfg.image_size, faces=cfg.faces), "training preprocessing")
+
+    def detecting(self, pipeline: Pipeline) -> Pipeline:
+        """`pipeline` with a face step (default settings) before its resize/crop."""
+        return with_face_step(pipeline)
 
     def thumbnails(self, items: list[Any], size: int) -> np.ndarray:
         """uint8 [N, size, size, 3] centre-cropped thumbnails."""
@@ -202,6 +249,32 @@ class ImageModality(Modality):
         for i, item in enumerate(items):
             out[i] = pipe.run(item)
         return out
+
+
+def _loader(before: Pipeline, paths: list[str], on_error: str) -> tuple[Callable[[str], Any], set[str]]:
+    """(path -> the decoded training image, the paths left out for want of a face). With a face
+    step the faces of all photos are found once here (`detect_all`), and loading crops by the
+    cached box, so no epoch runs the detector again; without one, loading runs `before`."""
+    if not before.has("face"):
+        return before.run, set()
+    from supemb.preprocess.faces import crop, detect_all
+
+    params = before.params("face")
+    decode = before.without("face")
+    faces = detect_all(paths, params, decode.run)
+    missing = {p for p, face in faces.items() if face is None}
+    if missing and on_error != "skip" and params["when_none"] == "error":
+        first = sorted(missing)[0]
+        raise UserError(f"no face found in {first} ({len(missing)} of {len(paths)} photos have none); "
+                        "--on-error skip leaves them out")
+    if params["when_none"] == "whole":
+        missing = set()
+
+    def load(path: str) -> Any:
+        image, face = decode.run(path), faces[path]
+        return image if face is None else crop(image, face, params["margin"])
+
+    return load, missing
 
 
 def _listing(records: Any, task: str, skipped: list[str] | None = None) -> Listing:

@@ -70,7 +70,9 @@ class Prediction:
     `embedding` (only with `Bundle.predict(..., embeddings=True)`): the
     input's embedding [D] in the bundle's metric, the row `Bundle.embed`
     gives (EEG: `recording_embeddings` of the windows); float32 values as a
-    plain list, so `to_dict()` stays JSON-able."""
+    plain list, so `to_dict()` stays JSON-able. `face` (a bundle whose
+    preprocessing finds faces): the face it predicted from, {"box": [x0, y0,
+    x1, y1] in the photo's pixels, "score": the detector's confidence}."""
 
     source: str
     value: float | None = None
@@ -81,6 +83,7 @@ class Prediction:
     windows: int | None = None  # EEG: windows the recording gave
     error: str | None = None
     embedding: list[float] | None = None
+    face: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -175,6 +178,11 @@ class Bundle:
                 f"index on {'gpu' if self.index.on_gpu else 'cpu'})")
 
     @property
+    def detects_faces(self) -> bool:
+        """Whether the preprocessing crops each photo to its face (a face step)."""
+        return self.pipeline.has("face")
+
+    @property
     def is_demo(self) -> bool:
         """A demonstration bundle trained on synthetic data (the defaults shipped with supemb)."""
         return bool(self.manifest.get("synthetic", False))
@@ -206,7 +214,8 @@ class Bundle:
 
     def predict(self, inputs: Any, k: int | None = None, *, batch_size: int = 64,
                 on_error: Literal["raise", "skip"] = "raise", reduce: str | None = None,
-                progress: bool | None = None, embeddings: bool = False) -> list[Prediction]:
+                progress: bool | None = None, embeddings: bool = False, detect: bool = True,
+                faces: Literal["largest", "all"] = "largest") -> list[Prediction]:
         """One `Prediction` per input, in order (a single input gives a list of one).
 
         k: neighbours (default: the bundle's). reduce: "mean" (default) or
@@ -214,13 +223,29 @@ class Bundle:
         an input that cannot be read gets a Prediction with `error` set
         instead of stopping the others. embeddings=True also fills each
         prediction's `embedding` (from the same encoder pass).
+        A bundle whose preprocessing finds faces (`detects_faces`) predicts from
+        each photo's largest face and says which (`Prediction.face`);
+        detect=False skips the detection (photos that are already face crops);
+        faces="all" gives one prediction per face found, photo by photo.
         """
         items, _ = _as_list(inputs)
         k = self.default_k if k is None else int(k)
         if k < 1:
             raise UserError(f"k must be >= 1, got {k}")
-        emb, owner, failures = self.encoder.embed_rows(items, batch_size, progress, on_error)
+        if faces not in ("largest", "all"):
+            raise UserError(f"faces must be 'largest' or 'all', got {faces!r}")
+        if faces == "all" and detect and self.detects_faces:
+            from supemb.predict.each_face import predict_each_face
+
+            return predict_each_face(self, items, on_error, k=k, batch_size=batch_size, reduce=reduce,
+                                     progress=progress, embeddings=embeddings)
+        decode = None if detect or not self.detects_faces else self.plugin.decoder(self.pipeline.without("face"))
+        meta: dict[int, dict[str, Any]] = {}
+        emb, owner, failures = self.encoder.embed_rows(items, batch_size, progress, on_error, decode=decode,
+                                                       meta=meta)
         preds = self.predict_embeddings(emb, owner, items, k=k, reduce=reduce, failures=failures)
+        for pos, facts in meta.items():
+            preds[pos].face = facts.get("face")
         if embeddings:  # per input as `embed` gives it: an image's one row, a recording's pooled windows
             per_input = self._input_embeddings(emb, owner, len(items))
             for p, vector in zip(preds, per_input):

@@ -101,6 +101,10 @@ class Pipeline:
     def has(self, op: str) -> bool:
         return any(step["op"] == op for step in self.steps)
 
+    def without(self, op: str) -> Pipeline:
+        """The same steps less every `op` step (e.g. a face step, for photos already cropped)."""
+        return self._sub(tuple(s for s in self.steps if s["op"] != op))
+
     def split_at(self, op: str) -> tuple[Pipeline, Pipeline]:
         """(the steps before `op`, `op` and the steps after it): where training's augmentation takes over."""
         for i, step in enumerate(self.steps):

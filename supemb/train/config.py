@@ -70,6 +70,7 @@ class TrainConfig:
     sync_bn: bool = True  # several GPUs: BatchNorm over the global batch (SyncBatchNorm)
     dist_timeout: float = 1800.0  # seconds a collective may wait for a rank before the run stops
     image_size: int = 64
+    faces: bool = False  # images: crop every photo to its largest face (a face-detection step) first
     eeg: dict[str, Any] = field(default_factory=dict)  # EEGSpec fields (channels, sfreq, window_s, ...)
     # Augmentation preset ("colour"), or {"preset": NAME, field: value, ...}; None: the task's default
     # (the plug-in's default_augment). Names and fields are checked once the modality is known.
@@ -191,7 +192,8 @@ class Flag:
     """One `supemb train` flag, setting the `TrainConfig` field `name`.
 
     Unset flags parse to None, so a YAML config's value (or the field's default) stands.
-    `off`: a boolean field set by a flag that turns it off (`--no-viz` -> viz=False)."""
+    `off` / `on`: a boolean field set by a flag that turns it off (`--no-viz` -> viz=False)
+    or on (`--faces` -> faces=True)."""
 
     name: str  # the TrainConfig field
     help: str
@@ -199,10 +201,11 @@ class Flag:
     choices: tuple[str, ...] | None = None
     metavar: str | None = None
     off: str | None = None
+    on: str | None = None
 
     @property
     def option(self) -> str:
-        return self.off or "--" + self.name.replace("_", "-")
+        return self.off or self.on or "--" + self.name.replace("_", "-")
 
 
 # The training flags, in `supemb train --help` order; `supemb.cli` builds the parser and the
@@ -232,6 +235,8 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
          float),
     Flag("temperature", "loss temperature (default: the loss's own)", float),
     Flag("image_size", "square input size for images (default 64)", int),
+    Flag("faces", "images: find the face in every photo (YuNet) and train on its crop; the step is "
+         "recorded, so export and serving crop the same way", on="--faces"),
     Flag("ema_decay", "EMA of weights, e.g. 0.999 (default off)", float),
     Flag("grad_clip", "max gradient norm, 0 = off (default 5)", float),
     Flag("augment", AUGMENT_HELP, metavar="NAME"),
