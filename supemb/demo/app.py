@@ -38,6 +38,7 @@ from .views import (
     banner_markdown,
     eeg_neighbours,
     eeg_spectrum,
+    face_view,
     image_neighbours,
     prediction_json,
     similarity_name,
@@ -168,20 +169,29 @@ def _guarded(spec: TabSpec, n_outputs: int, run: Any, path: str | None, k: Any) 
         return _failure(source, f"{source}: could not be processed ({type(err).__name__})", n_outputs)
 
 
-def predict_image(served: Served, path: str | None, k: Any = None, max_pixels: int = MAX_PIXELS) -> tuple:
-    """An uploaded image -> (summary, prediction JSON, neighbour thumbnails, gallery map)."""
+def predict_image(served: Served, path: str | None, k: Any = None, max_pixels: int = MAX_PIXELS,
+                  cropped: bool = False) -> tuple:
+    """An uploaded image -> (summary, prediction JSON, neighbour thumbnails, [the face it used,]
+    gallery map). A bundle that finds faces crops the photo to its largest face first, unless
+    `cropped` says the photo is a face crop already; the face view shows the box and the crop."""
     b, spec = served.bundle, served.spec
 
     def run(path: str, source: str, k: Any) -> tuple:
         kk = _k(served, k)
         image = load_image(path, max_pixels=max_pixels)
-        pred = b.predict([image], k=kk, embeddings=True)[0]  # a bad image raises UserError
-        return (summary_markdown(b, pred, len(pred.neighbours), spec.items),
-                prediction_json(b, pred, len(pred.neighbours), source),
-                image_neighbours(b, pred),
-                served.gallery_map.draw(pred.embedding))
+        image.info["supemb_source"] = source  # a "no face found" message names the upload
+        pred = b.predict([image], k=kk, embeddings=True, detect=not cropped)[0]  # a bad image raises UserError
+        summary = summary_markdown(b, pred, len(pred.neighbours), spec.items)
+        face = []
+        if b.detects_faces:
+            face = [face_view(image, pred.face, b.pipeline.params("face")["margin"])]
+            summary += (f"\n\nFrom the face found at {[round(v) for v in pred.face['box']]} (detector score "
+                        f"{pred.face['score']:.2f})." if pred.face else "\n\nFace detection skipped: the whole "
+                        "photo was taken as the face crop.")
+        return (summary, prediction_json(b, pred, len(pred.neighbours), source), image_neighbours(b, pred),
+                *face, served.gallery_map.draw(pred.embedding))
 
-    return _guarded(spec, 4, run, path, k)
+    return _guarded(spec, 5 if b.detects_faces else 4, run, path, k)
 
 
 def predict_eeg(served: Served, path: str | None, k: Any = None) -> tuple:
@@ -230,20 +240,22 @@ def _tab(served: Served, examples: list[Any], max_pixels: int) -> None:
     else:
         neighbours = gr.Gallery(label=f"nearest gallery {spec.items} (label · {similarity_name(b)})",
                                 render=False, columns=5, object_fit="contain", elem_id=f"{spec.name}-neighbours")
-        extra = []
+        extra = [gr.Image(label="the face it used: the box in your photo, and the crop", type="numpy",
+                          interactive=False, format="png", render=False, elem_id=f"{spec.name}-face")
+                 ] if b.detects_faces else []
     gallery_map = gr.Image(label="where your input lands among the gallery", show_label=False, type="numpy",
                            interactive=False, format="png", render=False, elem_id=f"{spec.name}-map")
     details = gr.JSON(label="prediction", render=False, elem_id=f"{spec.name}-json")
     outputs = [summary, details, neighbours, *extra, gallery_map]  # what predict_eeg / predict_image return
 
-    def handler(value: Any, k: Any) -> tuple:
+    def handler(value: Any, k: Any, cropped: bool = False) -> tuple:
         if eeg:
             return predict_eeg(served, value, k)
         try:
             path = _uploaded_path(value)
         except UserError as err:
             return _failure("image", str(err), len(outputs))
-        return predict_image(served, path, k, max_pixels=max_pixels)
+        return predict_image(served, path, k, max_pixels=max_pixels, cropped=bool(cropped))
 
     handler.__name__ = f"predict_{spec.name}"  # names the API endpoint's function in gradio's docs
 
@@ -260,15 +272,19 @@ def _tab(served: Served, examples: list[Any], max_pixels: int) -> None:
                                sources=["upload", "clipboard"], height=240, elem_classes="supemb-input",
                                elem_id=f"{spec.name}-input")
             k = gr.Slider(1, MAX_K, value=min(b.default_k, MAX_K), step=1, label="neighbours (k)")
+            inputs = [inp, k]
+            if not eeg and b.detects_faces:  # DeepFace's "skip": a photo that is a face crop already
+                inputs.append(gr.Checkbox(False, label="the photo is a face crop already (skip face detection)",
+                                          elem_id=f"{spec.name}-cropped"))
             button = gr.Button("Predict", variant="primary", elem_id=f"{spec.name}-predict")
             # before the examples, which would otherwise take the api_name (they register one of their own)
             raw = {"preprocess": eeg}  # images: the handler decodes (see _uploaded_path)
-            button.click(handler, [inp, k], outputs, api_name=f"predict_{spec.name}", **raw)
-            inp.upload(handler, [inp, k], outputs, api_visibility="private", **raw)
-            if examples:
-                gr.Examples([[str(e.path), b.default_k] for e in examples], [inp, k], outputs, fn=handler,
-                            run_on_click=True, cache_examples=False, example_labels=[e.label for e in examples],
-                            label="examples (synthetic data; one click)")
+            button.click(handler, inputs, outputs, api_name=f"predict_{spec.name}", **raw)
+            inp.upload(handler, inputs, outputs, api_visibility="private", **raw)
+            if examples:  # the synthetic faces are crops already: their examples skip detection
+                gr.Examples([[str(e.path), b.default_k, *([True] if len(inputs) > 2 else [])] for e in examples],
+                            inputs, outputs, fn=handler, run_on_click=True, cache_examples=False,
+                            example_labels=[e.label for e in examples], label="examples (synthetic data; one click)")
             gallery_map.render()
         with gr.Column(scale=3):
             summary.render()

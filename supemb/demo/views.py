@@ -255,3 +255,24 @@ def banner_markdown(bundle: Bundle, tab: str, path: Path, what: str) -> str:
                      f"{bundle.plugin.noun}: its predictions on real inputs "
                      f"mean nothing. Serve your own with `supemb demo --bundle {tab}=path/to/bundle`.")
     return "\n\n".join(lines)
+
+
+def face_view(image: Any, face: dict | None, margin: float, height: int = 240) -> np.ndarray:
+    """The uploaded photo with the detected face's box drawn, beside the square crop the model
+    embedded (without a face: the photo alone, as it was embedded). uint8 [height, W, 3]."""
+    from PIL import Image, ImageDraw
+
+    from supemb.preprocess.faces import Face, crop
+
+    photo = image.convert("RGB")
+    scale = height / photo.height
+    shown = photo.resize((max(1, round(photo.width * scale)), height))
+    if face is None:
+        return np.asarray(shown)
+    x0, y0, x1, y1 = (v * scale for v in face["box"])
+    ImageDraw.Draw(shown).rectangle((x0, y0, x1, y1), outline=(255, 40, 40), width=3)
+    cut = crop(photo, Face(tuple(face["box"]), face["score"]), margin).resize((height, height))
+    canvas = Image.new("RGB", (shown.width + 8 + height, height), (255, 255, 255))
+    canvas.paste(shown, (0, 0))
+    canvas.paste(cut, (shown.width + 8, 0))
+    return np.asarray(canvas)
