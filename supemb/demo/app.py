@@ -282,7 +282,7 @@ def _tab(served: Served, examples: list[Any], max_pixels: int) -> None:
             button.click(handler, inputs, outputs, api_name=f"predict_{spec.name}", **raw)
             inp.upload(handler, inputs, outputs, api_visibility="private", **raw)
             if examples:  # the synthetic faces are crops already: their examples skip detection
-                gr.Examples([[str(e.path), b.default_k, *([True] if len(inputs) > 2 else [])] for e in examples],
+                gr.Examples([[str(e.path), b.default_k, *([e.cropped] if len(inputs) > 2 else [])] for e in examples],
                             inputs, outputs, fn=handler, run_on_click=True, cache_examples=False,
                             example_labels=[e.label for e in examples], label="examples (synthetic data; one click)")
             gallery_map.render()

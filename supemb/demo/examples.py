@@ -1,7 +1,10 @@
-"""The demo's example inputs: a few synthetic faces, webcam frames and EEG recordings.
+"""The demo's example inputs: a few synthetic faces, webcam frames and EEG recordings, and a real photo.
 
-They come from the project's own generators (`supemb.data.synthetic_*`),
-with seeds the default bundles never trained on, and are written once into a
+The synthetic ones come from the project's own generators (`supemb.data.synthetic_*`),
+with seeds the default bundles never trained on; the synthetic faces are face crops
+already (`cropped`: the demo skips face detection for them). The real photo is
+matplotlib's sample portrait of Grace Hopper (matplotlib is a dependency): the
+age tab finds her face in it. They are written once into a
 cache folder (`$SUPEMB_CACHE/demo-examples-v1`, default
 `~/.cache/supemb/...`). Only this folder is opened to the web app
 (`allowed_paths`), so examples are the only server files a page can load.
@@ -22,13 +25,14 @@ N_IMAGES = 4
 N_RECORDINGS = 3
 EEG_SECONDS = 60.0
 EEG_SFREQ = 100.0
-_VERSION = "v1"  # bump when the files written here change
+_VERSION = "v2"  # bump when the files written here change
 
 
 @dataclass(frozen=True)
 class Example:
     path: Path
     label: str  # shown under the example, e.g. "age 39"
+    cropped: bool = True  # a face crop already (the synthetic faces): face detection is skipped for it
 
 
 def cache_dir() -> Path:
@@ -44,7 +48,8 @@ def example_inputs(folder: Path | None = None) -> dict[str, list[Example]]:
     if not index.is_file():
         _write_examples(folder)
     listing = json.loads(index.read_text(encoding="utf-8"))
-    return {tab: [Example(folder / e["file"], e["label"]) for e in items] for tab, items in listing.items()}
+    return {tab: [Example(folder / e["file"], e["label"], e.get("cropped", True)) for e in items]
+            for tab, items in listing.items()}
 
 
 def _write_examples(folder: Path) -> None:
@@ -65,6 +70,11 @@ def _write_examples(folder: Path) -> None:
             name = f"face_{i}_age{int(age)}.png"
             Image.fromarray(img).save(work / name)
             listing["age"].append({"file": name, "label": f"synthetic face, age {int(age)}"})
+        import matplotlib.cbook
+
+        shutil.copyfile(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False), work / "photo.jpg")
+        listing["age"].append({"file": "photo.jpg", "label": "a real photo (Grace Hopper, from matplotlib)",
+                               "cropped": False})
         frames, temps, _ = webcam_arrays(N_IMAGES, size=IMAGE_SIZE, seed=SEED)
         for i, (img, temp) in enumerate(zip(frames, temps)):
             name = f"webcam_{i}_{float(temp):+.1f}C.png"
