@@ -193,7 +193,12 @@ class ImageModality(Modality):
             encoder_kwargs={}, summary={**table.summary(), "augment": aug_record}, augment_spec=aug_record)
 
     def training_pipeline(self, cfg: Any) -> Pipeline:
-        return self.pipeline(steps_for(cfg.image_size), "training preprocessing")
+        mean, std = TRAIN_MEAN, TRAIN_STD
+        if getattr(cfg, "pretrained", None):  # pretrained weights bring their own normalisation
+            from supemb.encoders.pretrained import normalisation
+
+            mean, std = normalisation(cfg.encoder, cfg.pretrained)
+        return self.pipeline(steps_for(cfg.image_size, mean=mean, std=std), "training preprocessing")
 
     def thumbnails(self, items: list[Any], size: int) -> np.ndarray:
         """uint8 [N, size, size, 3] centre-cropped thumbnails."""
