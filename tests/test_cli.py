@@ -103,7 +103,7 @@ def test_every_train_flag_is_a_config_field_and_reaches_the_config(monkeypatch) 
              "--head-fit": "sgd", "--similarity": "cosine", "--metric": "l2", "--knn-k": "7", "--batch-size": "4",
              "--lr": "0.01", "--temperature": "0.2", "--image-size": "32", "--ema-decay": "0.9",
              "--grad-clip": "1.5", "--augment": "light", "--seed": "5", "--device": "cpu", "--num-workers": "1",
-             "--on-error": "skip", "--dist-timeout": "60"}
+             "--on-error": "skip", "--dist-timeout": "60", "--pretrained": "w.safetensors"}
     switches = ["--no-viz", "--no-sync-bn", "--faces"]
     assert {f.option for f in TRAIN_FLAGS} == set(given) | set(switches)  # every flag is tried
     assert main(["train", *[x for kv in given.items() for x in kv], *switches]) == 0
@@ -116,7 +116,7 @@ def test_every_train_flag_is_a_config_field_and_reaches_the_config(monkeypatch) 
         4, 0.01, 0.2, 32, 0.9, 1.5)
     assert (got.augment, got.seed, got.device, got.num_workers, got.on_error, got.viz) == (
         "light", 5, "cpu", 1, "skip", False)
-    assert (got.sync_bn, got.dist_timeout, got.faces) == (False, 60.0, True)
+    assert (got.sync_bn, got.dist_timeout, got.faces, got.pretrained) == (False, 60.0, True, "w.safetensors")
     # flags not given leave the config's defaults
     assert main(["train", "--data", "d", "--target", "t", "--out", "o"]) == 0
     assert seen[1] == TrainConfig(data="d", target="t", out="o")

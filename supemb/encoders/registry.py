@@ -13,8 +13,10 @@ Names:
   the small (3x3, no max-pool) stem as default, for 32-64 px inputs.
 - EEG (`[B, n_chans, n_times]`): ``shallow``, ``deep4``; they require
   ``n_chans``, ``n_times`` and ``sfreq`` (see `eeg_signal_kwargs`).
-- ``timm:<model name>``: any timm model, without pretrained weights, if timm
-  is installed (``pip install supemb[timm]``).
+- ``timm:<model name>``: any timm model, if timm is installed (``pip install
+  supemb[timm]``); `build_encoder` builds it without weights, and
+  `build_timm_pretrained` (what ``--pretrained timm`` uses, through
+  `supemb.encoders.pretrained`) with timm's own pretrained weights.
 """
 
 from __future__ import annotations
@@ -146,22 +148,39 @@ class TimmEncoder(nn.Module):
         return self.model(x)
 
 
-def _build_timm(model_name: str, kwargs: dict[str, Any]) -> TimmEncoder:
-    if not model_name:
-        raise UserError(f"encoder {TIMM_PREFIX!r} needs a model name, e.g. {TIMM_PREFIX}resnet18")
+def build_timm_pretrained(name: str, **kwargs: Any) -> TimmEncoder:
+    """The timm encoder `name` (``timm:<model name>``) with timm's pretrained weights:
+    `timm.create_model(..., pretrained=True)`, which loads them from timm's cache (and
+    fetches them there if they are missing). `UserError` for a name without the prefix."""
+    if not name.startswith(TIMM_PREFIX):
+        raise UserError(f"encoder {name!r}: timm's pretrained weights need a {TIMM_PREFIX}<name> encoder")
+    return _build_timm(name[len(TIMM_PREFIX):], kwargs, pretrained=True)
+
+
+def _timm_module(model_name: str) -> Any:
     try:
-        timm = importlib.import_module("timm")
+        return importlib.import_module("timm")
     except ImportError:
         raise UserError(
             f"encoder {TIMM_PREFIX}{model_name} needs timm, which is not installed: "
             f"pip install supemb[timm]"
         ) from None
-    # pretrained=False always: nothing is ever downloaded.
+
+
+def _build_timm(model_name: str, kwargs: dict[str, Any], pretrained: bool = False) -> TimmEncoder:
+    if not model_name:
+        raise UserError(f"encoder {TIMM_PREFIX!r} needs a model name, e.g. {TIMM_PREFIX}resnet18")
+    timm = _timm_module(model_name)
+    # pretrained is not an encoder setting: only `build_timm_pretrained` (--pretrained timm) asks for it.
     for forced in ("pretrained", "num_classes"):
         if forced in kwargs:
             raise UserError(f"encoder {TIMM_PREFIX}{model_name}: {forced} cannot be set (it is fixed)")
     try:
-        model = timm.create_model(model_name, pretrained=False, num_classes=0, **kwargs)
+        model = timm.create_model(model_name, pretrained=pretrained, num_classes=0, **kwargs)
     except RuntimeError as e:  # timm's "Unknown model (...)"
         raise UserError(f"encoder {TIMM_PREFIX}{model_name}: {e}") from None
+    except (OSError, ValueError) as e:  # pretrained weights not in timm's cache and not fetchable
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"encoder {TIMM_PREFIX}{model_name}: timm could not load its pretrained weights "
+                        f"({first})") from None
     return TimmEncoder(model, model_name)

@@ -235,8 +235,15 @@ class ImageModality(Modality):
             encoder_kwargs={}, summary=summary, augment_spec=aug_record)
 
     def training_pipeline(self, cfg: Any) -> Pipeline:
-        """decode, (face,) resize_crop, normalize: `--faces` adds the face step."""
-        return self.pipeline(steps_for(cfg.image_size, faces=cfg.faces), "training preprocessing")
+        """decode, (face,) resize_crop, normalize: `--faces` adds the face step; pretrained weights
+        bring their own normalisation."""
+        mean, std = TRAIN_MEAN, TRAIN_STD
+        if getattr(cfg, "pretrained", None):
+            from supemb.encoders.pretrained import normalisation
+
+            mean, std = normalisation(cfg.encoder, cfg.pretrained)
+        steps = steps_for(cfg.image_size, mean=mean, std=std, faces=cfg.faces)
+        return self.pipeline(steps, "training preprocessing")
 
     def detecting(self, pipeline: Pipeline) -> Pipeline:
         """`pipeline` with a face step (default settings) before its resize/crop."""

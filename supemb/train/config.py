@@ -47,6 +47,9 @@ class TrainConfig:
     format: str = "auto"  # image layouts: auto | csv | folder | utkface | agedb; or "eeg"
     encoder: str | None = None  # None: small_cnn for images, shallow for EEG
     encoder_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Published weights to start from (supemb.encoders.pretrained): a torchvision ResNet state-dict
+    # file (safetensors or torch) for resnet18/34/50[_small], or "timm" for a timm:<name> encoder.
+    pretrained: str | None = None
     epochs: int = 20
     linear_epochs: int = 10  # stage 2 (frozen encoder, linear head); contrastive losses only
     batch_size: int | None = None  # None: the modality plug-in's recipe
@@ -124,8 +127,23 @@ class TrainConfig:
             raise UsageError(f"--num-workers must be >= 0, got {self.num_workers}")
         if not self.dist_timeout > 0:
             raise UsageError(f"--dist-timeout must be > 0 seconds, got {self.dist_timeout}")
+        if self.pretrained is not None:
+            self._check_pretrained()
         if self.on_error not in ON_ERROR_FLAGS:
             raise UsageError(f"--on-error must be fail or skip, got {self.on_error!r}")
+
+    def _check_pretrained(self) -> None:
+        """--pretrained names the weights of a chosen encoder: a file for our ResNets, "timm" for timm."""
+        if not isinstance(self.pretrained, str) or not self.pretrained:
+            raise UsageError(f"--pretrained must be a file or 'timm', got {self.pretrained!r}")
+        if self.encoder is None:
+            raise UsageError("--pretrained needs --encoder: resnet18/34/50 (or their _small variants) for a "
+                             "torchvision weights file, or timm:<name> with --pretrained timm")
+        timm_encoder = str(self.encoder).startswith("timm:")  # supemb.encoders.registry.TIMM_PREFIX (no torch here)
+        if (self.pretrained == "timm") != timm_encoder:
+            raise UsageError(f"--pretrained {self.pretrained} does not go with --encoder {self.encoder}: "
+                             "'timm' loads timm's weights into a timm:<name> encoder, a file loads "
+                             "torchvision ResNet weights into resnet18/34/50[_small]")
 
     @property
     def contrastive(self) -> bool:
@@ -220,6 +238,10 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("format", "auto | csv | folder | utkface | agedb | eeg (default auto)"),
     Flag("encoder", "encoder name (default: the recipe's, small_cnn with 2 convolutions per block "
          "for images, shallow for EEG)"),
+    Flag("pretrained", "start from published weights: a torchvision ResNet state-dict file (.safetensors, "
+         "or a torch file read with weights_only) for resnet18/34/50[_small], or 'timm' for a timm:<name> "
+         "encoder; preprocessing then uses the weights' mean/std (default: random initialisation)",
+         metavar="FILE"),
     Flag("epochs", "stage-1 (or baseline) epochs (default 20)", int),
     Flag("linear_epochs", "0 skips stage 2 (the linear head); with --head-fit sgd, its epochs (default 10)", int),
     Flag("head_fit", "stage 2: convex (ridge / logistic regression to convergence, regularisation chosen "

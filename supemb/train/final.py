@@ -79,6 +79,7 @@ def finish(t: Trainer) -> dict[str, Any]:
         "metric": t.metric, "projection": cfg.projection_head,
         "linear_head_input": "encoder output", "augment": t.data.augment_spec,
         "data": t.data.summary,
+        "pretrained": t.pretrained,  # the published weights the run started from (None: random init)
     })
     if cfg.viz:
         feats, targets, _ = t.frozen_split("val")

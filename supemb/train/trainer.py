@@ -40,6 +40,7 @@ from torch import nn
 from tqdm import tqdm
 
 from supemb.encoders.heads import LinearHead, ProjectionHead
+from supemb.encoders.pretrained import start_from
 from supemb.encoders.registry import build_encoder
 from supemb.errors import UserError
 from supemb.losses.registry import build_loss
@@ -93,6 +94,9 @@ class Trainer:
         name = self.encoder_name = cfg.encoder
         self.encoder_kwargs = {**self.data.encoder_kwargs, **cfg.encoder_kwargs}
         encoder = build_encoder(name, **self.encoder_kwargs)
+        self.pretrained: dict[str, Any] | None = None  # what --pretrained loaded; model.json records it
+        if cfg.pretrained and not self.resume:  # a resumed run continues from its checkpoint instead
+            encoder, self.pretrained = start_from(cfg.pretrained, encoder, name, self.encoder_kwargs, self._say)
         if encoder.modality != self.data.modality:
             raise UserError(f"encoder {name!r} is for {encoder.modality} inputs, but {cfg.data} is {self.data.modality} data")
         self.embed_dim = int(encoder.embed_dim)
@@ -168,7 +172,7 @@ class Trainer:
             "global_step": self.global_step,
             "best_score": self.best_score,
             "rng": rng_state(),
-            "world_size": self.world.size,
+            "world_size": self.world.size, "pretrained": self.pretrained,
         }
 
     def _save(self, path: Path) -> Path:
@@ -189,6 +193,7 @@ class Trainer:
         self.global_step = int(state["global_step"])
         self.best_score = float(state["best_score"])
         set_rng_state(state["rng"])
+        self.pretrained = state.get("pretrained")  # checkpoints from before --pretrained have none
         was = int(state.get("world_size", 1))
         if was != self.world.size and self.world.main and self.position.stage == 1:
             print(f"note: {self.run_dir.last} was written by {was} process(es) and this run has "
