@@ -21,8 +21,11 @@ Names:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Literal, Mapping, Protocol, runtime_checkable
@@ -150,8 +153,9 @@ class TimmEncoder(nn.Module):
 
 def build_timm_pretrained(name: str, **kwargs: Any) -> TimmEncoder:
     """The timm encoder `name` (``timm:<model name>``) with timm's pretrained weights:
-    `timm.create_model(..., pretrained=True)`, which loads them from timm's cache (and
-    fetches them there if they are missing). `UserError` for a name without the prefix."""
+    `timm.create_model(..., pretrained=True)` with the Hugging Face hub offline, so they come from
+    timm's cache (put there beforehand by timm on a machine with network); supemb never downloads.
+    `UserError` for a name without the prefix or weights that are not cached."""
     if not name.startswith(TIMM_PREFIX):
         raise UserError(f"encoder {name!r}: timm's pretrained weights need a {TIMM_PREFIX}<name> encoder")
     return _build_timm(name[len(TIMM_PREFIX):], kwargs, pretrained=True)
@@ -167,6 +171,21 @@ def _timm_module(model_name: str) -> Any:
         ) from None
 
 
+@contextlib.contextmanager
+def _offline() -> Iterator[None]:
+    """The Hugging Face hub (where timm's weights live) told to use its cache only."""
+    before = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    os.environ.update({k: "1" for k in before})
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _build_timm(model_name: str, kwargs: dict[str, Any], pretrained: bool = False) -> TimmEncoder:
     if not model_name:
         raise UserError(f"encoder {TIMM_PREFIX!r} needs a model name, e.g. {TIMM_PREFIX}resnet18")
@@ -176,11 +195,13 @@ def _build_timm(model_name: str, kwargs: dict[str, Any], pretrained: bool = Fals
         if forced in kwargs:
             raise UserError(f"encoder {TIMM_PREFIX}{model_name}: {forced} cannot be set (it is fixed)")
     try:
-        model = timm.create_model(model_name, pretrained=pretrained, num_classes=0, **kwargs)
+        with _offline():
+            model = timm.create_model(model_name, pretrained=pretrained, num_classes=0, **kwargs)
     except RuntimeError as e:  # timm's "Unknown model (...)"
         raise UserError(f"encoder {TIMM_PREFIX}{model_name}: {e}") from None
     except (OSError, ValueError) as e:  # pretrained weights not in timm's cache and not fetchable
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"encoder {TIMM_PREFIX}{model_name}: timm could not load its pretrained weights "
-                        f"({first})") from None
+        raise UserError(f"encoder {TIMM_PREFIX}{model_name}: timm's pretrained weights are not in its cache "
+                        f"and supemb does not download ({first}); fetch them once with timm where there is "
+                        "network, or pass --pretrained FILE") from None
     return TimmEncoder(model, model_name)

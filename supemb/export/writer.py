@@ -165,7 +165,8 @@ def export_run(
                         **({"face_detection": PRECROPPED} if gallery_pipeline is not pipeline else {})},
             "training": {"run": run.name, "loss": meta.get("loss"), "encoder": meta.get("encoder"),
                          "embed_dim": meta.get("embed_dim"), "test_metrics": run_dir.final_metrics(),
-                         "data": meta.get("data")},
+                         "data": meta.get("data"),
+                         **({"pretrained": meta["pretrained"]} if meta.get("pretrained") else {})},
         }
         manifest = {k: v for k, v in manifest.items() if v is not None}
         manifest = mf.seal(tmp, manifest)
