@@ -293,17 +293,22 @@ def test_eeg_noise_is_flagged_and_held_out_recordings_mostly_are_not(tmp_path: P
     assert _flag_rate("brain_age", sorted(held.glob("*.edf"))) <= 0.15
 
 
-def test_predict_functions_warn_naming_the_input(tmp_path: Path) -> None:
+@pytest.fixture()
+def three_digits_and_a_face(tmp_path: Path) -> list[Path]:
+    """in_0..2.png: digits (flagged by the age bundle); in_3.png: a held-out synthetic face (not flagged)."""
+    from PIL import Image
+
     from supemb.data.synthetic_faces import face_arrays
 
-    photos = _digits(3)
-    face = face_arrays(1, size=32, seed=123)[0][0]
     paths = []
-    for i, img in enumerate([*photos, face]):
-        from PIL import Image
-
+    for i, img in enumerate([*_digits(3), face_arrays(1, size=32, seed=123)[0][0]]):
         paths.append(tmp_path / f"in_{i}.png")
         Image.fromarray(img).save(paths[-1])
+    return paths
+
+
+def test_predict_functions_warn_naming_the_input(three_digits_and_a_face: list[Path]) -> None:
+    paths = three_digits_and_a_face
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         values = api.predict_age(paths)
@@ -313,3 +318,32 @@ def test_predict_functions_warn_naming_the_input(tmp_path: Path) -> None:
     text = str(flagged[0].message)
     assert "3 of 4 inputs" in text and all(f"in_{i}.png" in text for i in range(3)) and "in_3.png" not in text
     assert "familiarity 0.0" in text and flagged[0].filename == __file__  # points at the caller
+
+
+def test_cli_line_and_json_carry_familiarity(three_digits_and_a_face: list[Path], capsys) -> None:
+    from supemb.cli import main as cli
+
+    bundle = str(api.default_bundle_path("age"))
+    paths = [str(p) for p in three_digits_and_a_face]
+    assert cli(["predict", bundle, *paths]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and all("\tfamiliarity: " in line for line in lines)
+    assert ["UNFAMILIAR" in line for line in lines] == [True, True, True, False]
+    assert cli(["predict", bundle, *paths, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [d["unfamiliar"] for d in out] == [True, True, True, False]
+    assert all(0.0 <= d["familiarity"] <= 1.0 for d in out) and out[0]["familiarity"] < 0.05 < out[3]["familiarity"]
+
+
+def test_demo_summary_shows_familiarity_and_the_flag(three_digits_and_a_face: list[Path], tmp_path: Path) -> None:
+    from supemb.demo.views import summary_markdown
+
+    b = load_bundle(api.default_bundle_path("age"))
+    digit, face = b.predict([three_digits_and_a_face[0], three_digits_and_a_face[3]])
+    flagged, familiar = summary_markdown(b, digit, 10, "faces"), summary_markdown(b, face, 10, "faces")
+    assert "Familiarity" in flagged and "Unfamiliar input" in flagged
+    assert "**Familiarity " in familiar and "Unfamiliar" not in familiar
+    old = _copy_default("age", tmp_path)
+    _drop_familiarity(old)
+    b_old = load_bundle(old)
+    assert "amiliar" not in summary_markdown(b_old, b_old.predict(three_digits_and_a_face[0])[0], 10, "faces")

@@ -220,8 +220,8 @@ def summary_markdown(bundle: Bundle, pred: Prediction, k: int, what: str) -> str
                  "are to the rest of it (nearest neighbours in the embedding space).")
     if pred.unfamiliar:
         q = bundle.familiarity.threshold_quantile if bundle.familiarity is not None else 0.0
-        return (f"{text}\n\n⚠️ **Unlike anything in the gallery.** {closeness} Below {q:.0%} an input is "
-                f"flagged: the model has not seen its like, and the value above is an extrapolation.")
+        return (f"{text}\n\n⚠️ **Unfamiliar input: unlike the gallery.** {closeness} Below {q:.0%} an input is "
+                f"flagged: the model may not have seen its like, so treat the value above as an extrapolation.")
     return f"{text}\n\n{closeness}"
 
 
