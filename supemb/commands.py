@@ -102,8 +102,11 @@ def _format_prediction(p: Any, unit: str) -> str:
         what = f"{p.label} (p={1 - p.uncertainty:.2f})"
     near = ", ".join(f"{n.label if isinstance(n.label, str) else round(n.label, 2)}@{n.similarity:.2f}"
                      for n in p.neighbours[:5])
+    familiar = ""
+    if p.familiarity is not None:  # bundles exported before the familiarity table have none
+        familiar = f"\tfamiliarity: {p.familiarity:.3f}{' UNFAMILIAR: unlike the gallery' if p.unfamiliar else ''}"
     face = f"\tface {[round(v) for v in p.face['box']]} score {p.face['score']:.2f}" if p.face else ""
-    return f"{p.source}\t{what}\tneighbours: {near}{face}"
+    return f"{p.source}\t{what}{familiar}\tneighbours: {near}{face}"
 
 
 def predict_parser(p: argparse.ArgumentParser) -> Handler:
@@ -111,7 +114,8 @@ def predict_parser(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, or EDF/BDF/FIF recordings")
     p.add_argument("--k", type=int, help="neighbours (default: the bundle's)")
     p.add_argument("--median", action="store_true", help="regression: weighted median of the neighbours")
-    p.add_argument("--json", action="store_true", help="one JSON list with values, uncertainty, neighbours")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON list with values, uncertainty, familiarity, neighbours")
     p.add_argument("--on-error", choices=ON_ERROR_FLAGS, default="fail",
                    help="skip: predict the good inputs and list the bad (exit code 1 if any was bad)")
     p.add_argument("--batch-size", type=int, default=64)

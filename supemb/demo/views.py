@@ -206,12 +206,23 @@ def fmt_value(value: float, unit: str) -> str:
 
 
 def summary_markdown(bundle: Bundle, pred: Prediction, k: int, what: str) -> str:
-    """The headline: value ± uncertainty, and what they mean."""
+    """The headline: value ± uncertainty, and what they mean; how familiar the input is (flagged when unlike
+    the gallery, `Prediction.unfamiliar`)."""
     unit = bundle.unit
     head = f"## {fmt_value(pred.value, unit)} ± {fmt_value(pred.uncertainty or 0.0, unit)}"
     windows = f", averaged over its {pred.windows} windows of {bundle.spec.window_s:g} s" if pred.windows else ""
-    return (f"{head}\n\nPredicted {bundle.target_name}{windows}: the similarity-weighted mean of the "
+    text = (f"{head}\n\nPredicted {bundle.target_name}{windows}: the similarity-weighted mean of the "
             f"{k} gallery {what} nearest to it in the model's embedding space; ± is their weighted spread.")
+    if pred.familiarity is None:  # a bundle exported before the familiarity table
+        return text
+    pct = f"{pred.familiarity:.1%}" if pred.familiarity < 0.1 else f"{pred.familiarity:.0%}"
+    closeness = (f"**Familiarity {pct}**: it is nearer to the gallery than {pct} of the gallery's own {what} "
+                 "are to the rest of it (nearest neighbours in the embedding space).")
+    if pred.unfamiliar:
+        q = bundle.familiarity.threshold_quantile if bundle.familiarity is not None else 0.0
+        return (f"{text}\n\n⚠️ **Unfamiliar input: unlike the gallery.** {closeness} Below {q:.0%} an input is "
+                f"flagged: the model may not have seen its like, so treat the value above as an extrapolation.")
+    return f"{text}\n\n{closeness}"
 
 
 def prediction_json(bundle: Bundle, pred: Prediction, k: int, source: str) -> dict[str, Any]:

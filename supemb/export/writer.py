@@ -42,6 +42,7 @@ from supemb import __version__, modalities
 from supemb.embed.onnx import Encoder
 from supemb.errors import UserError
 from supemb.export.gallery import append_gallery_json, data_gallery, embed_gallery, run_training_gallery, write_gallery
+from supemb.predict import familiarity
 from supemb.predict import manifest as mf
 from supemb.predict.bundle import load_bundle
 from supemb.train.rundir import RunDir
@@ -144,6 +145,7 @@ def export_run(
             tmp / "encoder.onnx", plugin, gallery_pipeline, device=device)
         indexed = embed_gallery(gallery_encoder, src, task, labels, thumbnails, on_error, processes)
         idx = write_gallery(tmp, indexed, index, metric=metric)
+        reference = familiarity.reference_table(idx, indexed.emb, indexed.gallery_json.get("groups"))
         manifest = {
             "format": mf.FORMAT, "format_version": mf.FORMAT_VERSION,
             "name": name or out.stem, "created_with": f"supemb {__version__}",
@@ -163,6 +165,7 @@ def export_run(
                         "inputs": len(src.items) - len(indexed.gallery_json.get("skipped", [])),
                         "thumbnails": int(thumbnails) if indexed.thumbnails is not None else 0,
                         **({"face_detection": PRECROPPED} if gallery_pipeline is not pipeline else {})},
+            "familiarity": reference,
             "training": {"run": run.name, "loss": meta.get("loss"), "encoder": meta.get("encoder"),
                          "embed_dim": meta.get("embed_dim"), "test_metrics": run_dir.final_metrics(),
                          "data": meta.get("data"),
@@ -220,13 +223,37 @@ def reindex(bundle_dir: str | Path, data: str | Path, *, append: bool = False, i
         elif (root / "thumbnails.npy").exists():
             (root / "thumbnails.npy").unlink()
         idx, n_items, labels, has_thumbs = bundle.index, len(targets), new.labels, thumbs is not None
+        reference = familiarity.reference_table(idx, familiarity.index_vectors(root / "index.faiss"),
+                                                g_json.get("groups"))
     else:
         idx = write_gallery(root, new, index or m["index"]["kind"], metric=bundle.metric)
         n_items, labels, has_thumbs = len(new.targets), new.labels, new.thumbnails is not None
-    m = {**m, "index": idx.params(), "labels": labels if bundle.task == "classification" else None}
+        reference = familiarity.reference_table(idx, new.emb, new.gallery_json.get("groups"))
+    m = {**m, "index": idx.params(), "labels": labels if bundle.task == "classification" else None,
+         "familiarity": reference}
     face = {"face_detection": PRECROPPED} if encoder is not bundle.encoder else {}
     m["gallery"] = {"source": (f"{m['gallery']['source']} + {src.source}" if append else src.source),
                     "items": int(n_items), "thumbnails": int(thumb_size) if has_thumbs else 0, **face}
     m = {k: v for k, v in m.items() if v is not None and k != "files"}
     return mf.seal(root, m)
 
+
+
+def add_familiarity(bundle_dir: str | Path) -> dict[str, Any]:
+    """Give an existing bundle directory (exported before the familiarity table
+    existed) its "familiarity" table, computed from its own index.faiss and
+    gallery.json, as `export_run` records it; re-sealed in place (no other file
+    changes). Returns the manifest."""
+    root = Path(bundle_dir)
+    m = mf.read_manifest(root)
+    mf.verify_files(root, m)
+    reference = familiarity.bundle_reference(root, m)
+    out: dict[str, Any] = {}
+    for key, value in m.items():  # the table goes where export_run puts it: after "gallery"
+        if key not in ("familiarity", "files"):
+            out[key] = value
+        if key == "gallery" and reference is not None:
+            out["familiarity"] = reference
+    if reference is not None and "familiarity" not in out:
+        out["familiarity"] = reference
+    return mf.seal(root, out)

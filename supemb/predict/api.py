@@ -8,7 +8,9 @@ brains, and the first call of each warns so once. Train and export your own
 (README, "Serve your own model") and pass `bundle=`.
 
 A path, a PIL image or an HxWx3 uint8 array gives a float; a list gives a
-list. Loaded bundles are cached per (path, device) and safe to share
+list. An input unlike the bundle's gallery (`Prediction.unfamiliar`: its
+nearest-neighbour similarity is below the manifest's familiarity threshold)
+still gets its value, with an `UnfamiliarInputWarning` naming it. Loaded bundles are cached per (path, device) and safe to share
 between threads.
 """
 
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from supemb.errors import UserError
-from supemb.predict.bundle import Bundle, _as_list, load_bundle
+from supemb.predict.bundle import Bundle, Prediction, _as_list, load_bundle
 
 DEFAULTS_DIR = Path(__file__).resolve().parents[1] / "bundles"
 DEFAULT_BUNDLES = {"age": "age", "temperature": "temperature", "brain_age": "brain_age"}
@@ -33,6 +35,27 @@ _lock = threading.Lock()
 
 class DemoModelWarning(UserWarning):
     """A default bundle (trained on synthetic data) is in use."""
+
+
+class UnfamiliarInputWarning(UserWarning):
+    """An input is unlike the bundle's gallery: its value is an extrapolation (`Prediction.unfamiliar`)."""
+
+
+MAX_NAMED = 5  # flagged inputs named in one warning
+
+
+def warn_unfamiliar(b: Bundle, preds: list[Prediction], stacklevel: int = 2) -> None:
+    """One `UnfamiliarInputWarning` naming the flagged inputs of `preds` and their familiarity (none: no warning)."""
+    flagged = [p for p in preds if p.unfamiliar]
+    if not flagged:
+        return
+    named = "; ".join(f"{p.source} (familiarity {p.familiarity:.3f})" for p in flagged[:MAX_NAMED])
+    more = f" and {len(flagged) - MAX_NAMED} more" if len(flagged) > MAX_NAMED else ""
+    q = b.familiarity.threshold_quantile if b.familiarity is not None else float("nan")
+    subject = "an input is" if len(preds) == 1 else f"{len(flagged)} of {len(preds)} inputs are"
+    warnings.warn(f"supemb: {subject} unlike the gallery of the {b.name!r} bundle (familiarity below {q:g}: "
+                  f"the nearest gallery neighbour farther than for {1 - q:.0%} of the gallery's own items): "
+                  f"{named}{more}; a prediction there is an extrapolation", UnfamiliarInputWarning, stacklevel=stacklevel + 1)
 
 
 def default_bundle_path(name: str) -> Path:
@@ -72,6 +95,7 @@ def _check_task(b: Bundle, want_modality: str, what: str) -> None:
 def _values(b: Bundle, inputs: Any, k: int | None) -> float | list[float]:
     items, single = _as_list(inputs)
     preds = b.predict(items, k=k)
+    warn_unfamiliar(b, preds, stacklevel=3)  # -> predict_age etc. -> the caller
     values = [float(p.value) for p in preds]  # on_error="raise": every prediction has a value
     return values[0] if single else values
 

@@ -45,6 +45,7 @@ from supemb.embed.onnx import Device, Encoder
 from supemb.errors import UserError
 from supemb.predict import manifest as mf
 from supemb.predict import neighbours
+from supemb.predict.familiarity import Familiarity, query_statistic
 from supemb.predict.neighbours import recording_embeddings, rows_by_owner
 
 
@@ -70,9 +71,14 @@ class Prediction:
     `embedding` (only with `Bundle.predict(..., embeddings=True)`): the
     input's embedding [D] in the bundle's metric, the row `Bundle.embed`
     gives (EEG: `recording_embeddings` of the windows); float32 values as a
-    plain list, so `to_dict()` stays JSON-able. `face` (a bundle whose
-    preprocessing finds faces): the face it predicted from, {"box": [x0, y0,
-    x1, y1] in the photo's pixels, "score": the detector's confidence}."""
+    plain list, so `to_dict()` stays JSON-able. `familiarity`: the percentile
+    (0..1) of the input's nearest-neighbour similarity (EEG: the median over
+    its windows) within the gallery's own leave-one-out distribution, and
+    `unfamiliar`: it is below the manifest's threshold, the input is unlike the
+    gallery (`supemb.predict.familiarity`); both None for a bundle whose
+    manifest has no familiarity table. `face` (a bundle whose preprocessing
+    finds faces): the face it predicted from, {"box": [x0, y0, x1, y1] in the
+    photo's pixels, "score": the detector's confidence}."""
 
     source: str
     value: float | None = None
@@ -83,6 +89,8 @@ class Prediction:
     windows: int | None = None  # EEG: windows the recording gave
     error: str | None = None
     embedding: list[float] | None = None
+    familiarity: float | None = None
+    unfamiliar: bool | None = None
     face: dict[str, Any] | None = None
 
     @property
@@ -134,6 +142,7 @@ class Bundle:
         self.metric: str = m.get("metric", "cosine")  # checked by read_manifest
         self.knn: dict[str, Any] = dict(m["knn"])
         self.default_k = int(self.knn.get("k", 10))
+        self.familiarity = Familiarity.from_manifest(m.get("familiarity"), f"{root / mf.MANIFEST}")
         self.name: str = m.get("name") or self.source.name
 
         # The modality plug-in and the recorded preprocessing steps (supemb.modalities, supemb.preprocess.steps).
@@ -270,6 +279,9 @@ class Bundle:
                 sim, self.targets[idx], owner, len(items), self.task, n_classes=len(self.labels),
                 temperature=None if t is None else float(t), weighting=self.knn.get("weighting", "softmax"),
                 reduce=reduce or self.knn.get("reduce", "mean"))
+            fam = None  # (familiarity [n], unfamiliar [n]) from each input's nearest-neighbour similarity
+            if self.familiarity is not None:
+                fam = self.familiarity.score(query_statistic(sim[:, 0], owner, len(items)))
             for pos, rows in rows_by_owner(owner):
                 p = Prediction(source=describe(items[pos], int(pos)), uncertainty=float(per_input.uncertainty[pos]))
                 if per_input.values is not None:
@@ -281,6 +293,8 @@ class Bundle:
                 p.neighbours = self._neighbours(idx[rows], sim[rows], k)
                 if self.plugin.grouped:
                     p.windows = len(rows)
+                if fam is not None:
+                    p.familiarity, p.unfamiliar = float(fam[0][pos]), bool(fam[1][pos])
                 out[pos] = p
         return [p if p is not None else Prediction(source=describe(items[i], i), error="no prediction")
                 for i, p in enumerate(out)]
