@@ -67,13 +67,21 @@ def client(served) -> Client:
     return Client(served[0], verbose=False, download_files=False)
 
 
-def _library(tab: str, path: Path, k: int):
+def _library(tab: str, path: Path, k: int, detect: bool = False):
+    """The library's prediction; the age tab's synthetic examples are face crops (detect=False)."""
+    face = {"detect": detect} if tab == "age" else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", api.DemoModelWarning)
+        warnings.simplefilter("ignore", api.UnfamiliarInputWarning)
         value = {"age": supemb.predict_age, "temperature": supemb.predict_temperature,
-                 "brain_age": supemb.predict_brain_age}[tab](str(path), k=k)
-        pred = api.get_bundle(None, tab).predict(str(path), k=k)[0]
+                 "brain_age": supemb.predict_brain_age}[tab](str(path), k=k, **face)
+        pred = api.get_bundle(None, tab).predict(str(path), k=k, **face)[0]
     return value, pred
+
+
+def _inputs(tab: str, path: Path, k: int, cropped: bool = True) -> list:
+    """What a client sends a tab: the file, k, and for a tab that finds faces "a face crop already"."""
+    return [handle_file(str(path)), k, *([cropped] if tab == "age" else [])]
 
 
 # ------------------------------------------------------------- predictions
@@ -83,7 +91,7 @@ def _library(tab: str, path: Path, k: int):
 @pytest.mark.parametrize("k", [10, 3])
 def test_each_tab_gives_the_library_prediction(client, served, tab: str, k: int) -> None:
     example = served[1][tab][0]
-    out = client.predict(handle_file(str(example.path)), k, api_name=f"/predict_{tab}")
+    out = client.predict(*_inputs(tab, example.path, k), api_name=f"/predict_{tab}")
     summary, data = out[0], out[1]
     value, pred = _library(tab, example.path, k)
     assert "error" not in data
@@ -113,8 +121,10 @@ def test_examples_are_written_once_and_labelled(tmp_path: Path) -> None:
     assert again == first and all(e.path.stat().st_mtime_ns == stamp[e.path] for items in again.values()
                                   for e in items)
     assert set(first) == set(TABS) and all(len(v) >= 3 for v in first.values())
-    ages = [int(re.search(r"age (\d+)", e.label).group(1)) for e in first["age"]]
-    assert all(1 <= a <= 90 for a in ages)
+    ages = [int(re.search(r"age (\d+)", e.label).group(1)) for e in first["age"] if e.cropped]
+    assert len(ages) >= 3 and all(1 <= a <= 90 for a in ages)
+    photos = [e for e in first["age"] if not e.cropped]  # a real photo, whose face the tab finds
+    assert len(photos) == 1 and photos[0].path.suffix == ".jpg"
 
 
 def test_gallery_map_places_gallery_items_on_their_own_points() -> None:
@@ -170,12 +180,12 @@ def _bad_files(tmp: Path, examples: dict) -> dict[str, tuple[str, Path, str]]:
 
 def test_bad_uploads_show_a_message_and_the_app_keeps_serving(client, served, tmp_path: Path) -> None:
     for case, (tab, path, expect) in _bad_files(tmp_path, served[1]).items():
-        summary, data = client.predict(handle_file(str(path)), 10, api_name=f"/predict_{tab}")[:2]
+        summary, data = client.predict(*_inputs(tab, path, 10), api_name=f"/predict_{tab}")[:2]
         assert expect in data["error"], case
         assert data["error"].startswith(path.name), case  # names the user's file, not the server's copy
         assert "/tmp" not in data["error"] and expect in summary, case
         good = served[1][tab][0]
-        data = client.predict(handle_file(str(good.path)), 10, api_name=f"/predict_{tab}")[1]
+        data = client.predict(*_inputs(tab, good.path, 10), api_name=f"/predict_{tab}")[1]
         assert data["value"] == pytest.approx(_library(tab, good.path, 10)[0], abs=1e-6), case
 
 
@@ -189,7 +199,7 @@ def test_wrong_file_type_for_eeg_is_refused_with_a_message(client, tmp_path: Pat
 
 
 def test_k_out_of_range_is_a_message(client, served) -> None:
-    data = client.predict(handle_file(str(served[1]["age"][0].path)), 500, api_name="/predict_age")[1]
+    data = client.predict(*_inputs("age", served[1]["age"][0].path, 500), api_name="/predict_age")[1]
     assert "k must be between 1 and 50" in data["error"]
 
 
@@ -256,13 +266,16 @@ def _chromium() -> str | None:
     return None
 
 
-def test_browser_upload_shows_the_library_prediction(served, tmp_path: Path) -> None:
+def test_browser_upload_of_a_real_photo_shows_the_face_and_the_flag(served, tmp_path: Path) -> None:
+    """A real photo (matplotlib's Grace Hopper portrait) uploaded in the age tab: the library's
+    prediction from her face, the box and the crop drawn, and the flag that she is unlike the
+    synthetic gallery."""
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
     browser_path = _chromium()
     if browser_path is None:
         pytest.skip("no system Chromium (apt-get install chromium); the browser test needs it")
     url, examples = served
-    example = examples["age"][0]
+    example = next(e for e in examples["age"] if not e.cropped)
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=browser_path, headless=True)
         try:
@@ -272,14 +285,19 @@ def test_browser_upload_shows_the_library_prediction(served, tmp_path: Path) -> 
             page.locator("#age-input input[type=file]").set_input_files(str(example.path))
             summary = page.locator("#age-summary")
             summary.filter(has_text="±").wait_for(timeout=30_000)
-            shown = float(re.search(r"(-?\d+(?:\.\d+)?) years ±", summary.inner_text()).group(1))
+            text = summary.inner_text()
+            shown = float(re.search(r"(-?\d+(?:\.\d+)?) years ±", text).group(1))
             page.locator("#age-neighbours img").first.wait_for(timeout=10_000)
+            page.locator("#age-face img").first.wait_for(timeout=10_000)  # the box in the photo, and the crop
             page.wait_for_timeout(500)  # let the map image paint
             shot = tmp_path / "demo.png"
             page.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()
-    assert shown == pytest.approx(_library("age", example.path, 10)[0], abs=0.05)  # shown to 1 decimal
+    value, pred = _library("age", example.path, 10, detect=True)
+    assert shown == pytest.approx(value, abs=0.05)  # shown to 1 decimal
+    assert pred.face is not None and f"From the face found at {[round(v) for v in pred.face['box']]}" in text
+    assert pred.unfamiliar and "Unfamiliar input" in text  # a real face, unlike the synthetic gallery
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("SUPEMB_DEMO_SCREENSHOT"):
         shutil.copyfile(shot, os.environ["SUPEMB_DEMO_SCREENSHOT"])
@@ -292,7 +310,7 @@ def test_prediction_json_is_the_library_prediction() -> None:
     from supemb.data.synthetic_faces import face_arrays
 
     image = face_arrays(1, size=32, seed=7)[0][0]
-    pred = b.predict(image)[0]
+    pred = b.predict(image, detect=False)[0]
     d = demo.prediction_json(b, pred, 10, "x.png")
     assert d["value"] == pred.value and d["neighbours"] == [dataclasses.asdict(n) for n in pred.neighbours]
 
@@ -320,14 +338,14 @@ def test_prediction_embedding_is_the_inputs_embedding(tmp_path: Path) -> None:
     faces = list(face_arrays(2, size=32, seed=5)[0])
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
-    preds = image_bundle.predict([faces[0], str(bad), faces[1]], on_error="skip", embeddings=True)
-    want = image_bundle.embed(faces)
+    preds = image_bundle.predict([faces[0], str(bad), faces[1]], on_error="skip", embeddings=True, detect=False)
+    want = image_bundle.embed(faces, detect=False)
     assert preds[1].error and preds[1].embedding is None  # a skipped input has no embedding
     for p, row in zip([preds[0], preds[2]], want):
         assert len(p.embedding) == image_bundle.embedding_dim
         np.testing.assert_allclose(p.embedding, row, rtol=1e-6, atol=1e-6)
     assert json.loads(json.dumps(preds[0].to_dict()))["embedding"] == pytest.approx(preds[0].embedding)
-    plain = image_bundle.predict(faces[0])[0]  # the default: no embedding, and the same prediction
+    plain = image_bundle.predict(faces[0], detect=False)[0]  # the default: no embedding, the same prediction
     assert plain.embedding is None and "embedding" not in plain.to_dict()
     assert plain.value == pytest.approx(preds[0].value, abs=1e-5)
     assert [n.index for n in plain.neighbours] == [n.index for n in preds[0].neighbours]

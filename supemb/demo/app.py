@@ -284,7 +284,7 @@ def _tab(served: Served, examples: list[Any], max_pixels: int) -> None:
             if examples:  # the synthetic faces are crops already: their examples skip detection
                 gr.Examples([[str(e.path), b.default_k, *([e.cropped] if len(inputs) > 2 else [])] for e in examples],
                             inputs, outputs, fn=handler, run_on_click=True, cache_examples=False,
-                            example_labels=[e.label for e in examples], label="examples (synthetic data; one click)")
+                            example_labels=[e.label for e in examples], label="examples (one click)")
             gallery_map.render()
         with gr.Column(scale=3):
             summary.render()

@@ -92,19 +92,22 @@ def _check_task(b: Bundle, want_modality: str, what: str) -> None:
                         f"but this one does {b.modality} {b.task}")
 
 
-def _values(b: Bundle, inputs: Any, k: int | None) -> float | list[float]:
+def _values(b: Bundle, inputs: Any, k: int | None, **predict: Any) -> float | list[float]:
     items, single = _as_list(inputs)
-    preds = b.predict(items, k=k)
+    preds = b.predict(items, k=k, **predict)
     warn_unfamiliar(b, preds, stacklevel=3)  # -> predict_age etc. -> the caller
     values = [float(p.value) for p in preds]  # on_error="raise": every prediction has a value
     return values[0] if single else values
 
 
-def predict_age(image: Any, bundle: str | Path | Bundle | None = None, k: int | None = None) -> float | list[float]:
-    """Age in years from a face image (a path, PIL image or HxWx3 uint8 array), or a list of them."""
+def predict_age(image: Any, bundle: str | Path | Bundle | None = None, k: int | None = None,
+                detect: bool = True) -> float | list[float]:
+    """Age in years from a photo of a person (a path, PIL image or HxWx3 uint8 array), or a list of
+    them. A bundle that finds faces (the default one does) predicts from the photo's largest face;
+    a photo without one is an error naming it. detect=False: the photos are face crops already."""
     b = get_bundle(bundle, "age")
     _check_task(b, "image", "predict_age")
-    return _values(b, image, k)
+    return _values(b, image, k, detect=detect)
 
 
 def predict_temperature(image: Any, bundle: str | Path | Bundle | None = None,

@@ -202,13 +202,19 @@ class Bundle:
         """Already-preprocessed inputs `[N, ...]` (float32) -> embeddings `[N, D]`."""
         return self.encoder.embed_arrays(x)
 
-    def embed(self, inputs: Any, batch_size: int = 64, progress: bool | None = None) -> np.ndarray:
+    def embed(self, inputs: Any, batch_size: int = 64, progress: bool | None = None,
+              detect: bool = True) -> np.ndarray:
         """Inputs (paths, PIL images, uint8 arrays; or EEG recordings) -> float32 `[N, D]`
         in the bundle's metric: unit-length rows (cosine) or raw encoder outputs (l2).
-        An EEG recording's row is `recording_embeddings` of its windows'."""
+        An EEG recording's row is `recording_embeddings` of its windows'; a bundle that finds
+        faces embeds each photo's largest face (detect=False: the photos are face crops)."""
         items, _ = _as_list(inputs)
-        emb, owner, _ = self.encoder.embed_rows(items, batch_size, progress, "raise")
+        emb, owner, _ = self.encoder.embed_rows(items, batch_size, progress, "raise", decode=self._decoder(detect))
         return self._input_embeddings(emb, owner, len(items))
+
+    def _decoder(self, detect: bool) -> Any:
+        """None (the pipeline's own decoder), or with detect=False one without its face step."""
+        return None if detect or not self.detects_faces else self.plugin.decoder(self.pipeline.without("face"))
 
     def _input_embeddings(self, emb: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
         """Row embeddings [R, D] -> one per input [n, D]: its row, or a grouped input's rows pooled
@@ -248,7 +254,7 @@ class Bundle:
 
             return predict_each_face(self, items, on_error, k=k, batch_size=batch_size, reduce=reduce,
                                      progress=progress, embeddings=embeddings)
-        decode = None if detect or not self.detects_faces else self.plugin.decoder(self.pipeline.without("face"))
+        decode = self._decoder(detect)
         meta: dict[int, dict[str, Any]] = {}
         emb, owner, failures = self.encoder.embed_rows(items, batch_size, progress, on_error, decode=decode,
                                                        meta=meta)
