@@ -148,7 +148,7 @@ def predict_parser(p: argparse.ArgumentParser) -> Handler:
 
 
 def evaluate_bundle(bundle: Any, data: str | Path, *, target: str | None = None, fmt: str = "auto",
-                    k: int | None = None, on_error: str = "raise") -> dict[str, Any]:
+                    k: int | None = None, on_error: str = "raise", detect: bool = True) -> dict[str, Any]:
     """Metrics of a bundle's kNN predictions on labelled `data` (as in training):
     regression MAE/RMSE/R², mean spread, embedding ordinality; classification
     accuracy, balanced accuracy, P@1 and MAP@R against the gallery. EEG
@@ -161,7 +161,7 @@ def evaluate_bundle(bundle: Any, data: str | Path, *, target: str | None = None,
     src = data_gallery(data, bundle.plugin, bundle.task, target or bundle.target_name, fmt=fmt,
                        on_error=on_error)
     k = bundle.default_k if k is None else k
-    emb, owner, failures = bundle.encoder.embed_rows(src.items, on_error=on_error)
+    emb, owner, failures = bundle.encoder.embed_rows(src.items, on_error=on_error, decode=bundle.decoder_for(detect))
     preds = bundle.predict_embeddings(emb, owner, src.items, k=k, failures=failures)
     ok = [i for i, p in enumerate(preds) if p.ok]
     if not ok:
@@ -212,6 +212,8 @@ def eval_parser(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--on-error", choices=ON_ERROR_FLAGS, default="fail", help="unreadable items")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--no-detect", action="store_true",
+                   help="a bundle that finds faces: the data's photos are face crops already (as its gallery)")
 
     def run(args: argparse.Namespace) -> int:
         from supemb.predict.bundle import load_bundle
@@ -220,7 +222,7 @@ def eval_parser(p: argparse.ArgumentParser) -> Handler:
             raise UsageError(f"--k must be >= 1, got {args.k}")
         bundle = load_bundle(args.bundle, device=args.device)
         m = evaluate_bundle(bundle, args.data, target=args.target, fmt=args.format, k=args.k,
-                            on_error=raise_or_skip(args.on_error))
+                            on_error=raise_or_skip(args.on_error), detect=not args.no_detect)
         if args.json:
             print(json.dumps(m, indent=2))
         else:

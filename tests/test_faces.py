@@ -206,3 +206,16 @@ def test_training_on_photos_detects_each_once_and_serves_the_same_step(face_phot
     assert "face_detection" not in m["gallery"]  # the gallery photos went through the step themselves
     p = load_bundle(tmp_path / "bundle", device="cpu").predict(face_photos / "p3.png")[0]
     assert p.face is not None and p.neighbours[0].id == "p3.png"
+
+
+def test_eval_on_face_crops_skips_detection_when_told(tmp_path: Path, capsys) -> None:
+    from supemb.cli import main
+    from supemb.data.synthetic_faces import make_face_dataset
+
+    root = _bundle_with_face_step(tmp_path)
+    data = make_face_dataset(tmp_path / "crops", 24, size=32, seed=9)
+    assert main(["eval", str(root), "--data", str(data), "--no-detect", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["knn_mae"] > 0
+    assert main(["eval", str(root), "--data", str(data), "--on-error", "skip", "--json"]) in (0, 1)
+    out = capsys.readouterr()
+    assert "no face found" in out.out + out.err  # the cartoon crops: the detector misses many of them

@@ -209,10 +209,10 @@ class Bundle:
         An EEG recording's row is `recording_embeddings` of its windows'; a bundle that finds
         faces embeds each photo's largest face (detect=False: the photos are face crops)."""
         items, _ = _as_list(inputs)
-        emb, owner, _ = self.encoder.embed_rows(items, batch_size, progress, "raise", decode=self._decoder(detect))
+        emb, owner, _ = self.encoder.embed_rows(items, batch_size, progress, "raise", decode=self.decoder_for(detect))
         return self._input_embeddings(emb, owner, len(items))
 
-    def _decoder(self, detect: bool) -> Any:
+    def decoder_for(self, detect: bool) -> Any:
         """None (the pipeline's own decoder), or with detect=False one without its face step."""
         return None if detect or not self.detects_faces else self.plugin.decoder(self.pipeline.without("face"))
 
@@ -254,7 +254,7 @@ class Bundle:
 
             return predict_each_face(self, items, on_error, k=k, batch_size=batch_size, reduce=reduce,
                                      progress=progress, embeddings=embeddings)
-        decode = self._decoder(detect)
+        decode = self.decoder_for(detect)
         meta: dict[int, dict[str, Any]] = {}
         emb, owner, failures = self.encoder.embed_rows(items, batch_size, progress, on_error, decode=decode,
                                                        meta=meta)
