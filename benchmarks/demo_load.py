@@ -18,7 +18,6 @@ the clients do not share its interpreter. Prints a table and writes JSON
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import statistics
 import subprocess
@@ -171,9 +170,10 @@ def main() -> int:
         print(f"| {name} | {s['n']} | {s['p50_s']:.3f} | {s['p95_s']:.3f} | {s['max_s']:.3f} |")
     for msg in result["error_messages"]:
         print("error:", msg)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.json}")
+    from _machine import append_run
+
+    n = append_run(args.json, result)
+    print(f"\nappended run {n} to {args.json}")
     return 1 if result["errors"] else 0
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import statistics
@@ -34,6 +33,9 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from supemb.losses import RnCLoss, SupConLoss
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_machine.py, however this file is loaded
+from _machine import append_run, machine_info  # noqa: E402
 
 DIM = 128
 VIEWS = 2
@@ -223,9 +225,7 @@ def main() -> None:
 
     machine = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine(),
-        "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "python": platform.python_version(),
     }
     rows = []
     for loss_name, impls in IMPLS.items():
@@ -246,9 +246,8 @@ def main() -> None:
                       f"base {mem[base]:8.1f} | f64 diff {diff}", flush=True)
 
     out = Path(args.json or Path(__file__).parent / "results" / f"losses-{args.device}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, "dim": DIM, "views": VIEWS, "rows": rows}, indent=2))
-    print(f"\nmachine: {machine}\nwrote {out}")
+    n = append_run(out, {"machine": machine_info(**machine), "dim": DIM, "views": VIEWS, "rows": rows})
+    print(f"\nmachine: {machine}\nappended run {n} to {out}")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import statistics
 import sys
@@ -54,6 +53,7 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_machine.py, however this file is loaded
+from _machine import append_run  # noqa: E402
 from _machine import machine_info as base_machine_info  # noqa: E402
 
 from supemb.index.gallery import GalleryIndex  # noqa: E402
@@ -589,12 +589,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     faiss.omp_set_num_threads(args.threads)
-    results = json.loads(args.json.read_text()) if args.json.is_file() else {}
-    for section in args.only or SECTIONS:
-        results[section] = BENCHES[section](args)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {args.json}")
+    results = {section: BENCHES[section](args) for section in args.only or SECTIONS}
+    n = append_run(args.json, {"machine": machine_info(), "sections": results})
+    print(f"\nappended run {n} to {args.json}")
 
 
 if __name__ == "__main__":
