@@ -133,16 +133,12 @@ def _demo_parser(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
 
     def run(args: argparse.Namespace) -> int:
-        from supemb.predict.api import DEFAULT_BUNDLES  # the demo's tabs; light (no gradio)
-
         bundles = {}
         for item in args.bundle:
             name, sep, path = item.partition("=")
             name = name.strip()
             if not sep or not name or not path:
                 raise UsageError(f"--bundle {item!r}: expected NAME=DIR, e.g. --bundle age=path/to/bundle")
-            if name not in DEFAULT_BUNDLES:
-                raise UsageError(f"--bundle {item!r}: no demo tab {name!r}; the tabs are {', '.join(DEFAULT_BUNDLES)}")
             if name in bundles:
                 raise UsageError(f"--bundle {name}=...: given twice")
             bundles[name] = path

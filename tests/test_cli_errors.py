@@ -132,7 +132,6 @@ USAGE = [  # argv (paths that do not exist: the flags are checked first), what t
     (["demo", "--bundle", "age"], "NAME=DIR"),
     (["demo", "--bundle", "=dir"], "NAME=DIR"),
     (["demo", "--bundle", "age="], "NAME=DIR"),
-    (["demo", "--bundle", "faces=dir"], "no demo tab 'faces'"),
     (["demo", "--bundle", "age=a", "--bundle", "age=b"], "given twice"),
     (["demo", "--port", "http"], "--port"),
 ]
