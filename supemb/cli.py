@@ -1,8 +1,13 @@
 """The `supemb` command line.
 
 Subcommands are listed explicitly in `_SUBCOMMANDS`; each module adds its own
-parser and handler. Exit codes: 0 success, 2 usage error, 1 data/model error.
-A `UserError` prints one line; `--debug` shows the traceback instead.
+parser and handler. Exit codes: 0 success; 2 a usage error, the command line
+itself is wrong, whatever the files hold (an unknown flag or choice, a value
+out of range, flags that do not go together: argparse or `UsageError`); 1 a
+data or model error, a file, folder, bundle or run is missing, damaged, or
+not what the command needs, an --out that exists included (`UserError`);
+130 Ctrl-C; 141 the reader of stdout went away. An error prints one line
+("supemb CMD: error: ..."); `--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -41,6 +46,11 @@ def _train_parser(p: argparse.ArgumentParser) -> Handler:
         from supemb.train.world import World
 
         overrides = {flag.name: getattr(args, flag.name) for flag in TRAIN_FLAGS}
+        if args.format is not None:
+            from supemb import modalities
+
+            if args.format not in modalities.formats():
+                raise UsageError(f"--format must be one of {', '.join(modalities.formats())}, got {args.format!r}")
         if args.resume:
             if not args.out:
                 raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
@@ -126,9 +136,12 @@ def _demo_parser(p: argparse.ArgumentParser) -> Handler:
         bundles = {}
         for item in args.bundle:
             name, sep, path = item.partition("=")
+            name = name.strip()
             if not sep or not name or not path:
                 raise UsageError(f"--bundle {item!r}: expected NAME=DIR, e.g. --bundle age=path/to/bundle")
-            bundles[name.strip()] = path
+            if name in bundles:
+                raise UsageError(f"--bundle {name}=...: given twice")
+            bundles[name] = path
         _load_demo().launch(bundles, host=args.host, port=args.port)
         return 0
 

@@ -1,8 +1,15 @@
 """The serving subcommands: `supemb export`, `index`, `predict`, `eval`.
 
 Each `*_parser(p)` adds its arguments to an argparse parser and returns the
-handler; `supemb.cli` registers them. Handlers raise `UserError` for bad
-input (one line, exit 1) and return the exit code.
+handler; `supemb.cli` registers them. Handlers check their flags first and
+raise `UsageError` (exit 2) for a wrong command line, `UserError` (exit 1) for
+a bad file, bundle or run, and return the exit code.
+
+The bundle's digest (`Bundle.digest`, the sha256 of its canonical manifest)
+is printed by `predict` and `eval` on stderr ("supemb predict: bundle B digest
+HEX"), and in their --json output: a "bundle_digest" field in every prediction
+of predict's list, and in eval's metrics. `--digest HEX` refuses a bundle whose
+digest differs. `export` and `index` print the digest of what they wrote.
 """
 
 from __future__ import annotations
@@ -28,6 +35,50 @@ def _processes(args: argparse.Namespace) -> int:
     if args.processes < 1:
         raise UsageError(f"--processes must be >= 1, got {args.processes}")
     return args.processes
+
+
+def _at_least(flag: str, value: int | None, minimum: int) -> None:
+    """A numeric flag below its minimum is a usage error (exit 2); None: not given."""
+    if value is not None and value < minimum:
+        raise UsageError(f"{flag} must be >= {minimum}, got {value}")
+
+
+def _data_format(fmt: str) -> str:
+    from supemb import modalities
+
+    if fmt not in modalities.formats():
+        raise UsageError(f"--format must be one of {', '.join(modalities.formats())}, got {fmt!r}")
+    return fmt
+
+
+def _pin(args: argparse.Namespace) -> str | None:
+    """--digest, checked for form before the bundle is opened."""
+    if args.digest is None:
+        return None
+    from supemb.predict.manifest import parse_digest
+
+    try:
+        return parse_digest(args.digest)
+    except UserError as err:
+        raise UsageError(f"--digest: {err}") from None
+
+
+def _digest_of(bundle_dir: str | Path) -> str:
+    """The digest of the bundle just written at `bundle_dir` (a directory or .zip)."""
+    from supemb.predict.manifest import MANIFEST, manifest_digest
+
+    p = Path(bundle_dir)
+    if p.is_dir():
+        return manifest_digest(json.loads((p / MANIFEST).read_text()))
+    import zipfile
+
+    with zipfile.ZipFile(p) as z:
+        return manifest_digest(json.loads(z.read(MANIFEST)))
+
+
+def _add_digest_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--digest", metavar="SHA256",
+                   help="refuse the bundle unless its digest (printed by predict, eval, export) is this one")
 
 
 def export_parser(p: argparse.ArgumentParser) -> Handler:
@@ -56,14 +107,19 @@ def export_parser(p: argparse.ArgumentParser) -> Handler:
     def run(args: argparse.Namespace) -> int:
         from supemb.export.writer import export_run
 
+        _at_least("--k", args.k, 1)
+        _at_least("--thumbnails", args.thumbnails, 0)
+        _at_least("--opset", args.opset, 1)
+        on_error, processes = raise_or_skip(args.on_error), _processes(args)
         m = export_run(args.run, args.out, gallery=args.gallery, opset=args.opset, fp16=args.fp16,
                        index=args.index, k=args.k, unit=args.unit, name=args.name, thumbnails=args.thumbnails,
-                       force=args.force, on_error=raise_or_skip(args.on_error), processes=_processes(args),
+                       force=args.force, on_error=on_error, processes=processes,
                        device=args.device, detect_faces=args.detect_faces)
         diffs = m["onnx"]["parity_max_abs_diff"]
         print(f"wrote {args.out}: {m['modality']} {m['task']}, {m['embedding_dim']}-d, "
               f"gallery {m['gallery']['items']} ({m['index']['kind']} index), "
               f"parity max |ONNX - PyTorch| {max(diffs.values()):.2g}")
+        print(f"digest {_digest_of(args.out)}")
         return 0
 
     return run
@@ -84,10 +140,11 @@ def index_parser(p: argparse.ArgumentParser) -> Handler:
     def run(args: argparse.Namespace) -> int:
         from supemb.export.writer import reindex
 
+        fmt, on_error, processes = _data_format(args.format), raise_or_skip(args.on_error), _processes(args)
         m = reindex(args.bundle, args.data, append=args.append, index=args.index, target=args.target,
-                    fmt=args.format, on_error=raise_or_skip(args.on_error), processes=_processes(args),
-                    device=args.device)
-        print(f"{args.bundle}: gallery now {m['gallery']['items']} items ({m['index']['kind']} index)")
+                    fmt=fmt, on_error=on_error, processes=processes, device=args.device)
+        print(f"{args.bundle}: gallery now {m['gallery']['items']} items ({m['index']['kind']} index), "
+              f"digest {_digest_of(args.bundle)}")
         return 0
 
     return run
@@ -124,17 +181,21 @@ def predict_parser(p: argparse.ArgumentParser) -> Handler:
                    help="a bundle that finds faces: the photos are face crops already, skip the detection")
     p.add_argument("--all-faces", action="store_true",
                    help="a bundle that finds faces: one prediction per face (default: the largest face)")
+    _add_digest_flag(p)
 
     def run(args: argparse.Namespace) -> int:
         from supemb.predict.bundle import load_bundle
 
-        bundle = load_bundle(args.bundle, device=args.device)
-        preds = bundle.predict(args.inputs, k=args.k, batch_size=args.batch_size,
-                               on_error=raise_or_skip(args.on_error),
+        _at_least("--k", args.k, 1)
+        _at_least("--batch-size", args.batch_size, 1)
+        on_error, digest = raise_or_skip(args.on_error), _pin(args)
+        bundle = load_bundle(args.bundle, device=args.device, digest=digest)
+        print(f"supemb predict: bundle {args.bundle} digest {bundle.digest}", file=sys.stderr)
+        preds = bundle.predict(args.inputs, k=args.k, batch_size=args.batch_size, on_error=on_error,
                                reduce="median" if args.median else None, detect=not args.no_detect,
                                faces="all" if args.all_faces else "largest")
         if args.json:
-            print(json.dumps([p.to_dict() for p in preds], indent=1))
+            print(json.dumps([{**p.to_dict(), "bundle_digest": bundle.digest} for p in preds], indent=1))
         else:
             for pr in preds:
                 if pr.ok:
@@ -214,17 +275,19 @@ def eval_parser(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-detect", action="store_true",
                    help="a bundle that finds faces: the data's photos are face crops already (as its gallery)")
+    _add_digest_flag(p)
 
     def run(args: argparse.Namespace) -> int:
         from supemb.predict.bundle import load_bundle
 
-        if args.k is not None and args.k < 1:
-            raise UsageError(f"--k must be >= 1, got {args.k}")
-        bundle = load_bundle(args.bundle, device=args.device)
-        m = evaluate_bundle(bundle, args.data, target=args.target, fmt=args.format, k=args.k,
-                            on_error=raise_or_skip(args.on_error), detect=not args.no_detect)
+        _at_least("--k", args.k, 1)
+        fmt, on_error, digest = _data_format(args.format), raise_or_skip(args.on_error), _pin(args)
+        bundle = load_bundle(args.bundle, device=args.device, digest=digest)
+        print(f"supemb eval: bundle {args.bundle} digest {bundle.digest}", file=sys.stderr)
+        m = evaluate_bundle(bundle, args.data, target=args.target, fmt=fmt, k=args.k,
+                            on_error=on_error, detect=not args.no_detect)
         if args.json:
-            print(json.dumps(m, indent=2))
+            print(json.dumps({**m, "bundle_digest": bundle.digest}, indent=2))
         else:
             for key, v in m.items():
                 if key == "skipped":

@@ -121,16 +121,21 @@ def _as_list(inputs: Any) -> tuple[list[Any], bool]:
 
 
 class Bundle:
-    """A loaded bundle (see `supemb.predict.manifest` for the files)."""
+    """A loaded bundle (see `supemb.predict.manifest` for the files). `digest`: the sha256 of
+    its canonical manifest (`manifest.manifest_digest`), which pins every file; with
+    digest= given, a bundle whose digest differs is refused before anything else is read."""
 
-    def __init__(self, path: str | Path, device: Device = "auto") -> None:
+    def __init__(self, path: str | Path, device: Device = "auto", digest: str | None = None) -> None:
         from supemb.index.gallery import GalleryIndex
 
         self.source = Path(path)
+        if digest is not None:
+            mf.parse_digest(digest)  # a malformed pin is refused before the bundle is opened
         root = mf.open_bundle_dir(path)
         self.root = root
-        m = mf.read_manifest(root)
-        mf.verify_files(root, m)
+        m = mf.as_named(mf.read_manifest, root, self.source)
+        self.digest: str = mf.manifest_digest(m) if digest is None else mf.check_digest(self.source, m, digest)
+        mf.as_named(mf.verify_files, root, self.source, m)
         self.manifest = m
         self.task: str = m["task"]
         self.modality: str = m["modality"]
@@ -345,8 +350,9 @@ def _read_gallery_json(path: Path, n: int) -> dict[str, Any]:
     return g
 
 
-def load_bundle(path: str | Path, device: Device = "auto") -> Bundle:
+def load_bundle(path: str | Path, device: Device = "auto", digest: str | None = None) -> Bundle:
     """Load and verify a bundle directory (or .zip). device: "auto" (CUDA when
     ONNX Runtime / FAISS have it, else CPU), "cpu", or "cuda" (an error if absent).
-    `bundle.device` says where the encoder runs."""
-    return Bundle(path, device=device)
+    `bundle.device` says where the encoder runs. digest: the sha256 the bundle must
+    have (`bundle.digest`, printed by `supemb predict`/`eval`); another is a UserError."""
+    return Bundle(path, device=device, digest=digest)

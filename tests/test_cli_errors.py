@@ -1,0 +1,311 @@
+"""Every subcommand's error paths, through `supemb.cli.main`: the exit code and the one line.
+
+The contract (supemb/cli.py): 2 when the command line itself is wrong (an
+unknown flag or choice, a value out of range, a malformed form), found before
+any file is read; 1 when a file, folder, bundle or run is missing, damaged or
+not what the command needs (an --out that exists included); 130 on Ctrl-C.
+Either way one line "supemb CMD: error: ..." that names the file or flag,
+and no traceback unless --debug. Usage-error cases point at paths that do not
+exist, so they also show that the flags are checked first.
+
+A tiny training run and its bundle are made once for the module.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from supemb.cli import main as cli
+from supemb.errors import UserError
+from supemb.train.config import TrainConfig
+from supemb.train.trainer import train
+
+NOWHERE = "/nonexistent/supemb-test"
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cli_errors")
+
+
+@pytest.fixture(scope="module")
+def webcam(work: Path) -> Path:
+    """labels.csv (path,temperature,...) and its images."""
+    from supemb.data.synthetic_webcam import make_webcam_dataset
+
+    return make_webcam_dataset(work / "webcam", 40, n_cameras=2, size=20, seed=4)
+
+
+@pytest.fixture(scope="module")
+def run(work: Path, webcam: Path) -> Path:
+    train(TrainConfig(data=str(webcam), out=str(work / "run"), epochs=1, linear_epochs=1, batch_size=16,
+                      image_size=16, viz=False, knn_k=5, target="temperature", loss="rnc", metric="l2"))
+    return work / "run"
+
+
+@pytest.fixture(scope="module")
+def bundle(work: Path, run: Path) -> Path:
+    from supemb.export.writer import export_run
+
+    export_run(run, work / "bundle", unit="°C")
+    return work / "bundle"
+
+
+@pytest.fixture(scope="module")
+def bad_data(work: Path, webcam: Path) -> tuple[Path, Path]:
+    """A copy of the webcam data with one image truncated: (labels.csv, the bad image)."""
+    root = work / "bad_webcam"
+    shutil.copytree(webcam.parent, root)
+    csv = root / webcam.name
+    bad = root / csv.read_text().splitlines()[3].split(",")[0]
+    bad.write_bytes(bad.read_bytes()[:40])
+    return csv, bad
+
+
+def _images(csv: Path, n: int) -> list[str]:
+    return [str(csv.parent / line.split(",")[0]) for line in csv.read_text().splitlines()[1:n + 1]]
+
+
+def _call(argv: list[str], capsys) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `supemb ARGV`; argparse's own errors exit by SystemExit."""
+    try:
+        code = cli([str(a) for a in argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _fails(argv: list, code: int, *names: str, capsys) -> str:
+    """Assert `supemb ARGV` exits `code` with one error line naming each of `names`; return that line."""
+    got, _, err = _call(argv, capsys)
+    assert got == code, f"exit {got}, expected {code}: {err}"
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    line = lines[0]
+    assert line.startswith(f"supemb {argv[0]}: error:"), line
+    for name in names:
+        assert str(name) in line, f"{name!r} not in {line!r}"
+    return line
+
+
+# ------------------------------------------------------------------ usage errors: exit 2 everywhere
+
+
+USAGE = [  # argv (paths that do not exist: the flags are checked first), what the line names
+    (["export", NOWHERE, "--out", NOWHERE, "--processes", "0"], "--processes"),
+    (["export", NOWHERE, "--out", NOWHERE, "--k", "0"], "--k"),
+    (["export", NOWHERE, "--out", NOWHERE, "--thumbnails", "-1"], "--thumbnails"),
+    (["export", NOWHERE, "--out", NOWHERE, "--index", "bogus"], "--index"),
+    (["export", NOWHERE], "--out"),
+    (["index", NOWHERE, "--data", NOWHERE, "--format", "bogus"], "--format"),
+    (["index", NOWHERE, "--data", NOWHERE, "--processes", "0"], "--processes"),
+    (["index", NOWHERE], "--data"),
+    (["index", NOWHERE, "--data", NOWHERE, "--index", "bogus"], "--index"),
+    (["eval", NOWHERE, "--data", NOWHERE, "--k", "0"], "--k"),
+    (["eval", NOWHERE, "--data", NOWHERE, "--format", "bogus"], "--format"),
+    (["eval", NOWHERE, "--data", NOWHERE, "--digest", "abc"], "--digest"),
+    (["eval", NOWHERE], "--data"),
+    (["eval", NOWHERE, "--data", NOWHERE, "--on-error", "ignore"], "--on-error"),
+    (["predict", NOWHERE, "x.png", "--k", "0"], "--k"),
+    (["predict", NOWHERE, "x.png", "--k", "-3"], "--k"),
+    (["predict", NOWHERE, "x.png", "--batch-size", "0"], "--batch-size"),
+    (["predict", NOWHERE, "x.png", "--digest", "xyz"], "--digest"),
+    (["predict", NOWHERE, "x.png", "--k", "two"], "--k"),
+    (["predict", NOWHERE], "INPUT"),
+    (["train", "--data", NOWHERE, "--out", NOWHERE, "--target", "t", "--epochs", "0"], "--epochs"),
+    (["train", "--data", NOWHERE, "--out", NOWHERE, "--target", "t", "--epochs", "x"], "--epochs"),
+    (["train", "--data", NOWHERE, "--out", NOWHERE, "--loss", "bogus"], "--loss"),
+    (["train", "--data", NOWHERE, "--out", NOWHERE, "--target", "t", "--temperature", "-1"], "--temperature"),
+    (["train", "--data", NOWHERE, "--out", NOWHERE, "--target", "t", "--format", "bogus"], "--format"),
+    (["train", "--data", NOWHERE, "--out", NOWHERE, "--loss", "supcon", "--target", "age",
+      "--task", "regression"], "--loss supcon"),
+    (["train", "--resume"], "--resume needs --out"),
+    (["train", "--out", NOWHERE], "data"),
+    (["viz", NOWHERE, "--split", "bogus"], "--split"),
+    (["demo", "--bundle", "age"], "NAME=DIR"),
+    (["demo", "--bundle", "=dir"], "NAME=DIR"),
+    (["demo", "--bundle", "age="], "NAME=DIR"),
+    (["demo", "--bundle", "age=a", "--bundle", "age=b"], "given twice"),
+    (["demo", "--port", "http"], "--port"),
+]
+
+
+@pytest.mark.parametrize("argv, name", USAGE, ids=[f"{a[0]}: {n}" for a, n in USAGE])
+def test_usage_errors_exit_2_naming_the_flag(argv: list[str], name: str, capsys) -> None:
+    _fails(argv, 2, name, capsys=capsys)
+
+
+def test_usage_error_is_raised_as_usage_error_not_user_error(monkeypatch) -> None:
+    """The handlers' own checks raise UsageError (argparse's exit on their own): with --debug they surface."""
+    from supemb.errors import UsageError
+
+    for argv in (["predict", NOWHERE, "x.png", "--k", "0"], ["eval", NOWHERE, "--data", NOWHERE, "--k", "0"],
+                 ["export", NOWHERE, "--out", NOWHERE, "--processes", "0"], ["demo", "--bundle", "x"],
+                 ["index", NOWHERE, "--data", NOWHERE, "--format", "bogus"]):
+        with pytest.raises(UsageError):
+            cli(["--debug", *argv])
+
+
+# ------------------------------------------------------------------ export
+
+
+def test_export_data_and_model_errors(run: Path, bundle: Path, work: Path, tmp_path: Path, capsys) -> None:
+    _fails(["export", tmp_path / "no_run", "--out", tmp_path / "b"], 1, tmp_path / "no_run", capsys=capsys)
+    line = _fails(["export", run, "--out", bundle], 1, bundle, capsys=capsys)
+    assert "--force" in line
+    not_a_run = tmp_path / "not_a_run"
+    shutil.copytree(run, not_a_run)
+    (not_a_run / "model.json").unlink()
+    _fails(["export", not_a_run, "--out", tmp_path / "b"], 1, not_a_run / "model.json", capsys=capsys)
+    _fails(["export", run, "--out", tmp_path / "b", "--gallery", tmp_path / "nowhere"], 1, tmp_path / "nowhere",
+           capsys=capsys)
+    assert not (tmp_path / "b").exists()
+
+
+def test_export_parity_failure(run: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from supemb.export import writer
+
+    monkeypatch.setitem(writer.PARITY_TOL, "float32", 0.0)
+    _fails(["export", run, "--out", tmp_path / "b"], 1, "parity check failed", capsys=capsys)
+    assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b*"))
+
+
+def test_export_on_error_with_a_bad_gallery_item(run: Path, bad_data: tuple[Path, Path], tmp_path: Path,
+                                                 capsys) -> None:
+    csv, bad = bad_data
+    _fails(["export", run, "--out", tmp_path / "b", "--gallery", csv], 1, bad, capsys=capsys)
+    code, out, err = _call(["export", run, "--out", tmp_path / "b", "--gallery", csv, "--on-error", "skip"], capsys)
+    assert code == 0 and "Traceback" not in err
+    from supemb.predict.bundle import load_bundle
+
+    b = load_bundle(tmp_path / "b", device="cpu")
+    assert b.index.ntotal == 39 and bad.name not in b.ids  # the 40 items but the bad one
+
+
+# ------------------------------------------------------------------ index
+
+
+def test_index_errors(bundle: Path, webcam: Path, tmp_path: Path, capsys) -> None:
+    _fails(["index", tmp_path / "none", "--data", webcam], 1, tmp_path / "none", capsys=capsys)
+    b = tmp_path / "b"
+    shutil.copytree(bundle, b)
+    _fails(["index", b, "--data", tmp_path / "nodata"], 1, tmp_path / "nodata", capsys=capsys)
+    _fails(["index", b, "--data", webcam, "--append", "--index", "hnsw"], 1, "--append", capsys=capsys)
+    from supemb.predict.manifest import zip_bundle
+
+    z = zip_bundle(bundle, tmp_path / "b.zip")
+    line = _fails(["index", z, "--data", webcam], 1, z, capsys=capsys)
+    assert "unzip" in line
+
+
+# ------------------------------------------------------------------ eval
+
+
+def test_eval_errors(bundle: Path, webcam: Path, tmp_path: Path, capsys) -> None:
+    _fails(["eval", bundle, "--data", tmp_path / "nodata"], 1, tmp_path / "nodata", capsys=capsys)
+    _fails(["eval", tmp_path / "nobundle", "--data", webcam], 1, tmp_path / "nobundle", capsys=capsys)
+    _fails(["eval", bundle, "--data", webcam, "--target", "altitude"], 1, "altitude", capsys=capsys)
+
+
+def test_eval_on_error(bundle: Path, bad_data: tuple[Path, Path], capsys) -> None:
+    """fail: one line naming the bad item, exit 1; skip: the metrics of the rest, the bad one listed, exit 0."""
+    csv, bad = bad_data
+    _fails(["eval", bundle, "--data", csv, "--device", "cpu"], 1, bad, capsys=capsys)
+    code, out, err = _call(["eval", bundle, "--data", csv, "--device", "cpu", "--on-error", "skip"], capsys)
+    assert code == 0 and "Traceback" not in err
+    assert "items\t39" in out.splitlines()
+    skipped = [line for line in out.splitlines() if line.startswith("skipped:")]
+    assert len(skipped) == 1 and str(bad) in skipped[0]
+
+
+# ------------------------------------------------------------------ predict
+
+
+def test_predict_errors(bundle: Path, webcam: Path, tmp_path: Path, capsys) -> None:
+    good = _images(webcam, 1)[0]
+    _fails(["predict", bundle, good, tmp_path / "missing.png"], 1, tmp_path / "missing.png", capsys=capsys)
+    (tmp_path / "folder").mkdir()
+    _fails(["predict", bundle, tmp_path / "folder"], 1, tmp_path / "folder", capsys=capsys)
+    _fails(["predict", tmp_path / "folder", good], 1, tmp_path / "folder", capsys=capsys)  # a folder, not a bundle
+    (tmp_path / "b.txt").write_text("hello")
+    _fails(["predict", tmp_path / "b.txt", good], 1, tmp_path / "b.txt", capsys=capsys)
+    _fails(["predict", tmp_path / "nothing", good], 1, tmp_path / "nothing", capsys=capsys)
+
+
+def test_predict_on_error_skip_prints_the_good_and_exits_1(bundle: Path, webcam: Path, tmp_path: Path,
+                                                          capsys) -> None:
+    good = _images(webcam, 2)
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    code, out, err = _call(["predict", bundle, good[0], bad, good[1], "--on-error", "skip", "--device", "cpu"], capsys)
+    assert code == 1 and "Traceback" not in err
+    lines = out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [good[0], good[1]]
+    assert "°C" in lines[0]
+    skipped = [line for line in err.splitlines() if "skipped:" in line]
+    assert len(skipped) == 1 and str(bad) in skipped[0]
+
+
+# ------------------------------------------------------------------ train, viz
+
+
+def test_train_errors(run: Path, webcam: Path, tmp_path: Path, capsys) -> None:
+    _fails(["train", "--data", tmp_path / "nodata", "--out", tmp_path / "r", "--target", "age"], 1,
+           tmp_path / "nodata", capsys=capsys)
+    busy = tmp_path / "busy"
+    (busy / "checkpoints").mkdir(parents=True)
+    shutil.copy(run / "config.json", busy / "config.json")
+    (busy / "checkpoints" / "last.pt").write_bytes(b"")
+    line = _fails(["train", "--data", webcam, "--out", busy, "--target", "temperature"], 1, busy, capsys=capsys)
+    assert "--resume" in line
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    _fails(["train", "--resume", "--out", fresh], 1, fresh, capsys=capsys)  # no run there at all
+    shutil.copy(run / "config.json", fresh / "config.json")
+    _fails(["train", "--resume", "--out", fresh], 1, "nothing to resume", capsys=capsys)
+    (tmp_path / "bad.yaml").write_text("epochs: [1\n")
+    _fails(["train", "--config", tmp_path / "bad.yaml"], 1, tmp_path / "bad.yaml", capsys=capsys)
+    _fails(["train", "--config", tmp_path / "none.yaml"], 1, tmp_path / "none.yaml", capsys=capsys)
+
+
+def test_viz_of_a_folder_that_is_not_a_run(tmp_path: Path, capsys) -> None:
+    _fails(["viz", tmp_path], 1, tmp_path, capsys=capsys)
+    _fails(["viz", tmp_path / "nowhere"], 1, tmp_path / "nowhere", capsys=capsys)
+
+
+# ------------------------------------------------------------------ --debug, Ctrl-C
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no such bundle"):
+        cli(["--debug", "predict", str(tmp_path / "nothing"), "x.png"])
+    r = subprocess.run([sys.executable, "-m", "supemb", "--debug", "predict", str(tmp_path / "nothing"), "x.png"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback (most recent call last)" in r.stderr
+    assert "supemb.errors.UserError" in r.stderr and str(tmp_path / "nothing") in r.stderr
+    r = subprocess.run([sys.executable, "-m", "supemb", "predict", str(tmp_path / "nothing"), "x.png"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, target", [
+    (["predict", "B", "x.png"], "supemb.predict.bundle.load_bundle"),
+    (["eval", "B", "--data", "D"], "supemb.predict.bundle.load_bundle"),
+    (["export", "R", "--out", "O"], "supemb.export.writer.export_run"),
+    (["index", "B", "--data", "D"], "supemb.export.writer.reindex"),
+    (["train", "--data", "D", "--out", "O", "--target", "t"], "supemb.train.trainer.train"),
+])
+def test_ctrl_c_exits_130(argv: list[str], target: str, monkeypatch, capsys) -> None:
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(target, interrupted)
+    code, out, err = _call(argv, capsys)
+    assert code == 130 and err.strip() == "supemb: interrupted" and "Traceback" not in err
