@@ -141,6 +141,10 @@ def _demo_parser(p: argparse.ArgumentParser) -> Handler:
                 raise UsageError(f"--bundle {item!r}: expected NAME=DIR, e.g. --bundle age=path/to/bundle")
             if name in bundles:
                 raise UsageError(f"--bundle {name}=...: given twice")
+            from supemb.predict.api import DEFAULT_BUNDLES  # the tabs (light: no gradio, no torch)
+
+            if name not in DEFAULT_BUNDLES:
+                raise UsageError(f"--bundle {name}=...: no demo tab {name!r}; the tabs are {', '.join(DEFAULT_BUNDLES)}")
             bundles[name] = path
         _load_demo().launch(bundles, host=args.host, port=args.port)
         return 0

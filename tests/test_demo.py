@@ -243,7 +243,7 @@ def test_a_bundle_replaces_one_tab_and_must_fit_it() -> None:
 def test_cli_demo_usage_errors(capsys, tmp_path: Path) -> None:
     assert main(["demo", "--bundle", "age"]) == 2
     assert "expected NAME=DIR" in capsys.readouterr().err
-    assert main(["demo", "--bundle", f"nose={tmp_path}"]) == 1
+    assert main(["demo", "--bundle", f"nose={tmp_path}"]) == 2  # a usage error, found before any file is read
     assert "no demo tab 'nose'" in capsys.readouterr().err
 
 

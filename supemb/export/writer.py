@@ -200,6 +200,8 @@ def reindex(bundle_dir: str | Path, data: str | Path, *, append: bool = False, i
         raise UserError(f"{root}: `supemb index` works on a bundle directory (unzip a zipped bundle first)")
     bundle = load_bundle(root, device=device)
     m = bundle.manifest
+    if append and index is not None and index != m["index"]["kind"]:  # before any embedding
+        raise UserError("--append keeps the bundle's index type; rebuild without --append to change it")
     src = data_gallery(data, bundle.plugin, bundle.task, target or bundle.target_name, fmt=fmt, on_error=on_error)
     thumb_size = m.get("gallery", {}).get("thumbnails", 0) if thumbnails is None else thumbnails
     encoder = bundle.encoder
@@ -207,8 +209,6 @@ def reindex(bundle_dir: str | Path, data: str | Path, *, append: bool = False, i
         encoder = Encoder(root / "encoder.onnx", bundle.plugin, bundle.pipeline.without("face"), device=device)
     new = embed_gallery(encoder, src, bundle.task, bundle.labels, thumb_size, on_error, processes)
     if append:
-        if index is not None and index != m["index"]["kind"]:
-            raise UserError("--append keeps the bundle's index type; rebuild without --append to change it")
         g_json = append_gallery_json(json.loads((root / "gallery.json").read_text()), new.gallery_json)
         thumbs = None
         if bundle.thumbnails is not None and new.thumbnails is not None:
