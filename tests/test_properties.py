@@ -596,6 +596,9 @@ def test_split_labels_sizes_and_determinism(n: int, fracs, seed: int) -> None:
     assert len(labels) == n and set(labels) <= set(SPLITS)  # complete: one split per item, nothing else
     check_documented_sizes(labels, val, test)
     assert labels == split_labels(n, val_frac=val, test_frac=test, seed=seed)
+    if n >= 20 and labels.count("train") < n:  # the seed decides which items: three seeds, not one draw
+        others = [split_labels(n, val_frac=val, test_frac=test, seed=seed + d) for d in (1, 2)]
+        assert any(o != labels for o in others)
 
 
 @st.composite
