@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,9 @@ import pytest
 from supemb import __version__
 from supemb.cli import _SUBCOMMANDS, main
 
+# The README's contract (its usage lines and Status): written out here, not read from the implementation.
+README_SUBCOMMANDS = ("train", "viz", "export", "predict", "eval", "index", "demo")
+
 
 def test_help_exits_zero_and_lists_every_subcommand(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
@@ -18,8 +22,13 @@ def test_help_exits_zero_and_lists_every_subcommand(capsys) -> None:
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "usage: supemb" in out
-    for name in _SUBCOMMANDS:
-        assert name in out
+    listed = re.findall(r"^    (\w+) ", out, flags=re.M)  # argparse's list under COMMAND
+    assert listed == list(README_SUBCOMMANDS)
+    assert sorted(_SUBCOMMANDS) == sorted(README_SUBCOMMANDS)  # nothing undocumented, nothing missing
+    for name in README_SUBCOMMANDS:
+        with pytest.raises(SystemExit) as exc:
+            main([name, "--help"])
+        assert exc.value.code == 0 and f"usage: supemb {name}" in capsys.readouterr().out
 
 
 def test_version(capsys) -> None:

@@ -84,6 +84,34 @@ def _inputs(tab: str, path: Path, k: int, cropped: bool = True) -> list:
     return [handle_file(str(path)), k, *([cropped] if tab == "age" else [])]
 
 
+def pred_bundle(tab: str):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", api.DemoModelWarning)
+        return api.get_bundle(None, tab)
+
+
+_MAPS: dict = {}
+
+
+def _maps() -> dict:
+    """Each tab's gallery map, fitted here as the app fits it (once: fitting is deterministic)."""
+    if not _MAPS:
+        _MAPS.update({name: s.gallery_map for name, s in demo.load_served().items()})
+    return _MAPS
+
+
+def _served_image(served, value) -> np.ndarray:
+    """An image output as the client got it (a file the server serves) -> RGB uint8 [H, W, 3]."""
+    import io
+
+    from PIL import Image
+
+    assert isinstance(value, dict) and value.get("url"), value
+    r = httpx.get(value["url"], timeout=30)
+    assert r.status_code == 200 and r.content[:8] == b"\x89PNG\r\n\x1a\n"
+    return np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"))
+
+
 # ------------------------------------------------------------- predictions
 
 
@@ -108,10 +136,22 @@ def test_each_tab_gives_the_library_prediction(client, served, tab: str, k: int)
     if tab == "brain_age":
         rows = neighbours["data"]
         assert [r[1] for r in rows] == [n.id for n in pred.neighbours]
-        assert out[3] is not None  # the spectrum
+        # the spectrum: the uploaded recording's own, drawn here from the same file
+        from supemb.data.eeg_files import channel_lookup, read_recording
+
+        raw = read_recording(example.path)
+        lookup, b = channel_lookup(raw.ch_names), pred_bundle(tab)
+        want = views.eeg_spectrum(raw, [lookup[c] for c in b.spec.channels], (b.spec.l_freq, b.spec.h_freq))
+        assert np.array_equal(_served_image(served, out[3]), want)
     else:
         assert len(neighbours) == k and all(item["caption"] for item in neighbours)
-    assert gallery_map is not None
+    # the map: the gallery with a star where this input's embedding projects, as the library draws it
+    b = pred_bundle(tab)
+    face = {"detect": False} if tab == "age" else {}
+    emb = b.predict(str(example.path), k=k, embeddings=True, **face)[0].embedding
+    got = _served_image(served, gallery_map)
+    assert np.array_equal(got, _maps()[tab].draw(emb))
+    assert not np.array_equal(got, _maps()[tab].draw(np.asarray(emb) + 10.0))  # the star moves with the input
 
 
 def test_examples_are_written_once_and_labelled(tmp_path: Path) -> None:

@@ -100,6 +100,51 @@ def _images(csv_path: Path, n: int) -> list[Path]:
     return [csv_path.parent / line.split(",")[0] for line in lines]
 
 
+def _held_out(csv_path: Path) -> list[Path]:
+    """The val and test images of a labels.csv (the bundle's gallery is the training split)."""
+    lines = [line.split(",") for line in csv_path.read_text().splitlines()[1:]]
+    return [csv_path.parent / cells[0] for cells in lines if cells[-1] in ("val", "test")]
+
+
+# ------------------------------------------------ the kNN by hand (plain numpy, none of supemb's arithmetic)
+
+
+def _gallery_ranking(b, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every gallery item ranked for each row [R, D]: (order [R, G], similarities [R, G]) by decreasing
+    similarity, computed from the bundle's stored gallery vectors in float64 (l2: -distance; cosine: dot)."""
+    import faiss
+
+    gallery = faiss.read_index(str(b.root / "index.faiss")).reconstruct_n(0, b.index.ntotal).astype(np.float64)
+    q = np.asarray(rows, np.float64)
+    sim = q @ gallery.T if b.metric == "cosine" else -np.linalg.norm(q[:, None, :] - gallery[None], axis=2)
+    order = np.argsort(-sim, axis=1, kind="stable")
+    return order, np.take_along_axis(sim, order, axis=1)
+
+
+def _median_by_hand(y: np.ndarray, w: np.ndarray) -> float:
+    """The value minimising sum_j w_j |y_j - m| (the midpoint if a whole interval does)."""
+    cost = np.array([np.sum(w * np.abs(y - c)) for c in y])
+    best = y[cost <= cost.min() + 1e-9]
+    return 0.5 * (best.min() + best.max())
+
+
+def _knn_by_hand(b, rows: np.ndarray, k: int, reduce: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+    """Each row's kNN value and spread [R] from the manifest's settings: softmax weights
+    exp(s / t) over the k most similar gallery items; the weighted mean (or median) and
+    sqrt(sum w (y - weighted mean)^2)."""
+    knn = b.manifest["knn"]
+    assert knn["weighting"] == "softmax"
+    order, sim = _gallery_ranking(b, rows)
+    near, s = order[:, :k], sim[:, :k]
+    w = np.exp((s - s[:, :1]) / knn["temperature"])
+    w /= w.sum(axis=1, keepdims=True)
+    y = np.asarray(b.targets, np.float64)[near]
+    mean = (w * y).sum(axis=1)
+    spread = np.sqrt((w * (y - mean[:, None]) ** 2).sum(axis=1))
+    value = mean if reduce == "mean" else np.array([_median_by_hand(yy, ww) for yy, ww in zip(y, w)])
+    return value, spread
+
+
 # ------------------------------------------------------------ round trips
 
 
@@ -119,11 +164,16 @@ def test_image_regression_round_trip(reg_bundle: Path, webcam: Path) -> None:
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param
     emb = b.embed(_images(webcam, 5))
     assert emb.shape == (5, b.embedding_dim)
-    preds = b.predict(_images(webcam, 5), k=4)
-    targets = b.targets
-    for p in preds:
+    unseen = _held_out(webcam)  # not in the gallery: several neighbours weigh in
+    preds = b.predict(unseen, k=4)
+    medians = b.predict(unseen, k=4, reduce="median")
+    value, spread = _knn_by_hand(b, b.embed(unseen), 4)
+    median, _ = _knn_by_hand(b, b.embed(unseen), 4, reduce="median")
+    assert np.abs(median - value).max() > 0.1  # the two reductions differ here, so reduce= is exercised
+    for p, pm, v, sp, med in zip(preds, medians, value, spread, median):
         assert isinstance(p, Prediction) and p.ok
-        assert targets.min() <= p.value <= targets.max() and p.uncertainty >= 0
+        assert p.value == pytest.approx(v, abs=1e-3) and p.uncertainty == pytest.approx(sp, abs=1e-3)
+        assert pm.value == pytest.approx(med, abs=1e-3) and pm.uncertainty == pytest.approx(sp, abs=1e-3)
         assert len(p.neighbours) == 4
         sims = [n.similarity for n in p.neighbours]
         assert sims == sorted(sims, reverse=True)
@@ -204,22 +254,17 @@ def test_eeg_round_trip(eeg_bundle: Path, eeg_data: Path) -> None:
     assert b.modality == "eeg" and b.groups is not None and len(b.recordings) >= 2
     # the recording's value and uncertainty from its windows, by hand: the mean of
     # the windows' kNN predictions; sqrt(mean within-window spread^2 + their variance)
-    from supemb.predict import neighbours
-
-    knn = b.knn
+    assert b.knn["reduce"] == "mean"
     for rec in sorted(eeg_data.glob("*.edf")):  # one whose windows disagree, so the combination is exercised
         rows, _, _ = b.encoder.embed_rows([rec])
-        sim, idx = b.index.search(rows, 3)
-        pred, spread = neighbours.neighbour_regress(sim.astype(np.float64), b.targets[idx],
-                                                    weighting=knn["weighting"], temperature=knn["temperature"],
-                                                    reduce=knn["reduce"])
-        if np.var(pred) > 0:
+        pred, spread = _knn_by_hand(b, rows, 3)
+        if np.var(pred) > 0.01:
             break
     p = b.predict(rec, k=3)[0]
     assert p.ok and p.windows == 3  # 12 s recording, 4 s windows, 4 s stride
     assert len({n.id for n in p.neighbours}) == len(p.neighbours) <= 3  # neighbours are recordings
-    assert p.value == pytest.approx(pred.mean(), abs=1e-9)
-    assert p.uncertainty == pytest.approx(np.sqrt(np.mean(spread**2) + np.var(pred)), abs=1e-9)
+    assert p.value == pytest.approx(pred.mean(), abs=1e-4)  # float64 from the stored vectors, FAISS in float32
+    assert p.uncertainty == pytest.approx(np.sqrt(np.mean(spread**2) + np.var(pred)), abs=1e-4)
     assert np.var(pred) > 0  # the windows disagree: the combination is exercised
     raw = mne.io.read_raw_edf(rec, preload=True, verbose="error")
     age_path = supemb.predict_brain_age(rec, bundle=eeg_bundle)
@@ -406,17 +451,77 @@ def test_index_rebuild_and_append(reg_bundle: Path, tmp_path: Path, webcam: Path
     assert idx[0, 0] == 0 and sim[0, 0] == pytest.approx(0.0, abs=1e-3)
 
 
+def _labels_csv(csv_path: Path, column: str) -> tuple[list[Path], np.ndarray]:
+    import csv
+
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    return [csv_path.parent / r["path"] for r in rows], np.array([float(r[column]) for r in rows])
+
+
 def test_eval_cli(reg_bundle: Path, cls_bundle: Path, eeg_bundle: Path, webcam: Path, class_folder: Path,
-                  eeg_data: Path, capsys) -> None:
+                  eeg_data: Path, tmp_path: Path, capsys) -> None:
+    """Every figure `supemb eval` prints, recomputed here from the bundle's stored gallery by brute force."""
+    from scipy.stats import spearmanr
+
+    # regression: MAE / RMSE / R² / mean spread of the kNN, and the ordinality of the embeddings
     assert cli(["eval", str(reg_bundle), "--data", str(webcam), "--json"]) == 0
     m = json.loads(capsys.readouterr().out)
-    assert m["items"] == 60 and {"knn_mae", "knn_rmse", "knn_r2", "ordinality"} <= set(m)
-    assert cli(["eval", str(cls_bundle), "--data", str(class_folder), "--json"]) == 0
+    b = load_bundle(reg_bundle, device="cpu")
+    paths, y = _labels_csv(webcam, "temperature")
+    emb = b.embed(paths).astype(np.float64)
+    pred, spread = _knn_by_hand(b, emb, b.default_k)
+    err = pred - y
+    assert m["items"] == 60 and m["k"] == b.default_k
+    assert m["knn_mae"] == pytest.approx(np.abs(err).mean(), abs=1e-3)
+    assert m["knn_mae"] < 0.9 * np.abs(y - y.mean()).mean()  # and it is not the predict-the-mean figure
+    assert m["knn_rmse"] == pytest.approx(np.sqrt(np.mean(err**2)), abs=1e-3)
+    assert m["knn_r2"] == pytest.approx(1 - np.sum(err**2) / np.sum((y - y.mean()) ** 2), abs=1e-4)
+    assert m["knn_spread"] == pytest.approx(spread.mean(), abs=1e-3)
+    i, j = np.triu_indices(len(y), k=1)
+    rho = spearmanr(np.linalg.norm(emb[i] - emb[j], axis=1), np.abs(y[i] - y[j])).statistic
+    assert m["ordinality"] == pytest.approx(rho, abs=1e-6)
+
+    # classification: accuracy, P@1 and MAP@R against the gallery (the queries include gallery images)
+    hard = tmp_path / "hard"  # colours barely apart: an imperfect retrieval, so a wrong MAP@R would show
+    rng = np.random.default_rng(1)
+    for c, colour in enumerate(("red", "green", "blue")):
+        (hard / colour).mkdir(parents=True)
+        for n in range(8):
+            px = rng.integers(0, 150, (20, 20, 3)) + rng.integers(0, 60, 3)  # a random tint per image
+            px[..., c] += 25
+            Image.fromarray(px.astype(np.uint8)).save(hard / colour / f"{n}.png")
+    assert cli(["eval", str(cls_bundle), "--data", str(hard), "--json"]) == 0
     m = json.loads(capsys.readouterr().out)
-    assert m["items"] == 36 and m["p_at_1"] == 1.0 and {"knn_acc", "knn_bacc", "map_at_r"} <= set(m)
+    b = load_bundle(cls_bundle, device="cpu")
+    paths = sorted(hard.rglob("*.png"))
+    truth = np.array([b.labels.index(p.parent.name) for p in paths])
+    order, sim = _gallery_ranking(b, b.embed(paths))
+    k = min(b.default_k, b.index.ntotal)
+    w = np.exp((sim[:, :k] - sim[:, :1]) / b.manifest["knn"]["temperature"])
+    votes = np.array([[w[q, b.targets[order[q, :k]] == c].sum() for c in range(len(b.labels))]
+                      for q in range(len(paths))])
+    ap = []
+    for q in range(len(paths)):
+        r = int(np.sum(b.targets == truth[q]))
+        rel = b.targets[order[q, :r]] == truth[q]
+        ap.append(np.sum(np.cumsum(rel)[rel] / (np.flatnonzero(rel) + 1)) / r)
+    assert m["items"] == 24
+    assert m["knn_acc"] == pytest.approx(np.mean(votes.argmax(axis=1) == truth), abs=1e-9)
+    assert m["p_at_1"] == pytest.approx(np.mean(b.targets[order[:, 0]] == truth), abs=1e-9)
+    assert m["map_at_r"] == pytest.approx(np.mean(ap), abs=1e-6)
+    assert 0.3 < m["map_at_r"] < 0.95 and m["p_at_1"] < 1.0
+
+    # EEG: per recording, the mean of its windows' kNN predictions
     assert cli(["eval", str(eeg_bundle), "--data", str(eeg_data), "--json"]) == 0
     m = json.loads(capsys.readouterr().out)
-    assert m["items"] == 12 and "rec_knn_mae" in m
+    b = load_bundle(eeg_bundle, device="cpu")
+    recs, ages = _labels_csv(eeg_data / "labels.csv", "age")
+    rows, owner, _ = b.encoder.embed_rows(recs)
+    window_pred, _ = _knn_by_hand(b, rows, b.default_k)
+    rec_pred = np.array([window_pred[owner == i].mean() for i in range(len(recs))])
+    assert m["items"] == 12
+    assert m["rec_knn_mae"] == pytest.approx(np.abs(rec_pred - ages).mean(), abs=1e-3)
 
 
 # ------------------------------------------------------------ devices

@@ -65,7 +65,10 @@ def _signal(item: Any, params: Mapping[str, Any]) -> Signal:
             raise UserError(f"{path}: empty file, not an EEG recording")
     elif not hasattr(item, "get_data"):
         raise UserError(f"a recording must be an EDF/BDF/FIF path or an mne.io.Raw, not {type(item).__name__}")
-    spec = _eeg_spec({k: params[k] for k in SIGNAL_FIELDS})
+    # Only the signal's fields are known here: a one-sample window, so the length is checked by the
+    # windows step against the pipeline's own window, not against EEGSpec's default 10 s one.
+    one = 1.0 / float(params["sfreq"])
+    spec = _eeg_spec({**{k: params[k] for k in SIGNAL_FIELDS}, "window_s": one, "stride_s": one})
     return Signal(preprocess_recording(item, spec), spec.sfreq, _describe(item))
 
 
@@ -80,7 +83,9 @@ def _windows(sig: Signal, params: Mapping[str, Any]) -> np.ndarray:
 
     starts = make_windows(sig.data.shape[1], sig.sfreq, params["window_s"], params["stride_s"], params["offset_s"])
     if len(starts) == 0:
-        raise UserError(f"{sig.source}: too short for one window of {params['window_s']:g} s")
+        raise UserError(f"{sig.source}: too short: {sig.data.shape[1] / sig.sfreq:.2f} s long, needs at least "
+                        f"{params['offset_s'] + params['window_s']:.2f} s (offset {params['offset_s']:g} s + one "
+                        f"{params['window_s']:g} s window)")
     return slice_windows(sig.data, starts, seconds_to_samples(params["window_s"], sig.sfreq))
 
 

@@ -152,6 +152,10 @@ def _top_k(sim: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if k < g:
             # Selecting from the right end is several times faster than partitioning the negated block.
             idx = np.argpartition(sim, g - k, axis=1)[:, g - k:]
+            kth = np.take_along_axis(sim, idx, axis=1).min(axis=1)  # of the items tied at the k-th place
+            for r in np.flatnonzero(np.count_nonzero(sim >= kth[:, None], axis=1) > k):  # argpartition took any:
+                c = np.flatnonzero(sim[r] >= kth[r])  # take the lowest indices
+                idx[r] = c[np.argsort(-sim[r, c], kind="stable")[:k]]
             idx.sort(axis=1)  # ascending index, so the stable sort below breaks ties by index
         else:
             idx = np.broadcast_to(np.arange(g), sim.shape).copy()
@@ -270,7 +274,7 @@ def neighbour_regress(sim: np.ndarray, targets_k: np.ndarray, weighting: Literal
     yk = np.asarray(targets_k, dtype=np.float64)
     t = check_temperature(temperature)
     w = softmax_weights(sim, t) if weighting == "softmax" else np.full(sim.shape, 1.0 / sim.shape[1])
-    mean = np.sum(w * yk, axis=1)
+    mean = yk[:, 0] + np.sum(w * (yk - yk[:, :1]), axis=1)  # agreeing neighbours: their target, spread 0, exactly
     spread = np.sqrt(np.maximum(np.sum(w * (yk - mean[:, None]) ** 2, axis=1), 0.0))
     return (mean if reduce == "mean" else _weighted_median(yk, w)), spread
 
