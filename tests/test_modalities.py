@@ -249,3 +249,14 @@ def test_training_and_serving_give_the_same_tensors(tmp_path: Path) -> None:
         rows = np.flatnonzero(split.groups == rec)
         trained = np.stack([data.eval_transform(split.load(int(i))).numpy() for i in rows])
         np.testing.assert_array_equal(trained, plugin.decoder(pipe)(path))
+
+
+def test_a_recording_shorter_than_the_default_window_serves_with_its_own(tmp_path: Path) -> None:
+    """A 6 s recording and a 4 s-window pipeline: one window, not a refusal measured against the
+    default 10 s window; shorter than its own window, it is refused naming the file."""
+    eeg = modalities.get("eeg")
+    pipe = eeg.pipeline(eeg.legacy_steps(EEGSpec(window_s=4.0, stride_s=4.0).to_dict(), "x"))
+    rows = eeg.decoder(pipe)(_edf(tmp_path, seconds=6.0, seed=3))
+    assert rows.shape[0] == 1
+    with pytest.raises(UserError, match="r4.edf"):
+        eeg.decoder(pipe)(_edf(tmp_path, seconds=3.0, seed=4))
