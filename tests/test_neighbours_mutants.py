@@ -269,3 +269,19 @@ def test_predict_inputs_honours_the_classification_temperature() -> None:
     np.testing.assert_allclose(cold.probabilities, neighbour_vote(sim, labels, 2, 0.07), rtol=1e-12)
     assert warm.probabilities[0, 1] > 0.5 > cold.probabilities[0, 1]
     assert warm.uncertainty[0] == pytest.approx(1.0 - warm.probabilities[0].max())
+
+
+def test_blocks_cover_every_query_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a few query rows per block, every row is still searched (against a brute-force ranking)."""
+    from supemb.predict import neighbours
+
+    rng = np.random.default_rng(12)
+    q, g = rng.normal(size=(37, 4)), rng.normal(size=(20, 4))
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    gn = g / np.linalg.norm(g, axis=1, keepdims=True)
+    want = np.argsort(-(qn @ gn.T), axis=1, kind="stable")[:, :3]
+    monkeypatch.setattr(neighbours, "_BLOCK_ELEMENTS", 50)  # 2 query rows per block
+    np.full((37, 3), -1, dtype=np.int64)  # (dirty memory for the result, should a block be skipped)
+    idx, sim = nearest_neighbours(q, g, k=3)
+    np.testing.assert_array_equal(idx, want)
+    np.testing.assert_allclose(sim, np.take_along_axis(qn @ gn.T, want, axis=1), rtol=1e-12)
