@@ -239,3 +239,14 @@ def test_embedding_report_recording_metrics_use_the_recordings_targets() -> None
     pred, _ = knn_regress(v, g, y, k=1)
     rec = regression_metrics([pred[2], pred[:2].mean()], [4.0, 0.0])  # recordings sorted by id
     assert {k: rep["rec_knn_" + k] for k in rec} == pytest.approx(rec)
+
+
+def test_ordinality_default_subsample() -> None:
+    """More than 200,000 pairs (`supemb eval` on over 633 items): 200,000 of them, drawn with seed 0."""
+    rng = np.random.default_rng(13)
+    emb = rng.normal(size=(700, 2))
+    y = emb[:, 0] + rng.normal(size=700)
+    got = ordinality(emb, y)
+    assert got == ordinality(emb, y, max_pairs=200_000, seed=0)
+    assert got != ordinality(emb, y, max_pairs=200_001, seed=0)
+    assert got != ordinality(emb, y, max_pairs=200_000, seed=1)
