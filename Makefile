@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test demo bench gpu-check clean
+.PHONY: setup test demo bench gpu-check mutation clean
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,12 @@ gpu-check: setup
 	$(PY) benchmarks/losses.py --device cuda
 	$(PY) benchmarks/training.py --device cuda --processes 1 --encoder resnet18 --size 64
 	$(PY) benchmarks/training.py --device cuda --processes 1 --kind eeg --n 64 --batch-size 64
+
+# Mutation testing of the neighbour arithmetic, the metrics and the bundle checks (about 15 min of one core;
+# not run in CI): mutmut, installed into .venv on first use; scores and survivors in docs/mutation.md.
+mutation: setup
+	$(PY) -c "import mutmut" 2>/dev/null || $(PY) -m pip install --quiet "mutmut>=3.8,<4"
+	$(PY) tools/mutation.py --min-score 90 $(MUTATION_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
