@@ -157,11 +157,6 @@ def _top_k(sim: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
                 c = np.flatnonzero(sim[r] >= kth[r])  # take the lowest indices
                 idx[r] = c[np.argsort(-sim[r, c], kind="stable")[:k]]
             idx.sort(axis=1)  # ascending index, so the stable sort below breaks ties by index
-            # argpartition keeps any of the items tied at the k-th similarity: rows where it left out
-            # a lower-index one are selected again by a full stable sort (rare: exact duplicates).
-            kth = np.take_along_axis(sim, idx, axis=1).min(axis=1, keepdims=True)
-            for r in np.flatnonzero((sim == kth).sum(axis=1) > (np.take_along_axis(sim, idx, axis=1) == kth).sum(axis=1)):
-                idx[r] = np.sort(np.argsort(-sim[r], kind="stable")[:k])
         else:
             idx = np.broadcast_to(np.arange(g), sim.shape).copy()
         order = np.argsort(-np.take_along_axis(sim, idx, axis=1), axis=1, kind="stable")
