@@ -91,8 +91,9 @@ def _labels(kind: str, n: int) -> torch.Tensor:
     return torch.rand(n, 2, generator=g, dtype=torch.float64) * 10
 
 
-def _loss_worker(rank: int, port: int, name: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+def _loss_worker(rank: int, rendezvous: str, name: str, out: str) -> None:
+    # a file rendezvous: no TCP port to race for with other tests
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
     try:
         world = World(rank=rank, size=2)
         make, kind = _losses()[name]
@@ -132,7 +133,7 @@ def _loss_worker(rank: int, port: int, name: str, out: str) -> None:
 
 @pytest.mark.parametrize("name", ["supcon", "rnc", "rnc_2d", "tsc"])
 def test_two_processes_give_the_single_process_loss_and_gradients(name: str, tmp_path: Path) -> None:
-    mp.spawn(_loss_worker, args=(_free_port(), name, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_loss_worker, args=(str(tmp_path / "rendezvous"), name, str(tmp_path)), nprocs=2, join=True)
     for rank in (0, 1):
         for step in json.loads((tmp_path / f"rank{rank}.json").read_text()):
             got, want = step["loss"]
