@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from toy_embeddings import brute_l2 as _brute_l2
 from toy_embeddings import circle as _circle
 from toy_embeddings import clusters as _clusters
+from toy_embeddings import scaled_data as _scaled_data
 
 from supemb.predict.neighbours import (
     aggregate_by_group,
@@ -147,28 +149,6 @@ def test_exclude_self_retrieves_the_duplicate_not_itself() -> None:
 
 
 # -------------------------------------------------------- the "l2" metric
-
-
-def _brute_l2(q: np.ndarray, g: np.ndarray, k: int, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k by -Euclidean distance (not squared) of the rows as given, one query at a time;
-    ties by increasing index (stable sort)."""
-    idx, sim = [], []
-    for i, row in enumerate(q):
-        s = -np.sqrt(((g - row) ** 2).sum(axis=1))
-        if exclude_self:
-            s[i] = -np.inf
-        order = np.argsort(-s, kind="stable")[:k]
-        idx.append(order)
-        sim.append(s[order])
-    return np.array(idx), np.array(sim)
-
-
-def _scaled_data(seed: int, n_q: int = 40, n_g: int = 150, d: int = 6):
-    """Rows with very different norms, so the l2 and cosine neighbours differ."""
-    rng = np.random.default_rng(seed)
-    q = rng.normal(size=(n_q, d)) * rng.uniform(0.2, 5.0, (n_q, 1))
-    g = rng.normal(size=(n_g, d)) * rng.uniform(0.2, 5.0, (n_g, 1))
-    return q, g
 
 
 @pytest.mark.parametrize("k", [1, 5, 150])

@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 import os
 import threading
 from pathlib import Path
@@ -68,6 +67,7 @@ import faiss
 import numpy as np
 
 from supemb.errors import UserError
+from supemb.index.checks import as_vectors, positive_int
 from supemb.index.locks import ReadWriteLock
 
 IndexKind = Literal["flat", "ivf", "hnsw"]
@@ -96,34 +96,6 @@ def default_nprobe(nlist: int) -> int:
 def gpu_available() -> bool:
     """Whether this FAISS build has GPU support and sees a GPU."""
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-
-
-def _as_vectors(x: Any, name: str, dim: int | None = None) -> np.ndarray:
-    """Check `x` is a finite [N, D] array (D == dim if given); contiguous float32."""
-    try:
-        arr = np.asarray(x)
-    except (TypeError, ValueError) as err:
-        raise UserError(f"{name} must be a numeric [N, D] array: {err}") from None
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise UserError(f"{name} must be a numeric [N, D] array, got dtype {arr.dtype}")
-    if arr.ndim != 2:
-        raise UserError(f"{name} must be a 2-D array [N, D], got shape {arr.shape}")
-    if dim is not None and arr.shape[1] != dim:
-        raise UserError(f"{name} have dimension {arr.shape[1]} but the index has dimension {dim}")
-    if arr.shape[1] == 0:
-        raise UserError(f"{name} have dimension 0")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
-        rows = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
-        raise UserError(f"{name} contain NaN or infinite values ({len(bad)} rows: {rows})")
-    return arr
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise UserError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
 
 
 def _check_metric(metric: Any) -> str:
@@ -217,7 +189,7 @@ class GalleryIndex:
         _check_device(device)
         _check_metric(metric)
         faiss_metric = _FAISS_METRIC[metric]
-        emb = _as_vectors(emb, "gallery embeddings")
+        emb = as_vectors(emb, "gallery embeddings")
         n, dim = emb.shape
         if n == 0:
             raise UserError("cannot build an index from an empty gallery (0 embeddings)")
@@ -232,10 +204,10 @@ class GalleryIndex:
             return cls(index, kind, device=device)
 
         if kind == "ivf":
-            nlist = default_nlist(n) if nlist is None else _positive_int(nlist, "nlist")
+            nlist = default_nlist(n) if nlist is None else positive_int(nlist, "nlist")
             if nlist > n:
                 raise UserError(f"nlist ({nlist}) cannot exceed the gallery size ({n})")
-            nprobe = default_nprobe(nlist) if nprobe is None else min(_positive_int(nprobe, "nprobe"), nlist)
+            nprobe = default_nprobe(nlist) if nprobe is None else min(positive_int(nprobe, "nprobe"), nlist)
             index = faiss.IndexIVFFlat(_FLAT[metric](dim), dim, nlist, faiss_metric)
             index.cp.seed = seed
             index.cp.max_points_per_centroid = MAX_POINTS_PER_CENTROID
@@ -249,10 +221,10 @@ class GalleryIndex:
             index.nprobe = nprobe
             return cls(index, kind, device=device)
 
-        hnsw_m = _positive_int(hnsw_m, "hnsw_m")
+        hnsw_m = positive_int(hnsw_m, "hnsw_m")
         index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss_metric)
-        index.hnsw.efConstruction = _positive_int(ef_construction, "ef_construction")
-        index.hnsw.efSearch = DEFAULT_EF_SEARCH if ef_search is None else _positive_int(ef_search, "ef_search")
+        index.hnsw.efConstruction = positive_int(ef_construction, "ef_construction")
+        index.hnsw.efSearch = DEFAULT_EF_SEARCH if ef_search is None else positive_int(ef_search, "ef_search")
         # HNSW draws node levels from its own RNG: seed it for a reproducible graph.
         index.hnsw.rng = faiss.RandomGenerator(seed)
         index.add(emb)
@@ -260,7 +232,7 @@ class GalleryIndex:
 
     def add(self, emb: np.ndarray) -> None:
         """Append `emb` [M, dim] to the gallery; they get indices ntotal .. ntotal+M-1."""
-        emb = _as_vectors(emb, "embeddings to add", self.dim)
+        emb = as_vectors(emb, "embeddings to add", self.dim)
         if len(emb) == 0:
             return
         with self._lock.write():
@@ -274,9 +246,9 @@ class GalleryIndex:
             raise UserError(f"ef_search applies to an hnsw index, not {self.kind}")
         with self._lock.write():
             if nprobe is not None:
-                self._index.nprobe = min(_positive_int(nprobe, "nprobe"), self._index.nlist)
+                self._index.nprobe = min(positive_int(nprobe, "nprobe"), self._index.nlist)
             if ef_search is not None:
-                self._index.hnsw.efSearch = _positive_int(ef_search, "ef_search")
+                self._index.hnsw.efSearch = positive_int(ef_search, "ef_search")
 
     # ------------------------------------------------------------ searching
 
@@ -292,8 +264,8 @@ class GalleryIndex:
         similarities by increasing index. sim: inner products ("cosine") or
         -||q - x||_2 ("l2").
         """
-        k = _positive_int(k, "k")
-        queries = _as_vectors(queries, "queries", self.dim)
+        k = positive_int(k, "k")
+        queries = as_vectors(queries, "queries", self.dim)
         # GPU resources are not thread-safe: one search at a time there.
         with self._lock.write() if self.on_gpu else self._lock.read():
             k = min(k, self.ntotal)
@@ -382,9 +354,9 @@ class GalleryIndex:
             if expected is not None and expected != actual:
                 raise UserError(f"{path}: the index file has {key} {actual!r} but its parameters say {expected!r}")
         if kind == "ivf" and params.get("nprobe") is not None:
-            index.nprobe = min(_positive_int(params["nprobe"], "nprobe"), index.nlist)
+            index.nprobe = min(positive_int(params["nprobe"], "nprobe"), index.nlist)
         if kind == "hnsw" and params.get("ef_search") is not None:
-            index.hnsw.efSearch = _positive_int(params["ef_search"], "ef_search")
+            index.hnsw.efSearch = positive_int(params["ef_search"], "ef_search")
         hnsw_m = params.get("hnsw_m")
         if kind == "hnsw" and hnsw_m is None:  # level 0 holds 2 M links per node
             hnsw_m = int(index.hnsw.nb_neighbors(0)) // 2

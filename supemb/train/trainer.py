@@ -17,13 +17,9 @@ validation and writes the weights and model.json into the run directory
 (`supemb.train.rundir`).
 
 Every random draw is a function of the seed, the epoch and the item index
-(`supemb.train.data`), and the RNG state is checkpointed, so a run resumed
-after an interruption ends with the same weights as one never interrupted.
-
-Under torchrun the same code runs on every rank (`supemb.train.distributed`):
-`--batch-size` is the global batch, each rank trains on its slice of it, the
-contrastive loss sees the gathered global batch, DDP averages the gradients,
-and rank 0 writes the run directory and finishes the run alone.
+(`supemb.train.data`) and the RNG state is checkpointed, so a resumed run ends
+with the weights of an uninterrupted one. Under torchrun every rank runs this
+code on its slice of the global batch (`supemb.train.distributed`).
 """
 
 from __future__ import annotations
