@@ -78,14 +78,18 @@ def machine() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "load_avg_1_5_15_min": [round(v, 2) for v in os.getloadavg()],  # other jobs on the machine, at the start
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": ".venv/bin/python " + shlex.join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
     }
 
 
 def machine_line(m: dict[str, Any]) -> str:
+    load = m.get("load_avg_1_5_15_min")  # records written before 2026-12 have none
+    load_text = (f"load average {load[0]:g} at the start (other jobs; times are wall-clock)" if load
+                 else "load not recorded (times are wall-clock on a shared machine)")
     return (f"Machine: {m['platform']}, CPU {m['cpu']} ({m['cpu_count']} cores), {m['torch_threads']} torch "
-            f"threads, torch {m['torch']}, Python {m['python']}. Date: {m['date']}.")
+            f"threads, torch {m['torch']}, Python {m['python']}, {load_text}. Date: {m['date']}.")
 
 
 # ---------------------------------------------------------------------- data

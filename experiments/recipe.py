@@ -21,12 +21,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # experiments/_common.py, however this file is loaded
+import _common as C  # noqa: E402
 
 # The settings tried, per task: (loss pair, common settings, variants). A variant
 # is applied to both losses of the pair.
@@ -149,6 +152,18 @@ images), and the baseline is trained with it too:
 """
 
 
+def _machines(recs: list[dict]) -> str:
+    """Where the runs ran: each record's machine (date, CPU, threads, load), summarised."""
+    seen = sorted({C.machine_line(r["machine"]) for r in recs if "machine" in r})
+    bare = sum("machine" not in r for r in recs)
+    lines = [f"Runs with a machine record: {len(recs) - bare}." + "".join(f" {m}" for m in seen)] if seen else []
+    if bare:
+        lines.append(f"{bare} runs (2026-11-30) were recorded before runs carried a machine record: they ran on the "
+                     "2-core Intel Xeon 2.8 GHz VM, 2 torch threads; their load was not recorded, so their seconds "
+                     "are only indicative.")
+    return " ".join(lines)
+
+
 def write_markdown(record: Path, out: Path) -> None:
     """docs/recipe.md: per task and setting, each side's best validation figure."""
     recs = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
@@ -158,7 +173,7 @@ def write_markdown(record: Path, out: Path) -> None:
              "run; each setting is applied to the contrastive loss and its plain baseline alike. A side's "
              "figure is its best **validation** figure over its predictors (kNN in the served geometry, the "
              "converged linear head, and the baseline's end-to-end head); EEG at recording level. Lower MAE, "
-             "higher accuracy is better.", ""]
+             "higher accuracy is better.", "", _machines(recs), ""]
     for task, (con, plain) in PAIRS.items():
         rows = [r for r in recs if r["task"] == task]
         if not rows:
@@ -200,7 +215,7 @@ def main() -> None:
                 key = key_of(cfg)
                 if key in done:
                     continue
-                rec = {"task": task, "key": key, **run_one(cfg, work / "runs" / key)}
+                rec = {"task": task, "key": key, "machine": C.machine(), **run_one(cfg, work / "runs" / key)}
                 with open(record, "a") as f:
                     f.write(json.dumps(rec) + "\n")
                 print(task, loss, json.dumps(variant), "best val", best_val(rec), flush=True)
