@@ -6,8 +6,9 @@ familiarity threshold in docs/DESIGN.md ("Inputs unlike the gallery").
 For each default bundle, sets of inputs of its own kind (held out: generated
 with a seed no bundle was built from) and of other kinds (the other image
 bundle's synthetic frames, scikit-learn's digits, scikit-image's sample
-photographs; for EEG, brown-noise recordings). For each set it records the
-median familiarity (the percentile of the input's nearest-neighbour statistic
+photographs, real faces from scikit-image's lfw_subset; for EEG, brown and white
+noise, and held-out recordings with their channels scrambled). For each set it records the
+median prediction, the median familiarity (the percentile of the input's nearest-neighbour statistic
 in the gallery's own leave-one-out reference) and the share flagged at cuts
 1 %, 2 %, 5 % and 10 % (familiarity below the cut; the bundles flag at their
 manifest's `threshold_quantile`, 5 %). Appends the run, with its machine
@@ -60,16 +61,43 @@ def photographs() -> list[np.ndarray]:
     return out
 
 
-def noise_recordings(folder: Path, n: int = 40) -> list[Path]:
-    """Brown (1/f^2) noise on the brain-age model's channels, 30 s at 100 Hz."""
+def lfw_faces(n: int = 100) -> list[np.ndarray]:
+    """scikit-image's lfw_subset: real faces, 25 px grey crops, as RGB uint8."""
+    from skimage import data
+
+    grey = (data.lfw_subset()[:n] * 255).astype(np.uint8)
+    return list(np.repeat(grey[..., None], 3, axis=3))
+
+
+def noise_recordings(folder: Path, kind: str, n: int = 40) -> list[Path]:
+    """Noise on the brain-age model's channels, 30 s at 100 Hz: "brown" (1/f^2, a drifting,
+    disconnected-looking recording) or "white" (Gaussian)."""
     from supemb.data.synthetic_eeg import TUH_FILE_CHANNELS, write_edf
 
     names = [f"EEG {c}-REF" for c in TUH_FILE_CHANNELS]
     out = []
     for i in range(n):
-        walk = np.cumsum(np.random.default_rng([9, i]).normal(size=(len(names), 3000)), axis=1)
-        walk -= walk.mean(axis=1, keepdims=True)
-        out.append(write_edf(folder / f"noise_{i}.edf", 20 * walk / walk.std(), 100.0, names))
+        x = np.random.default_rng([9 if kind == "brown" else 10, i]).normal(size=(len(names), 3000))
+        if kind == "brown":
+            x = np.cumsum(x, axis=1)
+            x -= x.mean(axis=1, keepdims=True)
+        out.append(write_edf(folder / f"{kind}_{i}.edf", 20 * x / x.std(), 100.0, names))
+    return out
+
+
+def scrambled(recordings: list[Path], folder: Path) -> list[Path]:
+    """The same recordings with their channels' signals shuffled among the channel names (seeded)."""
+    import mne
+
+    from supemb.data.synthetic_eeg import write_edf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, path in enumerate(recordings):
+        raw = mne.io.read_raw_edf(path, preload=True, verbose="error")
+        x = raw.get_data() * 1e6  # volts -> microvolts
+        order = np.random.default_rng([11, i]).permutation(len(x))
+        out.append(write_edf(folder / path.name, x[order], raw.info["sfreq"], raw.ch_names))
     return out
 
 
@@ -79,19 +107,21 @@ def input_sets(tmp: Path) -> dict[str, dict[str, list]]:
     from supemb.data.synthetic_faces import face_arrays
     from supemb.data.synthetic_webcam import webcam_arrays
 
-    faces, frames = list(face_arrays(300, size=32, seed=HELD_OUT_SEED)[0]), \
-        list(webcam_arrays(300, size=32, seed=HELD_OUT_SEED)[0])
+    faces, frames = list(face_arrays(500, size=32, seed=HELD_OUT_SEED)[0]), \
+        list(webcam_arrays(500, size=32, seed=HELD_OUT_SEED)[0])
     other_faces, other_frames = list(face_arrays(200, size=32, seed=OTHER_SEED)[0]), \
         list(webcam_arrays(200, size=32, seed=OTHER_SEED)[0])
     photos, digit_images = photographs(), digits()
-    held = make_eeg_dataset(tmp / "held", 60, duration_s=30.0, sfreq=100.0, seed=11)
+    held = sorted(make_eeg_dataset(tmp / "held", 200, duration_s=30.0, sfreq=100.0, seed=11).glob("*.edf"))
     return {
         "age": {"own kind, held out (synthetic faces)": faces, "webcam frames": other_frames,
-                "digits": digit_images, "photographs": photos},
+                "digits": digit_images, "photographs": photos, "real faces (LFW, 25 px grey)": lfw_faces()},
         "temperature": {"own kind, held out (synthetic webcam frames)": frames, "faces": other_faces,
                         "digits": digit_images, "photographs": photos},
-        "brain_age": {"own kind, held out (synthetic EEG recordings)": sorted(held.glob("*.edf")),
-                      "brown-noise recordings": noise_recordings(tmp / "noise")},
+        "brain_age": {"own kind, held out (synthetic EEG recordings)": held,
+                      "brown-noise recordings": noise_recordings(tmp / "noise", "brown"),
+                      "the held-out recordings, channels scrambled": scrambled(held, tmp / "scrambled"),
+                      "white-noise recordings": noise_recordings(tmp / "noise", "white")},
     }
 
 
@@ -106,7 +136,8 @@ def measure(name: str, items: list) -> dict[str, Any]:
     flagged = np.array([p.unfamiliar for p in preds], bool)
     return {"n": len(f), "median_familiarity": float(np.median(f)),
             "flagged_at": {f"{c:g}": float(np.mean(f < c)) for c in CUTS},
-            "flagged_by_bundle": float(flagged.mean())}
+            "flagged_by_bundle": float(flagged.mean()),
+            "median_prediction": float(np.median([p.value for p in preds]))}
 
 
 def write_markdown(record: dict, docs: Path) -> Path:
@@ -120,12 +151,12 @@ def write_markdown(record: dict, docs: Path) -> Path:
              "flag at their manifest's threshold quantile (5 %), the last column.", ""]
     head = " | ".join(f"flagged at {float(c) * 100:g} %" for c in last["cuts"])
     for name, sets in last["bundles"].items():
-        lines += [f"## {name}", "", f"| inputs | n | median familiarity | {head} | flagged by the bundle |",
-                  "|---|---:|---:|" + "---:|" * len(last["cuts"]) + "---:|"]
+        lines += [f"## {name}", "", f"| inputs | n | median familiarity | {head} | flagged by the bundle | "
+                  "median prediction |", "|---|---:|---:|" + "---:|" * len(last["cuts"]) + "---:|---:|"]
         for what, r in sets.items():
             rates = " | ".join(f"{r['flagged_at'][c] * 100:.1f} %" for c in last["cuts"])
             lines.append(f"| {what} | {r['n']} | {r['median_familiarity'] * 100:.1f} % | {rates} | "
-                         f"{r['flagged_by_bundle'] * 100:.1f} % |")
+                         f"{r['flagged_by_bundle'] * 100:.1f} % | {r.get('median_prediction', float('nan')):.1f} |")
         lines.append("")
     out = docs / "familiarity.md"
     out.write_text("\n".join(lines))
