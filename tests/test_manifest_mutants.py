@@ -196,8 +196,14 @@ def test_read_manifest_accepts_a_good_one(bundle: Path) -> None:
     ({"preprocessing": None}, r"manifest.json: the manifest has no 'preprocessing' field"),
     ({"files": None}, r"manifest.json: the manifest has no 'files' field"),
     ({"knn": None}, r"manifest.json: the manifest has no 'knn' field"),
-    ({"task": "classification"}, r"manifest.json: a classification bundle needs its label names \(\"labels\"\)$"),
-    ({"task": "classification", "labels": []}, r"a classification bundle needs its label names"),
+    ({"task": "classification"},
+     r"manifest.json: a classification bundle needs its label names \(\"labels\", a list of strings\), got None$"),
+    ({"task": "classification", "labels": []}, r"a classification bundle needs its label names .*, got \[\]$"),
+    ({"task": "classification", "labels": "ab"}, r"a classification bundle needs its label names .*, got 'ab'$"),
+    ({"task": "classification", "labels": ["a", 1]}, r"needs its label names .*, got \['a', 1\]$"),
+    ({"embedding_dim": 0}, r"manifest.json: \"embedding_dim\" must be a positive integer, got 0; the bundle is dam"),
+    ({"embedding_dim": "4"}, r"manifest.json: \"embedding_dim\" must be a positive integer, got '4'"),
+    ({"embedding_dim": True}, r"manifest.json: \"embedding_dim\" must be a positive integer, got True"),
 ])
 def test_read_manifest_refuses(bundle: Path, change: dict, message: str) -> None:
     m = _manifest(bundle)

@@ -170,8 +170,14 @@ def read_manifest(root: Path) -> dict[str, Any]:
     for key in ("embedding_dim", "preprocessing", "files", "knn"):
         if key not in m:
             raise UserError(f"{path}: the manifest has no {key!r} field; the bundle is damaged")
-    if m["task"] == "classification" and not m.get("labels"):
-        raise UserError(f"{path}: a classification bundle needs its label names (\"labels\")")
+    dim = m["embedding_dim"]
+    if type(dim) is not int or dim < 1:
+        raise UserError(f"{path}: \"embedding_dim\" must be a positive integer, got {dim!r}; the bundle is damaged")
+    labels = m.get("labels")
+    if m["task"] == "classification" and (not isinstance(labels, list) or not labels
+                                          or not all(isinstance(x, str) for x in labels)):
+        raise UserError(f"{path}: a classification bundle needs its label names (\"labels\", a list of strings), "
+                        f"got {labels!r}")
     _check_files(path, m["files"])
     _check_knn(path, m["knn"])
     return m
@@ -183,7 +189,7 @@ def _plain_name_problem(name: Any) -> str | None:
         return "is not a file name"
     if "/" in name or "\\" in name or "\0" in name or (len(name) > 1 and name[1] == ":"):
         return "has a directory part (a bundle is one flat folder)"
-    if name in (".", "..") or name.startswith("."):
+    if name.startswith("."):  # also "." and ".."
         return "is not a plain file name"
     if name == MANIFEST:
         return "is the manifest itself"
