@@ -35,8 +35,9 @@ gpu-check: setup
 	$(PY) benchmarks/training.py --device cuda --processes 1 --encoder resnet18 --size 64
 	$(PY) benchmarks/training.py --device cuda --processes 1 --kind eeg --n 64 --batch-size 64
 
-# Mutation testing of the neighbour arithmetic, the metrics and the bundle checks (about 15 min of one core;
-# not run in CI): mutmut, installed into .venv on first use; scores and survivors in docs/mutation.md.
+# Mutation testing of the neighbour arithmetic, the metrics, the bundle checks and the CLI's argument and
+# error handling (about 15 min of one core; not run in CI): mutmut, installed into .venv on first use;
+# scores and survivors in docs/mutation.md.
 mutation: setup
 	$(PY) -c "import mutmut" 2>/dev/null || $(PY) -m pip install --quiet "mutmut>=3.8,<4"
 	$(PY) tools/mutation.py --min-score 90 $(MUTATION_ARGS)

@@ -131,7 +131,7 @@ def index_parser(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--append", action="store_true", help="add to the gallery instead of replacing it")
     p.add_argument("--index", choices=INDEX_KINDS, help="FAISS index type (default: the bundle's)")
     p.add_argument("--target", help="target column (default: the bundle's target name)")
-    p.add_argument("--format", default="auto", help="auto | csv | folder | utkface | agedb")
+    p.add_argument("--format", default="auto", help="auto | eeg | csv | folder | utkface | agedb (default auto)")
     p.add_argument("--on-error", choices=ON_ERROR_FLAGS, default="fail", help="unreadable items")
     p.add_argument("--processes", type=int, default=1, metavar="N", help=PROCESSES_HELP)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
@@ -175,8 +175,9 @@ def predict_parser(p: argparse.ArgumentParser) -> Handler:
                    help="one JSON list with values, uncertainty, familiarity, neighbours")
     p.add_argument("--on-error", choices=ON_ERROR_FLAGS, default="fail",
                    help="skip: predict the good inputs and list the bad (exit code 1 if any was bad)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch-size", type=int, default=64, help="inputs embedded at once (default 64)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the encoder runs: auto (default: CUDA when available), cpu or cuda")
     p.add_argument("--no-detect", action="store_true",
                    help="a bundle that finds faces: the photos are face crops already, skip the detection")
     p.add_argument("--all-faces", action="store_true",
@@ -268,11 +269,12 @@ def eval_parser(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("bundle", help="bundle directory or .zip")
     p.add_argument("--data", required=True, help="labelled data (any layout `supemb train` reads)")
     p.add_argument("--target", help="target column (default: the bundle's target name)")
-    p.add_argument("--format", default="auto", help="auto | csv | folder | utkface | agedb")
+    p.add_argument("--format", default="auto", help="auto | eeg | csv | folder | utkface | agedb (default auto)")
     p.add_argument("--k", type=int, help="neighbours (default: the bundle's)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--on-error", choices=ON_ERROR_FLAGS, default="fail", help="unreadable items")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the encoder runs: auto (default: CUDA when available), cpu or cuda")
     p.add_argument("--no-detect", action="store_true",
                    help="a bundle that finds faces: the data's photos are face crops already (as its gallery)")
     _add_digest_flag(p)
