@@ -147,7 +147,11 @@ def training_rate(data: Path, work: Path, a: argparse.Namespace, nproc: int, enc
                "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{_free_port()}", "-m", "supemb", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if proc.returncode != 0:
-        raise SystemExit(f"training failed ({' '.join(cmd[:6])} ...):\n{proc.stderr[-2000:]}")
+        # every rank's output, whole, outside the work folder (removed on exit)
+        log = Path(tempfile.gettempdir()) / f"supemb-training-failed-{os.getpid()}-{nproc}-{workers}.log"
+        log.write_text(proc.stdout + proc.stderr)
+        keep = "\n".join(line for line in proc.stderr.splitlines() if " torch/distributed/" not in line)
+        raise SystemExit(f"training failed ({' '.join(cmd[:6])} ...); whole log: {log}\n{keep[-6000:]}")
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rates = [m["samples_per_s"] for m in lines if m.get("stage") == 1 and m["epoch"] > 1]
     return sum(rates) / len(rates)
