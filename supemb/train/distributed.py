@@ -78,11 +78,46 @@ def start(world: World, device_name: str, timeout_s: float) -> torch.device:
     return device
 
 
-def stop() -> None:
-    """Leave the process group (after a barrier, so no rank leaves while another still needs it)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+_STOPS = 0  # how many times this process has left a group (keys of the leaving handshake)
+
+
+def stop(timeout_s: float = 300.0) -> None:
+    """Leave the process group together: a barrier, then a handshake through the rendezvous
+    store, then destroy. The barrier alone is not enough with gloo: a rank that destroys its
+    group as soon as its barrier returns closes its connections while a peer may still be
+    reading the barrier's last message, and that peer aborts (pytorch/gloo#155). So each rank
+    says through the store that it is past the barrier and waits for the others; rank 0 (which
+    may host the store) also waits until every other rank is done with the store."""
+    global _STOPS
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    _STOPS += 1
+    _leave_together(f"supemb/stop/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{_STOPS}", timeout_s)
+    dist.destroy_process_group()
+
+
+def _leave_together(key: str, timeout_s: float) -> None:
+    """The handshake of `stop`; best effort: without a store, or past timeout_s, it just returns."""
+    import time
+
+    try:
+        store = dist.distributed_c10d._get_default_store()
+    except (AttributeError, RuntimeError, ValueError):
+        return
+    size, rank = dist.get_world_size(), dist.get_rank()
+    deadline = time.monotonic() + timeout_s
+
+    def wait_for(name: str, count: int) -> None:
+        while int(store.add(name, 0)) < count and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    store.add(f"{key}/past-barrier", 1)
+    wait_for(f"{key}/past-barrier", size)
+    if rank != 0:
+        store.add(f"{key}/done", 1)  # this rank's last use of the store
+    else:
+        wait_for(f"{key}/done", size - 1)
 
 
 def local_batch(global_batch: int, world: World) -> int:
