@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import tempfile
 import zipfile
 from pathlib import Path
+
+import pytest
 
 from supemb.predict import manifest as mf
 
@@ -33,3 +36,13 @@ def bundle_members(root: Path, folder: str = "") -> dict[str, bytes]:
     """{folder + name: bytes} of every file of the bundle directory `root`, manifest first."""
     names = [mf.MANIFEST, *sorted(n.name for n in root.iterdir() if n.name != mf.MANIFEST)]
     return {folder + n: (root / n).read_bytes() for n in names}
+
+
+@pytest.fixture(autouse=True)
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Zips extract under tmp_path/tmp (tempfile's folder), not the system's temporary folder: a test
+    can see what is left behind, and mutation runs (hundreds of extractions) leave nothing there.
+    Autouse in every test module that imports it."""
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    return tmp_path / "tmp"

@@ -13,19 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from cli_calls import call as _call
+
 from supemb import cli
 from supemb.cli import build_parser, main
 from supemb.errors import ON_ERROR_FLAGS, UsageError, UserError, raise_or_skip
-
-
-def _call(argv: list[str], capsys) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of `supemb ARGV`; argparse's own errors exit by SystemExit."""
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _with_handler(monkeypatch, handler) -> None:

@@ -12,24 +12,15 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from cli_calls import call as _call
 
 from supemb import commands
-from supemb.cli import main
 from supemb.errors import UsageError
 from supemb.predict.manifest import manifest_digest
 
 MANIFEST = {"format": 1, "files": {"encoder.onnx": "ab"}, "task": "regression"}
 DIGEST = manifest_digest(MANIFEST)
 HEX = "0123456789abcdef" * 4
-
-
-def _call(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _fake_module(monkeypatch, name: str, **attrs) -> types.ModuleType:

@@ -9,12 +9,12 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from manifest_fakes import private_tmp  # noqa: F401 (an autouse fixture)
 
 from supemb.errors import UserError
 from supemb.predict import manifest as mf
@@ -33,14 +33,6 @@ def umask_022():
     old = os.umask(0o022)
     yield
     os.umask(old)
-
-
-@pytest.fixture(autouse=True)
-def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Zips extract into tmp_path/tmp, not the system's temporary folder (mutation runs open hundreds)."""
-    (tmp_path / "tmp").mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    return tmp_path / "tmp"
 
 
 @pytest.fixture()

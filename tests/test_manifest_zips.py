@@ -8,24 +8,15 @@ from __future__ import annotations
 
 import io
 import stat
-import tempfile
 import types
 import zipfile
 from pathlib import Path
 
 import pytest
-from manifest_fakes import CONTENT, bundle_members, make_bundle, write_zip
+from manifest_fakes import CONTENT, bundle_members, make_bundle, private_tmp, write_zip  # noqa: F401 (fixture)
 
 from supemb.errors import UserError
 from supemb.predict import manifest as mf
-
-
-@pytest.fixture(autouse=True)
-def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Zips extract under tmp_path/tmp (tempfile's folder), to see what is left behind."""
-    (tmp_path / "tmp").mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    return tmp_path / "tmp"
 
 
 @pytest.fixture()
