@@ -29,6 +29,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # benchmarks/_machine.py
+from _machine import cpu_model  # noqa: E402  (one definition, shared with the benchmarks)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Data shapes (not recipe settings): the same in every experiment that uses the data.
@@ -58,16 +61,6 @@ def timed_train(out: Path, **kw: Any) -> tuple[dict, float]:
     t0 = time.perf_counter()
     final = train(TrainConfig(out=str(out), **kw))
     return final, time.perf_counter() - t0
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine() -> dict[str, Any]:

@@ -17,13 +17,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from tiny_runs import tiny_bundle, tiny_run, tiny_webcam
 
 from supemb.cli import main as cli
 from supemb.errors import UserError
 from supemb.predict import manifest as mf
 from supemb.predict.bundle import load_bundle
-from supemb.train.config import TrainConfig
-from supemb.train.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -33,19 +32,12 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def webcam(work: Path) -> Path:
-    from supemb.data.synthetic_webcam import make_webcam_dataset
-
-    return make_webcam_dataset(work / "webcam", 40, n_cameras=2, size=20, seed=3)
+    return tiny_webcam(work, seed=3)
 
 
 @pytest.fixture(scope="module")
 def bundle(work: Path, webcam: Path) -> Path:
-    from supemb.export.writer import export_run
-
-    train(TrainConfig(data=str(webcam), out=str(work / "run"), epochs=1, linear_epochs=1, batch_size=16,
-                      image_size=16, viz=False, knn_k=5, target="temperature", loss="rnc", metric="l2"))
-    export_run(work / "run", work / "bundle", unit="°C")
-    return work / "bundle"
+    return tiny_bundle(tiny_run(webcam, work / "run"), work / "bundle")
 
 
 @pytest.fixture()

@@ -19,11 +19,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_runs import tiny_bundle, tiny_run, tiny_webcam
 
 from supemb.cli import main as cli
 from supemb.errors import UserError
-from supemb.train.config import TrainConfig
-from supemb.train.trainer import train
 
 NOWHERE = "/nonexistent/supemb-test"
 
@@ -36,24 +35,17 @@ def work(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def webcam(work: Path) -> Path:
     """labels.csv (path,temperature,...) and its images."""
-    from supemb.data.synthetic_webcam import make_webcam_dataset
-
-    return make_webcam_dataset(work / "webcam", 40, n_cameras=2, size=20, seed=4)
+    return tiny_webcam(work, seed=4)
 
 
 @pytest.fixture(scope="module")
 def run(work: Path, webcam: Path) -> Path:
-    train(TrainConfig(data=str(webcam), out=str(work / "run"), epochs=1, linear_epochs=1, batch_size=16,
-                      image_size=16, viz=False, knn_k=5, target="temperature", loss="rnc", metric="l2"))
-    return work / "run"
+    return tiny_run(webcam, work / "run")
 
 
 @pytest.fixture(scope="module")
 def bundle(work: Path, run: Path) -> Path:
-    from supemb.export.writer import export_run
-
-    export_run(run, work / "bundle", unit="°C")
-    return work / "bundle"
+    return tiny_bundle(run, work / "bundle")
 
 
 @pytest.fixture(scope="module")

@@ -46,17 +46,8 @@ LEFT_OUT = {
 }
 DETECTED = ("killed", "timeout", "segfault", "caught by type check")  # a test run noticed the change
 RESULTS = ROOT / "benchmarks" / "results" / "mutation.jsonl"
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+sys.path.insert(0, str(ROOT / "benchmarks"))  # benchmarks/_machine.py
+from _machine import cpu_model  # noqa: E402  (one definition, shared with the benchmarks)
 
 
 def mutmut_version() -> str:

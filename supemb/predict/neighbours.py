@@ -14,13 +14,11 @@ share it. Computes in float64. Conventions:
     -sqrt(max(|q|^2 + |g|^2 - 2 <q, g>, 0)); matches a FAISS `IndexFlatL2`
     (squared distances d: s = -sqrt(max(d, 0))).
   kNN weights exp(s / t) use s in the metric's units (a temperature is per metric).
-- Neighbours are ranked by similarity, ties by the lower gallery index, a
-  block of query rows at a time (bounded memory, O(N G D) time: numpy for
-  training's validation sets; serving searches with FAISS).
+- Neighbours are ranked by similarity, ties by the lower gallery index, a block
+  of query rows at a time (bounded memory; serving searches with FAISS).
 - `exclude_self=True`: the query set *is* the gallery; item i is never its own
   neighbour, while an exact duplicate at another index still is.
-- Class labels are integers in [0, C); mismatched lengths, empty inputs, NaN/Inf
-  and bad options raise ValueError.
+- Class labels are integers in [0, C); bad inputs and options raise ValueError.
 """
 
 from __future__ import annotations
