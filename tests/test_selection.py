@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from supemb.predict.neighbours import embedding_array, knn_regress, nearest_neighbours
-from supemb.train.selection import KNN_KS, KNN_TEMPERATURE_FACTORS, choose_knn
+from supemb.train.linear_head import Targets
+from supemb.train.selection import KNN_KS, KNN_TEMPERATURE_FACTORS, choose_knn, within_one_se
 
 
 def _data(label_in: str, n: int, seed: int):
@@ -22,7 +23,7 @@ def _data(label_in: str, n: int, seed: int):
 
 
 def _mae_score(yv):
-    return lambda pred: -float(np.abs(pred - yv).mean())
+    return lambda pred: -np.abs(pred - yv)
 
 
 def test_the_geometry_that_carries_the_target_is_chosen():
@@ -35,19 +36,68 @@ def test_the_geometry_that_carries_the_target_is_chosen():
         assert k in KNN_KS and t > 0
 
 
-def test_the_choice_is_the_best_of_the_grid():
-    x, y = _data("norm", 200, 2)
-    xv, yv = _data("norm", 80, 3)
-    metric, k, t = choose_knn(x, y, xv, _mae_score(yv), task="regression", n_classes=0, metrics_tried=("l2",))
-    chosen = -_mae_score(yv)(knn_regress(xv, x, y, k, temperature=t, metric="l2")[0])
-    # no (k, factor) of the grid does better on validation
+def _grid(x, y, xv, yv):
+    """{(k, temperature): per-item validation scores} of the whole grid, metric l2."""
     g, q = embedding_array(x, "l2"), embedding_array(xv, "l2")
+    out = {}
     for kk in KNN_KS:
         _, sim = nearest_neighbours(q, g, kk, metric="l2")
         spread = float(np.median(sim[:, 0] - sim[:, -1]))
         for f in KNN_TEMPERATURE_FACTORS:
-            pred = knn_regress(xv, x, y, kk, temperature=float(f"{spread * f:.3g}"), metric="l2")[0]
-            assert np.abs(pred - yv).mean() >= chosen - 1e-9
+            t = float(f"{spread * f:.3g}")
+            out[kk, t] = -np.abs(knn_regress(xv, x, y, kk, temperature=t, metric="l2")[0] - yv)
+    return out
+
+
+def test_k_is_the_best_of_the_grid_and_the_temperature_the_broadest_within_one_se():
+    x, y = _data("norm", 200, 2)
+    xv, yv = _data("norm", 80, 3)
+    metric, k, t = choose_knn(x, y, xv, _mae_score(yv), task="regression", n_classes=0, metrics_tried=("l2",))
+    grid = _grid(x, y, xv, yv)
+    best = max(grid, key=lambda c: grid[c].mean())
+    assert k == best[0]  # no k of the grid does better on validation
+    assert t >= best[1] and within_one_se(grid[best], grid[k, t])
+    # every broader temperature at that k is more than one standard error worse
+    assert all(not within_one_se(grid[best], grid[k, tt]) for kk, tt in grid if kk == k and tt > t)
+
+
+def test_one_standard_error_is_that_of_the_paired_differences():
+    best = np.zeros(100)
+    assert within_one_se(best, best)  # the best itself
+    one_worse = best.copy()
+    one_worse[0] = -1.0  # mean difference 0.01, standard error 0.01: within
+    assert within_one_se(best, one_worse)
+    two_worse = one_worse.copy()
+    two_worse[1] = -1.0  # mean 0.02 > standard error 0.0141
+    assert not within_one_se(best, two_worse)
+    assert not within_one_se(best, best - 0.001)  # a constant loss has no spread: never within
+    assert within_one_se(np.zeros(1), np.zeros(1)) and not within_one_se(np.zeros(1), -np.ones(1))
+
+
+def test_a_temperature_that_only_names_the_first_neighbour_is_not_served():
+    """Classes far apart: every temperature votes the same on validation, so the broadest
+    is served and the probabilities are not all 0/1 (a 1-NN vote's would be)."""
+    rng = np.random.default_rng(5)
+    centres = rng.normal(0, 10, (3, 4))
+    labels, vlabels = rng.integers(0, 3, 150), rng.integers(0, 3, 60)
+    x, xv = centres[labels] + rng.normal(0, 1, (150, 4)), centres[vlabels] + rng.normal(0, 1, (60, 4))
+    metric, k, t = choose_knn(x, labels, xv, lambda pred: (pred == vlabels).astype(float),
+                              task="classification", n_classes=3, metrics_tried=("l2",), ks=[10])
+    _, sim = nearest_neighbours(embedding_array(xv, "l2"), embedding_array(x, "l2"), 10, metric="l2")
+    assert t == float(f"{float(np.median(sim[:, 0] - sim[:, -1])) * KNN_TEMPERATURE_FACTORS[-1]:.3g}")
+
+
+def test_targets_item_scores_average_to_the_score():
+    rng = np.random.default_rng(6)
+    pred, truth, groups = rng.normal(size=40), rng.normal(size=40), np.repeat(np.arange(10), 4)
+    for per_recording, n in ((False, 40), (True, 10)):
+        tg = Targets("regression", 0, per_recording=per_recording)
+        items = tg.item_scores(pred, truth, groups)
+        assert len(items) == n and np.isclose(items.mean(), tg.score(pred, truth, groups))
+    tc = Targets("classification", 3)
+    cls, cls_true = rng.integers(0, 3, 40), rng.integers(0, 3, 40)
+    items = tc.item_scores(cls, cls_true, groups)
+    assert set(np.unique(items)) <= {0.0, 1.0} and np.isclose(items.mean(), tc.score(cls, cls_true, groups))
 
 
 def test_classification_and_cosine_embedding():
@@ -56,7 +106,7 @@ def test_classification_and_cosine_embedding():
     x = np.eye(3)[labels] * rng.uniform(1, 50, (150, 1)) + rng.normal(0, 0.05, (150, 3))
     xv_labels = rng.integers(0, 3, 60)
     xv = np.eye(3)[xv_labels] * rng.uniform(1, 50, (60, 1)) + rng.normal(0, 0.05, (60, 3))
-    metric, _, _ = choose_knn(x, labels, xv, lambda pred: float((pred == xv_labels).mean()),
+    metric, _, _ = choose_knn(x, labels, xv, lambda pred: (pred == xv_labels).astype(float),
                               task="classification", n_classes=3, metrics_tried=("cosine", "l2"))
     assert metric == "cosine"
     e = embedding_array(x, "cosine")

@@ -260,7 +260,7 @@ def test_baseline_gets_a_converged_probe_and_a_geometry_chosen_on_validation(ima
     RunDir(out).load_encoder(t.model.encoder)
     ftr, ytr, _, _ = t.embed_split("train")
     fva, yva, gva, _ = t.embed_split("val")
-    want = choose_knn(ftr, ytr, fva, lambda pred: t.targets.score(pred, yva, gva), task="classification",
+    want = choose_knn(ftr, ytr, fva, lambda pred: t.targets.item_scores(pred, yva, gva), task="classification",
                       n_classes=2, metrics_tried=("cosine", "l2"), ks=[t.cfg.knn_k])
     meta = json.loads((out / "model.json").read_text())
     assert (meta["metric"], meta["knn_k"], meta["knn_temperature"]) == want

@@ -29,7 +29,7 @@ def choose_geometry(t: Trainer) -> dict[str, Any]:
     train_feats, train_t, _ = t.frozen_split("train")
     val_feats, val_t, val_groups = t.frozen_split("val")
     t.metric, t.knn_k, t.knn_temperature = choose_knn(
-        train_feats, train_t, val_feats, lambda pred: t.targets.score(pred, val_t, val_groups),
+        train_feats, train_t, val_feats, lambda pred: t.targets.item_scores(pred, val_t, val_groups),
         task=cfg.task, n_classes=t.n_classes,
         metrics_tried=[cfg.served_metric] if cfg.served_metric else list(METRICS),
         ks=[cfg.knn_k] if cfg.knn_k else KNN_KS)

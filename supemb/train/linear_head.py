@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from supemb.encoders.heads import LinearHead
+from supemb.predict.neighbours import aggregate_by_group
 from supemb.train import evaluate, probe
 from supemb.train.config import TrainConfig
 
@@ -49,6 +50,17 @@ class Targets:
 
     def metrics(self, pred: np.ndarray, targets: np.ndarray, groups: np.ndarray, prefix: str) -> dict[str, float]:
         return evaluate.head_metrics(pred, targets, groups, self.task, self.per_recording, prefix=prefix)
+
+    def item_scores(self, pred: np.ndarray, targets: np.ndarray, groups: np.ndarray) -> np.ndarray:
+        """What `score` averages, item by item (per recording for EEG values): 1/0 for a
+        right/wrong class, minus the absolute error of a value."""
+        if self.task == "classification":
+            return (np.asarray(pred) == np.asarray(targets)).astype(np.float64)
+        pred, targets = np.asarray(pred, dtype=np.float64), np.asarray(targets, dtype=np.float64)
+        if self.per_recording:
+            _, pred = aggregate_by_group(pred, groups)
+            _, targets = aggregate_by_group(targets, groups)
+        return -np.abs(pred - targets)
 
     def score(self, pred: np.ndarray, targets: np.ndarray, groups: np.ndarray) -> float:
         """Higher is better: accuracy, or minus the (recording-level for EEG) MAE."""

@@ -4,6 +4,15 @@ the served geometry (where the loss does not fix it) and the kNN weighting.
 Numpy only. The trainer calls `choose_knn` at the end of a run and records the
 result in model.json (`metric`, `knn_k`, `knn_temperature`); export copies it
 into the bundle's manifest.
+
+The metric and k are the best on validation. The temperature is the broadest
+one whose validation score is within one standard error of the best (the
+one-standard-error rule; the error is that of the per-item score difference,
+paired item by item). A temperature far below the neighbours' similarity gap
+turns the vote into the 1st neighbour's answer: the served class probabilities
+become 0/1 and the served spread of a value shrinks to nothing. Validation
+rarely tells such a temperature from a broader one (most items get the same
+answer), so without the rule it wins by the noise of a small validation split.
 """
 
 from __future__ import annotations
@@ -19,19 +28,30 @@ KNN_TEMPERATURE_FACTORS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 20.0)
 KNN_KS = (5, 10, 20, 40)  # kNN sizes tried on validation when --knn-k is not given
 
 
+def within_one_se(best: np.ndarray, other: np.ndarray) -> bool:
+    """Whether per-item scores `other` are within one standard error of `best` (higher is
+    better), the error of the mean of the paired differences `best - other`."""
+    d = np.asarray(best, dtype=np.float64) - np.asarray(other, dtype=np.float64)
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+    return float(d.mean()) <= se + 1e-12
+
+
 def choose_knn(
     train_feats: np.ndarray, train_targets: np.ndarray, val_feats: np.ndarray,
-    score: Callable[[np.ndarray], float], *, task: str, n_classes: int,
+    item_scores: Callable[[np.ndarray], np.ndarray], *, task: str, n_classes: int,
     metrics_tried: Sequence[str], ks: Sequence[int] = KNN_KS,
 ) -> tuple[str, int, float]:
-    """(metric, k, temperature) with the best `score(val predictions)` (higher is better).
+    """(metric, k, temperature): metric and k of the best mean validation score, then the
+    largest temperature within one standard error of that (module docstring).
 
     train_feats [G, D], val_feats [N, D]: raw encoder features; train_targets [G].
-    Predictions are kNN values (regression) or class ids (classification) of the
-    val items against the train gallery. Ties keep the earlier candidate.
+    item_scores(predictions) -> per-item scores [M] (higher is better; M may be fewer than
+    N, e.g. one per recording), where predictions are kNN values (regression) or class ids
+    (classification) of the val items against the train gallery. Ties keep the earlier candidate.
     """
     ks = sorted({min(int(k), len(train_feats)) for k in ks})
     best: tuple[float, str, int, float] | None = None
+    scores: dict[tuple[str, int], list[tuple[float, np.ndarray]]] = {}
     for metric in metrics_tried:
         g, q = embedding_array(train_feats, metric), embedding_array(val_feats, metric)
         idx_all, sim_all = nearest_neighbours(q, g, ks[-1], metric=metric)
@@ -45,9 +65,14 @@ def choose_knn(
                 else:
                     probs = neighbour_vote(sim, train_targets[idx].astype(np.int64), n_classes, t)
                     pred = probs.argmax(1)
-                s = score(pred)
+                items = np.asarray(item_scores(pred), dtype=np.float64)
+                s = float(items.mean())
+                scores.setdefault((metric, k), []).append((t, items))
                 if best is None or s > best[0] + 1e-12:
                     best = (s, metric, k, t)
     if best is None:
         raise ValueError("choose_knn needs at least one metric to try")
-    return best[1], best[2], best[3]
+    _, metric, k, t_best = best
+    tried = scores[(metric, k)]
+    best_items = next(items for t, items in tried if t == t_best)
+    return metric, k, max(t for t, items in tried if within_one_se(best_items, items))
