@@ -72,6 +72,7 @@ def test_one_standard_error_is_that_of_the_paired_differences():
     assert not within_one_se(best, two_worse)
     assert not within_one_se(best, best - 0.001)  # a constant loss has no spread: never within
     assert within_one_se(np.zeros(1), np.zeros(1)) and not within_one_se(np.zeros(1), -np.ones(1))
+    assert within_one_se(np.zeros(0), np.zeros(0))
 
 
 def test_a_temperature_that_only_names_the_first_neighbour_is_not_served():

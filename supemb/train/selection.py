@@ -32,6 +32,8 @@ def within_one_se(best: np.ndarray, other: np.ndarray) -> bool:
     """Whether per-item scores `other` are within one standard error of `best` (higher is
     better), the error of the mean of the paired differences `best - other`."""
     d = np.asarray(best, dtype=np.float64) - np.asarray(other, dtype=np.float64)
+    if len(d) == 0:  # nothing to tell them apart
+        return True
     se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
     return float(d.mean()) <= se + 1e-12
 
