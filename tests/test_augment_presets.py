@@ -73,6 +73,10 @@ def test_defaults_by_task() -> None:
     assert resolve_augment(None, "image", "classification")[1]["preset"] == "light"
     assert resolve_augment(None, "image", "regression")[1]["preset"] == "colour"
     assert resolve_augment(None, "eeg", "regression")[0] == EEG_AUGMENTS["eeg"]
+    # chosen on validation for each side (docs/recipe.md): contrastive EEG takes the milder preset
+    assert resolve_augment(None, "eeg", "regression", contrastive=True)[1]["preset"] == "eeg-light"
+    assert resolve_augment(None, "image", "regression", contrastive=True)[1]["preset"] == "colour"
+    assert resolve_augment("eeg", "eeg", "regression", contrastive=True)[1]["preset"] == "eeg"  # a given one stands
 
 
 def test_mapping_overrides() -> None:
@@ -211,10 +215,13 @@ def test_cli_flag_reaches_the_config(monkeypatch, capsys) -> None:
     for name in [*IMAGE_AUGMENTS, *EEG_AUGMENTS]:  # the help spells out every preset and the defaults
         assert f" {name}" in AUGMENT_HELP, name
     defaults = [(m, task, name) for m in ("image", "eeg") for task, name in modalities.get(m).default_augment.items()]
-    assert len(defaults) == 3
+    defaults += [(m, "contrastive " + task, name) for m in ("image", "eeg")
+                 for task, name in modalities.get(m).contrastive_augment.items()]
+    assert len(defaults) == 4
     for modality, task, name in defaults:
         said = {("image", "classification"): "image classes", ("image", "regression"): "image values",
-                ("eeg", "regression"): "EEG"}[(modality, task)]
+                ("eeg", "regression"): "EEG", ("eeg", "contrastive regression"): "EEG with a contrastive loss"}[
+            (modality, task)]
         assert f"{said}: {name}" in AUGMENT_HELP, (modality, task)
 
 

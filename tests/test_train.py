@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from supemb import modalities
 from supemb.cli import main
 from supemb.errors import UsageError, UserError
-from supemb.preprocess.eeg_augment import EEGAugment
+from supemb.preprocess.eeg_augment import EEG_AUGMENTS
 from supemb.train import trainer as trainer_mod
 from supemb.train.config import TrainConfig, load_config
 from supemb.train.data import EvalDataset
@@ -110,7 +110,8 @@ def test_eeg_rnc_run_reports_recording_level(eeg_folder: Path, tmp_path: Path) -
     assert "val_rec_knn_mae" in final and "test_rec_linear_mae" in final
     meta = json.loads((tmp_path / "run" / "model.json").read_text())
     assert meta["modality"] == "eeg" and meta["encoder"] == "shallow"
-    assert meta["data"]["augment"] == {"preset": "eeg", **EEGAugment().to_dict()}
+    # the contrastive EEG default (docs/recipe.md)
+    assert meta["data"]["augment"] == {"preset": "eeg-light", **EEG_AUGMENTS["eeg-light"].to_dict()}
     # RnC orders the encoder output itself (no projection head, as in its paper)
     assert meta["projection"] == "none"
     assert not any(k.startswith("head.") for k in load_file(str(tmp_path / "run" / "model.safetensors")))

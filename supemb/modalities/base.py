@@ -57,6 +57,7 @@ class Modality:
     ops: Mapping[str, Op] = {}
     recipe: Mapping[str, Any] = {}  # encoder, encoder_kwargs, batch_size, lr
     default_augment: Mapping[str, str] = {}  # task -> augmentation preset
+    contrastive_augment: Mapping[str, str] = {}  # task -> preset for contrastive losses, where it differs
     legacy_augment: str | None = None  # what runs from before the presets used (None: today's default)
 
     # ------------------------------------------------------- preprocessing

@@ -122,8 +122,10 @@ class EEGModality(Modality):
     ops = OPS
     # Chosen on validation (docs/recipe.md, experiments/recipe.py).
     recipe = {"encoder": "shallow", "encoder_kwargs": {}, "batch_size": 64, "lr": 1e-3}
-    # supemb.preprocess.eeg_augment.EEG_AUGMENTS.
+    # supemb.preprocess.eeg_augment.EEG_AUGMENTS; chosen on validation for each side (docs/recipe.md):
+    # RnC does better with the milder one, L1 with the stronger.
     default_augment = {"regression": "eeg"}
+    contrastive_augment = {"regression": "eeg-light"}
 
     def legacy_steps(self, flat: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
         try:
@@ -196,7 +198,7 @@ class EEGModality(Modality):
         from supemb.train.eeg_windows import EEGWindowDataset
 
         check_task(self, cfg.task, data)
-        augment, aug_record = resolve_augment(cfg.augment, self, cfg.task)
+        augment, aug_record = resolve_augment(cfg.augment, self, cfg.task, cfg.contrastive)
         pipe = self.training_pipeline(cfg)
         before, _ = pipe.split_at(self.augment_from)  # each recording preprocessed once; windows cut lazily
         spec = self.spec(pipe)

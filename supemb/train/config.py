@@ -201,7 +201,7 @@ def resolve_defaults(cfg: TrainConfig, recipe: Mapping[str, Any], augment: dict[
 AUGMENT_HELP = ("augmentation preset; images: simclr (SupCon recipe: crops, flips, colour jitter with hue, "
                 "greyscale), colour (crops, flips, brightness/contrast only: keeps colour), light (colour "
                 "without flips: digits, text), none; EEG: eeg, eeg-light, none. Default: by task "
-                "(image classes: light, image values: colour, EEG: eeg). "
+                "(image classes: light, image values: colour, EEG: eeg; EEG with a contrastive loss: eeg-light). "
                 "A YAML config may give {preset: NAME, field: value, ...}")
 
 

@@ -33,10 +33,11 @@ SPLITS = ("train", "val", "test")
 
 
 def resolve_augment(value: str | Mapping[str, Any] | None, modality: str | Modality,
-                    task: str) -> tuple[Any, dict[str, Any]]:
+                    task: str, contrastive: bool = False) -> tuple[Any, dict[str, Any]]:
     """`TrainConfig.augment` for this modality and task -> (augmentation, record).
 
-    value: None (the plug-in's `default_augment` for the task), a preset name,
+    value: None (the plug-in's default for the task: `contrastive_augment`'s for a
+    contrastive loss where it has one, else `default_augment`'s), a preset name,
     or a mapping `{"preset": NAME, **field overrides}`. record: the resolved
     augmentation, `{"preset": NAME or "custom", **every field}` (JSON-friendly;
     resolving it again gives the same augmentation). A name or field the
@@ -44,6 +45,8 @@ def resolve_augment(value: str | Mapping[str, Any] | None, modality: str | Modal
     """
     plugin = modalities.get(modality) if isinstance(modality, str) else modality
     presets, resolve = plugin.augments()
+    if value is None and contrastive:
+        value = plugin.contrastive_augment.get(task)
     if value is None:
         try:
             value = plugin.default_augment[task]
