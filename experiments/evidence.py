@@ -6,7 +6,8 @@
 Every contrastive run and its baseline use the same data, split, encoder,
 epochs, seed and the package's default recipe (`TrainConfig` and trainer
 defaults: encoder, batch size, learning rate, augmentation, stage 2, all
-chosen on validation). This script sets only data shapes (image size, the EEG
+chosen on validation; the augmentation is each side's own where validation
+chose differently for it: EEG, docs/recipe.md). This script sets only data shapes (image size, the EEG
 window spec) and the epochs table EPOCHS; --epochs overrides every task's.
 
 1. Main table, SEEDS training seeds (0..SEEDS-1) on one fixed data set and
@@ -616,7 +617,8 @@ def write_markdown(results: dict, docs: Path) -> Path:
               + (" unless noted" if earlier else "") + f"; epochs: {epochs}).", C.machine_line(m), *earlier, "",
               "Every contrastive run and its baseline use the same data, split, encoder, epochs, seed and the "
               "package's default recipe (batch size, learning rate, augmentation, stage 2: chosen on validation "
-              "splits for both); the figures are on the test splits. Each main table trains both with several "
+              "splits for both; the augmentation is each side's own where validation chose differently for "
+              "it: on EEG RnC trains with eeg-light and L1 with eeg, docs/recipe.md); the figures are on the test splits. Each main table trains both with several "
               "training seeds on one fixed data set and split and gives seed 0 and the mean (min–max) over the "
               "seeds. A method is called better only against the best plain figure (the best of the plain "
               "model's own head, a converged linear probe on its frozen encoder and kNN on it).", ""]
