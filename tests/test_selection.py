@@ -88,17 +88,22 @@ def test_a_temperature_that_only_names_the_first_neighbour_is_not_served():
     assert t == float(f"{float(np.median(sim[:, 0] - sim[:, -1])) * KNN_TEMPERATURE_FACTORS[-1]:.3g}")
 
 
-def test_targets_item_scores_average_to_the_score():
+def test_targets_item_scores_average_to_the_reported_metrics():
+    """The per-item scores behind every choice made on validation average to the figures
+    metrics.jsonl reports: accuracy, or minus the MAE (per recording for EEG)."""
     rng = np.random.default_rng(6)
     pred, truth, groups = rng.normal(size=40), rng.normal(size=40), np.repeat(np.arange(10), 4)
-    for per_recording, n in ((False, 40), (True, 10)):
+    for per_recording, n, key in ((False, 40, "p_mae"), (True, 10, "rec_p_mae")):
         tg = Targets("regression", 0, per_recording=per_recording)
         items = tg.item_scores(pred, truth, groups)
-        assert len(items) == n and np.isclose(items.mean(), tg.score(pred, truth, groups))
+        assert len(items) == n and np.all(items <= 0)
+        assert np.isclose(-items.mean(), tg.metrics(pred, truth, groups, "p")[key])
+        assert tg.score(pred, truth, groups) == items.mean()
     tc = Targets("classification", 3)
     cls, cls_true = rng.integers(0, 3, 40), rng.integers(0, 3, 40)
     items = tc.item_scores(cls, cls_true, groups)
-    assert set(np.unique(items)) <= {0.0, 1.0} and np.isclose(items.mean(), tc.score(cls, cls_true, groups))
+    assert set(np.unique(items)) == {0.0, 1.0}
+    assert np.isclose(items.mean(), tc.metrics(cls, cls_true, groups, "p")["p_acc"])
 
 
 def test_classification_and_cosine_embedding():

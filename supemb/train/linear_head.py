@@ -64,10 +64,7 @@ class Targets:
 
     def score(self, pred: np.ndarray, targets: np.ndarray, groups: np.ndarray) -> float:
         """Higher is better: accuracy, or minus the (recording-level for EEG) MAE."""
-        m = self.metrics(pred, targets, groups, "p")
-        if self.task == "classification":
-            return m["p_acc"]
-        return -m.get("rec_p_mae", m["p_mae"])
+        return float(self.item_scores(pred, targets, groups).mean())
 
 
 def fit_probe(head: LinearHead, train: Split, val: Split, targets: Targets) -> dict[str, Any]:
