@@ -618,7 +618,8 @@ def write_markdown(results: dict, docs: Path) -> Path:
               "Every contrastive run and its baseline use the same data, split, encoder, epochs, seed and the "
               "package's default recipe (batch size, learning rate, augmentation, stage 2: chosen on validation "
               "splits for both; the augmentation is each side's own where validation chose differently for "
-              "it: on EEG RnC trains with eeg-light and L1 with eeg, docs/recipe.md); the figures are on the test splits. Each main table trains both with several "
+              "it: on EEG RnC trains with eeg-light and L1 with eeg, docs/recipe.md); the figures are on the test "
+              "splits. Each main table trains both with several "
               "training seeds on one fixed data set and split and gives seed 0 and the mean (min–max) over the "
               "seeds. A method is called better only against the best plain figure (the best of the plain "
               "model's own head, a converged linear probe on its frozen encoder and kNN on it).", ""]

@@ -212,7 +212,8 @@ class ImageModality(Modality):
         from supemb.train.data import PreparedData, Split, resolve_augment, splits_of
 
         check_task(self, cfg.task, data)
-        aug, aug_record = resolve_augment(cfg.augment, self, cfg.task, cfg.contrastive)  # before reading data: fail fast
+        # before reading data: fail fast
+        aug, aug_record = resolve_augment(cfg.augment, self, cfg.task, cfg.contrastive)
         table = self._table(data, cfg.target, cfg.task, cfg.format,
                             raise_or_skip(cfg.on_error), seed=cfg.seed)
         pipe = self.training_pipeline(cfg)
