@@ -212,12 +212,14 @@ def predict_parser(p: argparse.ArgumentParser) -> Handler:
 def evaluate_bundle(bundle: Any, data: str | Path, *, target: str | None = None, fmt: str = "auto",
                     k: int | None = None, on_error: str = "raise", detect: bool = True) -> dict[str, Any]:
     """Metrics of a bundle's kNN predictions on labelled `data` (as in training):
-    regression MAE/RMSE/R², mean spread, embedding ordinality; classification
+    regression MAE/RMSE/R², mean spread, coverage (the share of errors inside the served ±),
+    embedding ordinality; classification
     accuracy, balanced accuracy, P@1 and MAP@R against the gallery. EEG
     metrics are per recording ("rec_" keys, as the trainer names them).
     Everything compares embeddings in the bundle's metric (cosine or l2)."""
     from supemb.export.gallery import data_gallery
     from supemb.predict import retrieval
+    from supemb.predict.calibration import coverage_of
     from supemb.predict.neighbours import recording_embeddings
 
     src = data_gallery(data, bundle.plugin, bundle.task, target or bundle.target_name, fmt=fmt,
@@ -235,7 +237,9 @@ def evaluate_bundle(bundle: Any, data: str | Path, *, target: str | None = None,
         y = np.array([src.targets[i] for i in ok], dtype=np.float64)
         pred = np.array([preds[i].value for i in ok])
         out.update({f"{prefix}_{n}": v for n, v in retrieval.regression_metrics(pred, y).items()})
-        out[f"{prefix}_spread"] = float(np.mean([preds[i].uncertainty for i in ok]))
+        unc = np.array([preds[i].uncertainty for i in ok])
+        out[f"{prefix}_spread"] = float(np.mean(unc))
+        out[f"{prefix}_coverage"] = coverage_of(pred - y, unc)  # the share of errors inside the served ±
         rec_emb = recording_embeddings(emb, owner, len(preds), bundle.metric)[ok]
         if len(ok) >= 2:
             out["ordinality"] = retrieval.ordinality(rec_emb, y, metric=bundle.metric)

@@ -170,7 +170,9 @@ def test_image_regression_round_trip(reg_bundle: Path, webcam: Path) -> None:
     value, spread = _knn_by_hand(b, b.embed(unseen), 4)
     median, _ = _knn_by_hand(b, b.embed(unseen), 4, reduce="median")
     assert np.abs(median - value).max() > 0.1  # the two reductions differ here, so reduce= is exercised
-    for p, pm, v, sp, med in zip(preds, medians, value, spread, median):
+    scale = b.manifest["knn"]["uncertainty_scale"]  # the spread calibrated on validation
+    assert scale == b.uncertainty_scale != 1.0
+    for p, pm, v, sp, med in zip(preds, medians, value, scale * spread, median):
         assert isinstance(p, Prediction) and p.ok
         assert p.value == pytest.approx(v, abs=1e-3) and p.uncertainty == pytest.approx(sp, abs=1e-3)
         assert pm.value == pytest.approx(med, abs=1e-3) and pm.uncertainty == pytest.approx(sp, abs=1e-3)
@@ -264,7 +266,9 @@ def test_eeg_round_trip(eeg_bundle: Path, eeg_data: Path) -> None:
     assert p.ok and p.windows == 3  # 12 s recording, 4 s windows, 4 s stride
     assert len({n.id for n in p.neighbours}) == len(p.neighbours) <= 3  # neighbours are recordings
     assert p.value == pytest.approx(pred.mean(), abs=1e-4)  # float64 from the stored vectors, FAISS in float32
-    assert p.uncertainty == pytest.approx(np.sqrt(np.mean(spread**2) + np.var(pred)), abs=1e-4)
+    scale = b.manifest["knn"]["uncertainty_scale"]  # calibrated per recording on the run's validation split
+    assert scale != 1.0
+    assert p.uncertainty == pytest.approx(scale * np.sqrt(np.mean(spread**2) + np.var(pred)), abs=1e-4)
     assert np.var(pred) > 0  # the windows disagree: the combination is exercised
     raw = mne.io.read_raw_edf(rec, preload=True, verbose="error")
     age_path = supemb.predict_brain_age(rec, bundle=eeg_bundle)
@@ -477,7 +481,10 @@ def test_eval_cli(reg_bundle: Path, cls_bundle: Path, eeg_bundle: Path, webcam: 
     assert m["knn_mae"] < 0.9 * np.abs(y - y.mean()).mean()  # and it is not the predict-the-mean figure
     assert m["knn_rmse"] == pytest.approx(np.sqrt(np.mean(err**2)), abs=1e-3)
     assert m["knn_r2"] == pytest.approx(1 - np.sum(err**2) / np.sum((y - y.mean()) ** 2), abs=1e-4)
-    assert m["knn_spread"] == pytest.approx(spread.mean(), abs=1e-3)
+    scale = b.manifest["knn"]["uncertainty_scale"]  # the served ± is the spread calibrated on validation
+    assert scale > 0 and scale != 1.0
+    assert m["knn_spread"] == pytest.approx(scale * spread.mean(), abs=1e-3)
+    assert m["knn_coverage"] == pytest.approx(np.mean(np.abs(err) <= scale * spread), abs=1e-9)
     i, j = np.triu_indices(len(y), k=1)
     rho = spearmanr(np.linalg.norm(emb[i] - emb[j], axis=1), np.abs(y[i] - y[j])).statistic
     assert m["ordinality"] == pytest.approx(rho, abs=1e-6)
@@ -593,7 +600,10 @@ def test_l2_bundle_serves_raw_embeddings_by_euclidean_distance(reg_bundle: Path,
         y = b.targets[want].astype(np.float64)
         value = float(w @ y)
         assert p.value == pytest.approx(value, abs=1e-4)
-        assert p.uncertainty == pytest.approx(float(np.sqrt(w @ (y - value) ** 2)), abs=1e-4)
+        # the ± : their weighted spread times the scale the run calibrated on validation
+        scale = meta["knn_uncertainty_scale"]
+        assert m["knn"]["uncertainty_scale"] == scale and scale != 1.0
+        assert p.uncertainty == pytest.approx(scale * float(np.sqrt(w @ (y - value) ** 2)), abs=1e-4)
 
 
 def test_eeg_l2_recording_embedding_is_the_plain_mean(eeg_bundle: Path, eeg_data: Path) -> None:
@@ -634,6 +644,66 @@ def test_old_manifest_without_a_metric_is_cosine(cls_bundle: Path, class_folder:
     assert cli(["predict", str(b_dir), str(paths[0])]) == 0
 
 
+def _final_line(run: Path) -> dict:
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return [x for x in lines if x.get("stage") == "final"][-1]
+
+
+def _split_items(run: Path, split: str) -> tuple[list[Path], np.ndarray]:
+    """The inputs of a run's `split` (images, or EEG recordings) and their targets, as the trainer drew them."""
+    from supemb import modalities
+    from supemb.data.image_layouts import load_image_table
+    from supemb.train.rundir import RunDir
+
+    cfg = RunDir(run).config()
+    if json.loads((run / "model.json").read_text())["modality"] == "eeg":
+        recs = [r for r in modalities.get("eeg")._records(cfg) if r.split == split]
+    else:
+        table = load_image_table(Path(cfg.data), cfg.target, format=cfg.format, task=cfg.task, seed=cfg.seed)
+        recs = list(table.split(split))
+    return [Path(r.path) for r in recs], np.array([float(r.target) for r in recs])
+
+
+@pytest.mark.parametrize("run_name, bundle_fixture", [("run_reg", "reg_bundle"), ("run_eeg", "eeg_bundle")])
+def test_served_uncertainty_is_calibrated_on_validation(run_name: str, bundle_fixture: str, work: Path,
+                                                        request) -> None:
+    """The bundle's ± (an image's, a recording's) is the kNN spread times model.json's scale; that
+    scale is the smallest covering 68.27 % of the run's own validation errors, and the coverage the
+    run reports on val and test is what the bundle's predictions give."""
+    from supemb.predict.calibration import COVERAGE, coverage_of, uncertainty_scale
+
+    b = load_bundle(request.getfixturevalue(bundle_fixture), device="cpu")
+    meta = json.loads((work / run_name / "model.json").read_text())
+    final = _final_line(work / run_name)
+    scale = meta["knn_uncertainty_scale"]
+    assert b.uncertainty_scale == b.manifest["knn"]["uncertainty_scale"] == final["knn_uncertainty_scale"] == scale
+    for split in ("val", "test"):
+        paths, y = _split_items(work / run_name, split)
+        preds = b.predict(paths)
+        err = np.array([p.value for p in preds]) - y
+        unc = np.array([p.uncertainty for p in preds])
+        # FAISS/ONNX in float32 against the trainer's float64: an item on the edge may flip
+        assert abs(coverage_of(err, unc) - final[f"{split}_knn_coverage"]) <= 1 / len(y) + 1e-9
+        if split == "val":
+            assert np.all(unc > 0) and coverage_of(err, unc) >= COVERAGE - 1 / len(y)
+            assert uncertainty_scale(err, unc / scale) == pytest.approx(scale, rel=1e-3)
+
+
+def test_manifest_without_an_uncertainty_scale_serves_the_plain_spread(reg_bundle: Path, webcam: Path,
+                                                                       tmp_path: Path) -> None:
+    """Bundles written before the calibration load and serve the neighbours' spread unscaled."""
+    b_dir = _copy(reg_bundle, tmp_path)
+    m = json.loads((b_dir / "manifest.json").read_text())
+    old = {k: v for k, v in m.items() if k != "files"}
+    old["knn"] = {k: v for k, v in m["knn"].items() if k != "uncertainty_scale"}
+    mf.seal(b_dir, old)
+    new, legacy = load_bundle(reg_bundle, device="cpu"), load_bundle(b_dir, device="cpu")
+    assert legacy.uncertainty_scale == 1.0 != new.uncertainty_scale
+    unseen = _held_out(webcam)
+    for p, q in zip(new.predict(unseen), legacy.predict(unseen)):
+        assert p.value == q.value and p.uncertainty == pytest.approx(q.uncertainty * new.uncertainty_scale)
+
+
 def test_run_metric_and_temperature_from_model_json(work: Path, reg_bundle: Path, webcam: Path,
                                                     tmp_path: Path) -> None:
     from supemb.export import writer as export
@@ -653,6 +723,12 @@ def test_run_metric_and_temperature_from_model_json(work: Path, reg_bundle: Path
     assert run_knn_temperature({"knn_temperature": 0.8}, "regression") == 0.8
     with pytest.raises(UserError, match="knn_temperature"):
         run_knn_temperature({"knn_temperature": -1}, "regression")
+    from supemb.train.rundir import RunDir
+
+    assert RunDir(work / "run_reg").uncertainty_scale({}) == 1.0  # a run from before the calibration
+    for bad in (0, -1.0, float("nan"), "2", None):
+        with pytest.raises(UserError, match="model.json: knn_uncertainty_scale must be a positive number"):
+            RunDir(work / "run_reg").uncertainty_scale({"knn_uncertainty_scale": bad})
     # a run whose model.json says cosine exports a normalising graph and an inner-product index
     run = tmp_path / "run"
     shutil.copytree(work / "run_reg", run)

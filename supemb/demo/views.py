@@ -212,7 +212,8 @@ def summary_markdown(bundle: Bundle, pred: Prediction, k: int, what: str) -> str
     head = f"## {fmt_value(pred.value, unit)} ± {fmt_value(pred.uncertainty or 0.0, unit)}"
     windows = f", averaged over its {pred.windows} windows of {bundle.spec.window_s:g} s" if pred.windows else ""
     text = (f"{head}\n\nPredicted {bundle.target_name}{windows}: the similarity-weighted mean of the "
-            f"{k} gallery {what} nearest to it in the model's embedding space; ± is their weighted spread.")
+            f"{k} gallery {what} nearest to it in the model's embedding space; ± is their weighted spread, "
+            f"scaled so that about two in three validation errors fell inside it.")
     if pred.familiarity is None:  # a bundle exported before the familiarity table
         return text
     pct = f"{pred.familiarity:.1%}" if pred.familiarity < 0.1 else f"{pred.familiarity:.0%}"

@@ -18,7 +18,9 @@ w_j ∝ exp(s_j / t), t the manifest's kNN temperature, in s's units):
   probability;
 - values: the weighted mean (or median) of the neighbours' targets (t = 0.1
   unless the manifest says otherwise), with the weighted standard deviation
-  of those targets as the uncertainty;
+  of those targets, times the manifest's knn.uncertainty_scale (calibrated on
+  the run's validation split, `supemb.predict.calibration`; 1 if absent), as
+  the uncertainty;
 - EEG: every window of a recording is predicted and the recording gets the
   mean (class probabilities averaged); its uncertainty pools the windows'
   spreads and their disagreement (law of total variance), and its neighbours
@@ -65,8 +67,9 @@ class Neighbour:
 @dataclass
 class Prediction:
     """One input's prediction. Regression: `value`; classification: `label`
-    and `probabilities`. `uncertainty`: the neighbours' weighted spread (values,
-    in target units) or 1 - top probability (classes). `error` is set, and the
+    and `probabilities`. `uncertainty`: the neighbours' weighted spread scaled on
+    validation so about 68 % of errors fall inside it (values, in target units;
+    `supemb.predict.calibration`) or 1 - top probability (classes). `error` is set, and the
     rest empty, for an input that could not be read (on_error="skip").
     `embedding` (only with `Bundle.predict(..., embeddings=True)`): the
     input's embedding [D] in the bundle's metric, the row `Bundle.embed`
@@ -147,6 +150,9 @@ class Bundle:
         self.metric: str = m.get("metric", "cosine")  # checked by read_manifest
         self.knn: dict[str, Any] = dict(m["knn"])
         self.default_k = int(self.knn.get("k", 10))
+        # a value's ± : the kNN spread times the scale calibrated on validation (1: bundles written before)
+        scale = self.knn.get("uncertainty_scale") if self.task == "regression" else None
+        self.uncertainty_scale = 1.0 if scale is None else float(scale)
         self.familiarity = Familiarity.from_manifest(m.get("familiarity"), f"{root / mf.MANIFEST}")
         self.name: str = m.get("name") or self.source.name
 
@@ -294,7 +300,8 @@ class Bundle:
             if self.familiarity is not None:
                 fam = self.familiarity.score(query_statistic(sim[:, 0], owner, len(items)))
             for pos, rows in rows_by_owner(owner):
-                p = Prediction(source=describe(items[pos], int(pos)), uncertainty=float(per_input.uncertainty[pos]))
+                p = Prediction(source=describe(items[pos], int(pos)),
+                               uncertainty=float(per_input.uncertainty[pos]) * self.uncertainty_scale)
                 if per_input.values is not None:
                     p.value = float(per_input.values[pos])
                 else:

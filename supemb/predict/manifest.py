@@ -210,14 +210,16 @@ def _check_files(path: Path, files: Any) -> None:
 
 
 def _check_knn(path: Path, knn: Any) -> None:
-    """"knn": k >= 1, temperature > 0 (or absent/null), weighting and reduce among those served."""
+    """"knn": k >= 1, temperature and uncertainty_scale > 0 (or absent/null), weighting and reduce
+    among those served."""
     if not isinstance(knn, dict):
         raise UserError(f"{path}: \"knn\" must be a mapping of kNN settings, got {knn!r}")
     k, t = knn.get("k", 10), knn.get("temperature")
     if type(k) is not int or k < 1:
         raise UserError(f"{path}: \"knn\" k must be a positive integer, got {k!r}")
-    if t is not None and (type(t) not in (int, float) or not math.isfinite(t) or t <= 0):
-        raise UserError(f"{path}: \"knn\" temperature must be a positive number, got {t!r}")
+    for key, value in (("temperature", t), ("uncertainty_scale", knn.get("uncertainty_scale"))):
+        if value is not None and (type(value) not in (int, float) or not math.isfinite(value) or value <= 0):
+            raise UserError(f"{path}: \"knn\" {key} must be a positive number, got {value!r}")
     for key, allowed in (("weighting", ("softmax", "uniform")), ("reduce", ("mean", "median"))):
         if knn.get(key, allowed[0]) not in allowed:
             raise UserError(f"{path}: \"knn\" {key} must be one of {', '.join(allowed)}, got {knn.get(key)!r}")

@@ -10,9 +10,12 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from supemb.encoders.heads import LinearHead
+from supemb.predict.calibration import coverage_of, uncertainty_scale
+from supemb.predict.neighbours import group_mean, nearest_neighbours, predict_inputs
 from supemb.train.config import METRICS
 from supemb.train.linear_head import fit_probe, linear_metrics
 from supemb.train.rundir import summary_line
@@ -37,6 +40,34 @@ def choose_geometry(t: Trainer) -> dict[str, Any]:
     return {"metric": t.metric, "knn_k": t.knn_k, "knn_temperature": t.knn_temperature}
 
 
+def served_errors(t: Trainer, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(|error| [n], uncertainty [n]) of each input of `split` (an image, or an EEG recording)
+    predicted as a bundle serves it: kNN against the train gallery in the chosen metric, k and
+    temperature, windows pooled per recording (`predict_inputs`); the uncertainty unscaled."""
+    train_feats, train_t, _ = t.frozen_split("train")
+    feats, targets, groups = t.frozen_split(split)
+    idx, sim = nearest_neighbours(embedding_array(feats, t.metric), embedding_array(train_feats, t.metric),
+                                  min(t.knn_k, len(train_feats)), metric=t.metric)
+    owner = np.unique(groups, return_inverse=True)[1] if t.data.plugin.grouped else np.arange(len(feats))
+    n = int(owner.max()) + 1 if len(owner) else 0
+    served = predict_inputs(sim, train_t[idx], owner, n, "regression", temperature=t.knn_temperature)
+    return np.abs(served.values - group_mean(targets, owner, n)), served.uncertainty
+
+
+def calibrate(t: Trainer) -> dict[str, float]:
+    """The served ± of a value scaled on validation (`supemb.predict.calibration`), and the share
+    of val and test errors it covers ("val_knn_coverage", "test_knn_coverage"); {} for classes."""
+    if t.cfg.task != "regression" or len(t.data.splits.get("val", ())) == 0:
+        return {}
+    t.knn_uncertainty_scale = uncertainty_scale(*served_errors(t, "val"))
+    out = {"knn_uncertainty_scale": t.knn_uncertainty_scale}
+    for split in ("val", "test"):
+        if len(t.data.splits.get(split, ())):
+            err, unc = served_errors(t, split)
+            out[f"{split}_knn_coverage"] = coverage_of(err, unc * t.knn_uncertainty_scale)
+    return out
+
+
 def served_weights(t: Trainer) -> dict[str, torch.Tensor]:
     """What model.safetensors keeps: encoder.*, head.* (the projection head, if any) and
     linear.* (stage 2's head, or the baseline's own head)."""
@@ -55,7 +86,7 @@ def served_weights(t: Trainer) -> dict[str, torch.Tensor]:
 def finish(t: Trainer) -> dict[str, Any]:
     """Choose the geometry, evaluate val and test, write the weights, model.json and the map."""
     cfg = t.cfg
-    final: dict[str, Any] = {"stage": "final", **choose_geometry(t)}
+    final: dict[str, Any] = {"stage": "final", **choose_geometry(t), **calibrate(t)}
     has_linear = cfg.contrastive and cfg.linear_epochs > 0
     head = t.linear if has_linear else None
     if not cfg.contrastive:  # the baseline's own encoder gets the same converged linear probe
@@ -75,6 +106,7 @@ def finish(t: Trainer) -> dict[str, Any]:
         "modality": t.data.modality, "task": cfg.task, "loss": cfg.loss, "target": t.data.target_name,
         "classes": list(t.data.classes), "target_mean": t.targets.mean, "target_std": t.targets.std,
         "knn_k": t.knn_k, "knn_temperature": t.knn_temperature,
+        **({"knn_uncertainty_scale": t.knn_uncertainty_scale} if t.knn_uncertainty_scale is not None else {}),
         "has_linear_head": any(k.startswith("linear.") for k in weights),
         "metric": t.metric, "projection": cfg.projection_head,
         "linear_head_input": "encoder output", "augment": t.data.augment_spec,

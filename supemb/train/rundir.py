@@ -166,6 +166,14 @@ class RunDir:
         """The served geometry (`run_metric` of model.json)."""
         return run_metric(self.model() if meta is None else meta, self.model_json)
 
+    def uncertainty_scale(self, meta: dict[str, Any] | None = None) -> float:
+        """model.json's knn_uncertainty_scale (`supemb.predict.calibration`); 1 for runs written before."""
+        meta = self.model() if meta is None else meta
+        s = meta.get("knn_uncertainty_scale", 1.0)
+        if type(s) not in (int, float) or not math.isfinite(s) or s <= 0:
+            raise UserError(f"{self.model_json}: knn_uncertainty_scale must be a positive number, got {s!r}")
+        return float(s)
+
     def knn_temperature(self, meta: dict[str, Any] | None = None) -> float:
         """The kNN temperature (`run_knn_temperature` of model.json)."""
         meta = self.model() if meta is None else meta
