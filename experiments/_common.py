@@ -241,3 +241,18 @@ def load_run(run_dir: Path) -> LoadedRun:
 
 def load_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def record_header(title: str, study: str, record: dict) -> list[str]:
+    """The first lines of DOCS/<study>.md: title, the script that made it, the latest run's machine."""
+    return [f"# {title}", "", f"Made by `.venv/bin/python experiments/{study}.py`; every run is appended to "
+            f"`docs/{study}.json`. The figures are from the latest run.", machine_line(record["runs"][-1]["machine"]),
+            ""]
+
+
+def append_run(path: Path, run: dict, write_markdown: Callable[[dict, Path], Path]) -> None:
+    """Append `run` to the record `path` (DOCS/<study>.json, {"runs": [...]}) and rewrite its markdown."""
+    record = load_json(path) or {"runs": []}
+    record["runs"].append(run)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {write_markdown(record, path.parent)} and {path}")

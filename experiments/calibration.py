@@ -16,7 +16,6 @@ machine record, to DOCS/calibration.json and writes DOCS/calibration.md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -69,10 +68,8 @@ def measure(name: str, items: list, targets: np.ndarray) -> dict[str, Any]:
 
 def write_markdown(record: dict, docs: Path) -> Path:
     last = record["runs"][-1]
-    lines = ["# Calibration: how often the default bundles' ± holds the true value", "",
-             "Made by `.venv/bin/python experiments/calibration.py`; every run is appended to "
-             "`docs/calibration.json`. The figures are from the latest run.",
-             C.machine_line(last["machine"]), "",
+    title = "Calibration: how often the default bundles' ± holds the true value"
+    lines = C.record_header(title, "calibration", record) + [
              "Held-out inputs of each bundle's own kind (a seed no bundle was built from). *As served*: the kNN "
              "spread times the manifest's `knn.uncertainty_scale`, the scale that put 68.27 % of the run's "
              "validation errors inside it (docs/DESIGN.md). *Plain spread*: the neighbours' weighted spread "
@@ -100,11 +97,7 @@ def main() -> None:
             r = run["bundles"][name] = {"inputs": what, **measure(name, items, targets)}
             print(f"{name:12s} MAE {r['mae']:.2f}  inside ± {r['coverage']:.2f} (plain spread "
                   f"{r['coverage_plain_spread']:.2f}, scale {r['uncertainty_scale']:.2f})", flush=True)
-    path = docs / "calibration.json"
-    record = C.load_json(path) or {"runs": []}
-    record["runs"].append(run)
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {write_markdown(record, docs)} and {path}")
+    C.append_run(docs / "calibration.json", run, write_markdown)
 
 
 if __name__ == "__main__":

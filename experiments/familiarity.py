@@ -18,7 +18,6 @@ record, to DOCS/familiarity.json and writes DOCS/familiarity.md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -142,10 +141,7 @@ def measure(name: str, items: list) -> dict[str, Any]:
 
 def write_markdown(record: dict, docs: Path) -> Path:
     last = record["runs"][-1]
-    lines = ["# Familiarity: which inputs the default bundles flag", "",
-             "Made by `.venv/bin/python experiments/familiarity.py`; every run is appended to "
-             "`docs/familiarity.json`. The figures are from the latest run.",
-             C.machine_line(last["machine"]), "",
+    lines = C.record_header("Familiarity: which inputs the default bundles flag", "familiarity", record) + [
              "Familiarity is the percentile of an input's nearest-neighbour similarity within the gallery's own "
              "leave-one-out reference (docs/DESIGN.md). A cut flags inputs below that percentile; the bundles "
              "flag at their manifest's threshold quantile (5 %), the last column.", ""]
@@ -175,11 +171,7 @@ def main() -> None:
             for what, r in run["bundles"][name].items():
                 print(f"{name:12s} {what:45s} median {r['median_familiarity']:.3f}  "
                       f"flagged {r['flagged_by_bundle']:.3f}", flush=True)
-    path = docs / "familiarity.json"
-    record = C.load_json(path) or {"runs": []}
-    record["runs"].append(run)
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {write_markdown(record, docs)} and {path}")
+    C.append_run(docs / "familiarity.json", run, write_markdown)
 
 
 if __name__ == "__main__":
