@@ -243,6 +243,15 @@ def load_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def docs_dir_arg(doc: str) -> Path:
+    """The --docs-dir of a study over the default bundles (default docs/), from the command line."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--docs-dir", default=str(ROOT / "docs"))
+    return Path(ap.parse_args().docs_dir)
+
+
 def record_header(title: str, study: str, record: dict) -> list[str]:
     """The first lines of DOCS/<study>.md: title, the script that made it, the latest run's machine."""
     return [f"# {title}", "", f"Made by `.venv/bin/python experiments/{study}.py`; every run is appended to "

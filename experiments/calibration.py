@@ -15,7 +15,6 @@ machine record, to DOCS/calibration.json and writes DOCS/calibration.md.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -87,10 +86,7 @@ def write_markdown(record: dict, docs: Path) -> Path:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--docs-dir", default=str(C.ROOT / "docs"))
-    args = ap.parse_args()
-    docs = Path(args.docs_dir)
+    docs = C.docs_dir_arg(__doc__)
     run: dict[str, Any] = {"machine": C.machine(), "bundles": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (items, targets, what) in held_out(Path(tmp)).items():

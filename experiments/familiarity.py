@@ -17,7 +17,6 @@ record, to DOCS/familiarity.json and writes DOCS/familiarity.md.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -160,10 +159,7 @@ def write_markdown(record: dict, docs: Path) -> Path:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--docs-dir", default=str(C.ROOT / "docs"))
-    args = ap.parse_args()
-    docs = Path(args.docs_dir)
+    docs = C.docs_dir_arg(__doc__)
     run: dict[str, Any] = {"machine": C.machine(), "cuts": [f"{c:g}" for c in CUTS], "bundles": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name, sets in input_sets(Path(tmp)).items():
