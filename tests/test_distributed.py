@@ -197,6 +197,9 @@ def test_torchrun_trains_like_one_process_and_exports(webcam: Path, group_norm: 
     assert two.keys() == one.keys()
     for key in one:  # the same global batches and gradients: the same model, up to float32 summation order
         np.testing.assert_allclose(two[key], one[key], rtol=1e-3, atol=1e-4, err_msg=key)
+    # rank 0 wrote the run's choices, the served ± 's calibration among them, as one process does
+    meta_two, meta_one = (json.loads((tmp_path / d / "model.json").read_text()) for d in ("two", "one"))
+    assert meta_two["knn_uncertainty_scale"] > 0 and meta_one["knn_uncertainty_scale"] > 0
     assert cli(["export", str(tmp_path / "two"), "--out", str(tmp_path / "bundle")]) == 0
     image = next((webcam.parent / "images").iterdir())
     assert cli(["predict", str(tmp_path / "bundle"), str(image)]) == 0
