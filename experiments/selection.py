@@ -1,0 +1,152 @@
+"""Which rule should choose the kNN size and temperature: a split-half study inside validation.
+
+    .venv/bin/python experiments/selection.py --runs runs/evidence-cal [--halves 200] [--docs-dir DIR]
+
+For every main-table run of an experiments/evidence.py work folder (webcam, EEG, digits;
+contrastive and plain; each seed), every kNN setting of the grid `supemb.train.selection`
+searches (metric, k, temperature) scores each validation input (an image, or an EEG
+recording with its windows pooled). Then, over random halvings of the validation inputs,
+each rule chooses on one half and is scored on the other:
+- "today": the metric and k of the best mean score, then the broadest temperature within
+  one standard error of the best (`choose_knn`);
+- "k by one SE": the best's metric, then the largest k and broadest temperature within one
+  standard error of the best (fewer, more stable choices?).
+Nothing here reads a test split. Appends the run to DOCS/selection.json and writes
+DOCS/selection.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # experiments/_common.py, however this file is loaded
+import _common as C  # noqa: E402
+
+TASKS = ("webcam", "eeg", "digits")
+
+
+def score_matrix(t: Any) -> tuple[list[tuple[str, int, float]], np.ndarray]:
+    """(settings, scores [settings, val inputs]) of a loaded run's trainer `t`: per-input scores
+    (minus the absolute error, or 1/0 for a class) of kNN against the train gallery, for every
+    setting of the validation grid."""
+    from supemb.predict.neighbours import embedding_array, group_mean, nearest_neighbours, neighbour_regress, \
+        neighbour_vote
+    from supemb.train.config import METRICS
+    from supemb.train.selection import KNN_KS, KNN_TEMPERATURE_FACTORS
+
+    (gf, gt, _), (vf, vt, vg) = t.frozen_split("train"), t.frozen_split("val")
+    owner = np.unique(vg, return_inverse=True)[1] if t.data.plugin.grouped else np.arange(len(vf))
+    n = int(owner.max()) + 1
+    truth = group_mean(vt, owner, n)
+    settings, rows = [], []
+    for metric in [t.cfg.served_metric] if t.cfg.served_metric else list(METRICS):
+        idx_all, sim_all = nearest_neighbours(embedding_array(vf, metric), embedding_array(gf, metric),
+                                              max(KNN_KS), metric=metric)
+        for k in KNN_KS:
+            idx, sim = idx_all[:, :k], sim_all[:, :k]
+            gap = float(np.median(sim[:, 0] - sim[:, -1])) or 1.0
+            for factor in KNN_TEMPERATURE_FACTORS:
+                temp = float(f"{gap * factor:.3g}")
+                if t.cfg.task == "regression":
+                    pred, _ = neighbour_regress(sim, gt[idx], temperature=temp)
+                    items = -np.abs(group_mean(pred, owner, n) - truth)
+                else:
+                    votes = neighbour_vote(sim, gt[idx].astype(np.int64), t.n_classes, temp)
+                    items = (group_mean(votes, owner, n).argmax(1) == truth.astype(np.int64)).astype(np.float64)
+                settings.append((metric, k, temp))
+                rows.append(items)
+    return settings, np.array(rows)
+
+
+def pick(settings: list[tuple[str, int, float]], scores: np.ndarray, rule: str) -> int:
+    """The setting `rule` chooses from per-input `scores` [settings, inputs]."""
+    from supemb.train.selection import within_one_se
+
+    best = int(np.argmax(scores.mean(axis=1)))  # ties keep the earlier, as choose_knn does
+    metric, k, _ = settings[best]
+    same_k = rule == "today"
+    near = [i for i, (m, kk, _) in enumerate(settings)
+            if m == metric and (kk == k or not same_k) and within_one_se(scores[best], scores[i])]
+    widest_k = max(settings[i][1] for i in near)
+    return max((i for i in near if settings[i][1] == widest_k), key=lambda i: settings[i][2])
+
+
+RULES = ("today", "k by one SE")
+
+
+def study(run_dir: Path, halves: int) -> dict[str, Any]:
+    settings, scores = score_matrix(C.load_run(run_dir).trainer)
+    n = scores.shape[1]
+    rng = np.random.default_rng(0)
+    held: dict[str, list[float]] = {rule: [] for rule in RULES}
+    for _ in range(halves):
+        order = rng.permutation(n)
+        choose, judge = order[: n // 2], order[n // 2:]
+        for rule in RULES:
+            held[rule].append(float(scores[pick(settings, scores[:, choose], rule), judge].mean()))
+    diff = np.array(held["k by one SE"]) - np.array(held["today"])
+    return {"inputs": n, **{rule: float(np.mean(v)) for rule, v in held.items()},
+            "difference": float(diff.mean()), "difference_se": float(diff.std(ddof=1) / np.sqrt(len(diff))),
+            "chosen_on_all": {rule: list(settings[pick(settings, scores, rule)]) for rule in RULES}}
+
+
+def write_markdown(record: dict, docs: Path) -> Path:
+    last = record["runs"][-1]
+    lines = C.record_header("Selection: which rule chooses the kNN size and temperature", "selection", record) + [
+        f"Runs: `{last['runs']}` (experiments/evidence.py's main tables). Each rule chooses on one random half "
+        f"of a run's validation inputs and is scored on the other half, over {last['halves']} halvings; no test "
+        "split is read. Scores: minus the mean absolute error (values; EEG per recording) or accuracy (classes); "
+        "higher is better. *today*: the best k, then the broadest temperature within one standard error "
+        "(`supemb.train.selection`). *k by one SE*: the largest k, then the broadest temperature, within one "
+        "standard error of the best.", "",
+        "| task | loss | mean difference, k by one SE − today (over seeds) |", "|---|---|---:|"]
+    better = []
+    for task, runs in last["tasks"].items():
+        for loss in sorted({name.rsplit("-s", 1)[0] for name in runs}):
+            diff = float(np.mean([r["difference"] for name, r in runs.items() if name.rsplit("-s", 1)[0] == loss]))
+            lines.append(f"| {task} | {loss} | {diff:+.4f} |")
+            if diff > 0:
+                better.append(f"{task} {loss}")
+    verdict = (f"k by one SE scored better on average for {', '.join(better)}; today's rule for the rest."
+               if better else "Today's rule scored at least as well everywhere.")
+    lines += [
+        "", f"Above 0: choosing k by one standard error as well scored better on the held-back half. {verdict} "
+        "Per run:", "",
+        "| task | run | validation inputs | today | k by one SE | difference (SE of its mean over the "
+        "overlapping halvings) "
+        "| chosen on all of validation: today | k by one SE |",
+        "|---|---|---:|---:|---:|---:|---|---|"]
+    for task, runs in last["tasks"].items():
+        for name, r in runs.items():
+            chosen = [f"{m}, k {k}, t {t:.3g}" for m, k, t in (r["chosen_on_all"][rule] for rule in RULES)]
+            lines.append(f"| {task} | {name} | {r['inputs']} | {r['today']:.4f} | {r['k by one SE']:.4f} | "
+                         f"{r['difference']:+.4f} ({r['difference_se']:.4f}) | {chosen[0]} | {chosen[1]} |")
+    out = docs / "selection.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", required=True, help="an experiments/evidence.py --work folder")
+    ap.add_argument("--halves", type=int, default=200)
+    ap.add_argument("--docs-dir", default=str(C.ROOT / "docs"))
+    args = ap.parse_args()
+    root = Path(args.runs)
+    run: dict[str, Any] = {"machine": C.machine(), "runs": str(root), "halves": args.halves, "tasks": {}}
+    for task in TASKS:
+        for run_dir in sorted((root / task).glob("*-s[0-9]*")):
+            if run_dir.is_dir() and "-f0" not in run_dir.name:  # the main table's runs, not the data fractions
+                r = run["tasks"].setdefault(task, {})[run_dir.name] = study(run_dir, args.halves)
+                print(f"{task:7s} {run_dir.name:10s} today {r['today']:.4f}  k by one SE {r['k by one SE']:.4f}",
+                      flush=True)
+    C.append_run(Path(args.docs_dir) / "selection.json", run, write_markdown)
+
+
+if __name__ == "__main__":
+    main()
