@@ -349,3 +349,11 @@ def test_demo_summary_shows_familiarity_and_the_flag(three_digits_and_a_face: li
     _drop_familiarity(old)
     b_old = load_bundle(old)
     assert "amiliar" not in summary_markdown(b_old, b_old.predict(three_digits_and_a_face[0], detect=False)[0], 10, "faces")
+    # the ± is said to be calibrated only where the manifest has the scale
+    assert "two in three validation errors fell inside it." in familiar
+    m = json.loads((old / mf.MANIFEST).read_text())
+    del m["knn"]["uncertainty_scale"]
+    (old / mf.MANIFEST).write_text(json.dumps(m, indent=2))
+    b_old = load_bundle(old)
+    text = summary_markdown(b_old, b_old.predict(three_digits_and_a_face[3], detect=False)[0], 10, "faces")
+    assert "± is their weighted spread." in text and "validation" not in text

@@ -211,9 +211,10 @@ def summary_markdown(bundle: Bundle, pred: Prediction, k: int, what: str) -> str
     unit = bundle.unit
     head = f"## {fmt_value(pred.value, unit)} ± {fmt_value(pred.uncertainty or 0.0, unit)}"
     windows = f", averaged over its {pred.windows} windows of {bundle.spec.window_s:g} s" if pred.windows else ""
+    calibrated = "uncertainty_scale" in bundle.knn  # bundles exported before the calibration serve the plain spread
     text = (f"{head}\n\nPredicted {bundle.target_name}{windows}: the similarity-weighted mean of the "
-            f"{k} gallery {what} nearest to it in the model's embedding space; ± is their weighted spread, "
-            f"scaled so that about two in three validation errors fell inside it.")
+            f"{k} gallery {what} nearest to it in the model's embedding space; ± is their weighted spread"
+            + (", scaled so that about two in three validation errors fell inside it." if calibrated else "."))
     if pred.familiarity is None:  # a bundle exported before the familiarity table
         return text
     pct = f"{pred.familiarity:.1%}" if pred.familiarity < 0.1 else f"{pred.familiarity:.0%}"
