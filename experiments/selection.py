@@ -4,8 +4,9 @@
 
 For every main-table run of an experiments/evidence.py work folder (webcam, EEG, digits;
 contrastive and plain; each seed), every kNN setting of the grid `supemb.train.selection`
-searches (metric, k, temperature) scores each validation input (an image, or an EEG
-recording with its windows pooled). Then, over random halvings of the validation inputs,
+searches (metric, k, temperature) scores each validation input as the trainer scores it
+(`Targets.item_scores`: minus the absolute error, or 1/0 for a class; an EEG recording
+with its windows pooled). Then, over random halvings of the validation inputs,
 each rule chooses on one half and is scored on the other:
 - "today": the metric and k of the best mean score, then the broadest temperature within
   one standard error of the best (`choose_knn`);
@@ -31,36 +32,15 @@ TASKS = ("webcam", "eeg", "digits")
 
 
 def score_matrix(t: Any) -> tuple[list[tuple[str, int, float]], np.ndarray]:
-    """(settings, scores [settings, val inputs]) of a loaded run's trainer `t`: per-input scores
-    (minus the absolute error, or 1/0 for a class) of kNN against the train gallery, for every
-    setting of the validation grid."""
-    from supemb.predict.neighbours import embedding_array, group_mean, nearest_neighbours, neighbour_regress, \
-        neighbour_vote
+    """(settings, scores [settings, val inputs]) of a loaded run's trainer `t`: the grid
+    `supemb.train.selection.knn_grid` searches, scored per input as the trainer scores it."""
     from supemb.train.config import METRICS
-    from supemb.train.selection import KNN_KS, KNN_TEMPERATURE_FACTORS
+    from supemb.train.selection import knn_grid
 
     (gf, gt, _), (vf, vt, vg) = t.frozen_split("train"), t.frozen_split("val")
-    owner = np.unique(vg, return_inverse=True)[1] if t.data.plugin.grouped else np.arange(len(vf))
-    n = int(owner.max()) + 1
-    truth = group_mean(vt, owner, n)
-    settings, rows = [], []
-    for metric in [t.cfg.served_metric] if t.cfg.served_metric else list(METRICS):
-        idx_all, sim_all = nearest_neighbours(embedding_array(vf, metric), embedding_array(gf, metric),
-                                              max(KNN_KS), metric=metric)
-        for k in KNN_KS:
-            idx, sim = idx_all[:, :k], sim_all[:, :k]
-            gap = float(np.median(sim[:, 0] - sim[:, -1])) or 1.0
-            for factor in KNN_TEMPERATURE_FACTORS:
-                temp = float(f"{gap * factor:.3g}")
-                if t.cfg.task == "regression":
-                    pred, _ = neighbour_regress(sim, gt[idx], temperature=temp)
-                    items = -np.abs(group_mean(pred, owner, n) - truth)
-                else:
-                    votes = neighbour_vote(sim, gt[idx].astype(np.int64), t.n_classes, temp)
-                    items = (group_mean(votes, owner, n).argmax(1) == truth.astype(np.int64)).astype(np.float64)
-                settings.append((metric, k, temp))
-                rows.append(items)
-    return settings, np.array(rows)
+    grid = knn_grid(gf, gt, vf, lambda pred: t.targets.item_scores(pred, vt, vg), task=t.cfg.task,
+                    n_classes=t.n_classes, metrics_tried=[t.cfg.served_metric] if t.cfg.served_metric else METRICS)
+    return [(m, k, temp) for m, k, temp, _ in grid], np.array([items for *_, items in grid])
 
 
 def pick(settings: list[tuple[str, int, float]], scores: np.ndarray, rule: str) -> int:

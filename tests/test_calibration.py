@@ -29,8 +29,9 @@ def test_a_too_wide_spread_is_narrowed() -> None:
 
 
 def test_items_the_scale_cannot_move_are_left_out() -> None:
-    # zero spread (every neighbour agreed): no scale widens it, so it does not count
-    assert uncertainty_scale([5.0, 1.0, 2.0, 3.0], [0.0, 1.0, 1.0, 1.0]) == pytest.approx(3.0)
+    # zero spread (every neighbour agreed): no scale widens it, so it does not count; counted, the two
+    # would put an infinite ratio at the 68 % quantile of five
+    assert uncertainty_scale([5.0, 4.0, 1.0, 2.0, 3.0], [0.0, 0.0, 1.0, 1.0, 1.0]) == pytest.approx(3.0)
     assert uncertainty_scale([1.0, 2.0], [0.0, 0.0]) == 1.0  # nothing to measure: served unchanged
     assert uncertainty_scale([0.0, 0.0], [1.0, 2.0]) == 1.0  # no error to scale to
     assert uncertainty_scale([], []) == 1.0

@@ -59,12 +59,11 @@ def calibrate(t: Trainer) -> dict[str, float]:
     of val and test errors it covers ("val_knn_coverage", "test_knn_coverage"); {} for classes."""
     if t.cfg.task != "regression" or len(t.data.splits.get("val", ())) == 0:
         return {}
-    t.knn_uncertainty_scale = uncertainty_scale(*served_errors(t, "val"))
+    served = {split: served_errors(t, split) for split in ("val", "test") if len(t.data.splits.get(split, ()))}
+    t.knn_uncertainty_scale = uncertainty_scale(*served["val"])
     out = {"knn_uncertainty_scale": t.knn_uncertainty_scale}
-    for split in ("val", "test"):
-        if len(t.data.splits.get(split, ())):
-            err, unc = served_errors(t, split)
-            out[f"{split}_knn_coverage"] = coverage_of(err, unc * t.knn_uncertainty_scale)
+    for split, (err, unc) in served.items():
+        out[f"{split}_knn_coverage"] = coverage_of(err, unc * t.knn_uncertainty_scale)
     return out
 
 

@@ -38,22 +38,15 @@ def within_one_se(best: np.ndarray, other: np.ndarray) -> bool:
     return float(d.mean()) <= se + 1e-12
 
 
-def choose_knn(
+def knn_grid(
     train_feats: np.ndarray, train_targets: np.ndarray, val_feats: np.ndarray,
     item_scores: Callable[[np.ndarray], np.ndarray], *, task: str, n_classes: int,
     metrics_tried: Sequence[str], ks: Sequence[int] = KNN_KS,
-) -> tuple[str, int, float]:
-    """(metric, k, temperature): metric and k of the best mean validation score, then the
-    largest temperature within one standard error of that (module docstring).
-
-    train_feats [G, D], val_feats [N, D]: raw encoder features; train_targets [G].
-    item_scores(predictions) -> per-item scores [M] (higher is better; M may be fewer than
-    N, e.g. one per recording), where predictions are kNN values (regression) or class ids
-    (classification) of the val items against the train gallery. Ties keep the earlier candidate.
-    """
+) -> list[tuple[str, int, float, np.ndarray]]:
+    """Every kNN setting validation tries, in order, with its per-item scores: [(metric, k,
+    temperature, item scores [M])]. Arguments as `choose_knn`."""
     ks = sorted({min(int(k), len(train_feats)) for k in ks})
-    best: tuple[float, str, int, float] | None = None
-    scores: dict[tuple[str, int], list[tuple[float, np.ndarray]]] = {}
+    grid = []
     for metric in metrics_tried:
         g, q = embedding_array(train_feats, metric), embedding_array(val_feats, metric)
         idx_all, sim_all = nearest_neighbours(q, g, ks[-1], metric=metric)
@@ -67,14 +60,31 @@ def choose_knn(
                 else:
                     probs = neighbour_vote(sim, train_targets[idx].astype(np.int64), n_classes, t)
                     pred = probs.argmax(1)
-                items = np.asarray(item_scores(pred), dtype=np.float64)
-                s = float(items.mean())
-                scores.setdefault((metric, k), []).append((t, items))
-                if best is None or s > best[0] + 1e-12:
-                    best = (s, metric, k, t)
-    if best is None:
+                grid.append((metric, k, t, np.asarray(item_scores(pred), dtype=np.float64)))
+    return grid
+
+
+def choose_knn(
+    train_feats: np.ndarray, train_targets: np.ndarray, val_feats: np.ndarray,
+    item_scores: Callable[[np.ndarray], np.ndarray], *, task: str, n_classes: int,
+    metrics_tried: Sequence[str], ks: Sequence[int] = KNN_KS,
+) -> tuple[str, int, float]:
+    """(metric, k, temperature): metric and k of the best mean validation score, then the
+    largest temperature within one standard error of that (module docstring).
+
+    train_feats [G, D], val_feats [N, D]: raw encoder features; train_targets [G].
+    item_scores(predictions) -> per-item scores [M] (higher is better; M may be fewer than
+    N, e.g. one per recording), where predictions are kNN values (regression) or class ids
+    (classification) of the val items against the train gallery. Ties keep the earlier candidate.
+    """
+    grid = knn_grid(train_feats, train_targets, val_feats, item_scores, task=task, n_classes=n_classes,
+                    metrics_tried=metrics_tried, ks=ks)
+    if not grid:
         raise ValueError("choose_knn needs at least one metric to try")
-    _, metric, k, t_best = best
-    tried = scores[(metric, k)]
-    best_items = next(items for t, items in tried if t == t_best)
-    return metric, k, max(t for t, items in tried if within_one_se(best_items, items))
+    best = 0
+    for i, (_, _, _, items) in enumerate(grid):
+        if items.mean() > grid[best][3].mean() + 1e-12:
+            best = i
+    metric, k, _, best_items = grid[best]
+    return metric, k, max(t for m, kk, t, items in grid
+                          if m == metric and kk == k and within_one_se(best_items, items))
