@@ -206,26 +206,36 @@ class LoadedRun:
         out = feats.astype(np.float64) @ w.T.astype(np.float64) + b.astype(np.float64)
         return out[:, 0] * float(self.meta["target_std"]) + float(self.meta["target_mean"])
 
-    def mae(self, pred: np.ndarray, split: str) -> float:
-        """MAE of item predictions; EEG: of the window predictions averaged per recording."""
+    def errors(self, pred: np.ndarray, split: str) -> np.ndarray:
+        """|error| of each input of the split: an image, or an EEG recording (its window
+        predictions averaged), in the order of the recordings' group ids."""
         from supemb.predict.neighbours import aggregate_by_group
 
         s = self.split(split)
         if self.data.modality == "eeg":
             _, p = aggregate_by_group(pred, s.groups)
             _, t = aggregate_by_group(s.targets, s.groups)
-            return float(np.mean(np.abs(p - t)))
-        return float(np.mean(np.abs(pred - s.targets)))
+            return np.abs(p - t)
+        return np.abs(pred - s.targets)
+
+    def mae(self, pred: np.ndarray, split: str) -> float:
+        """MAE of item predictions; EEG: of the window predictions averaged per recording."""
+        return float(np.mean(self.errors(pred, split)))
 
 
-def load_run(run_dir: Path) -> LoadedRun:
-    """A finished run's trainer (data and encoder), model.json and linear head."""
+def load_run(run_dir: Path, data: Path | None = None) -> LoadedRun:
+    """A finished run's trainer (data and encoder), model.json and linear head; `data`: other
+    data in its place (e.g. the same training split with another test split)."""
+    import dataclasses
+
     from safetensors.torch import load_file
 
     from supemb.train.rundir import load_run_config
     from supemb.train.trainer import Trainer
 
     cfg = load_run_config(run_dir)
+    if data is not None:
+        cfg = dataclasses.replace(cfg, data=str(data))
     t = Trainer(cfg, resume=True)
     t._setup()
     weights = load_file(str(Path(run_dir) / "model.safetensors"))

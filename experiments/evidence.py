@@ -331,38 +331,49 @@ def _probe_head(run: C.LoadedRun, train_feats: np.ndarray, val_feats: np.ndarray
     return lambda feats: feats.astype(np.float64) @ fit.weight[0] + fit.bias[0]
 
 
+def predictors(name: str, runs: dict[str, C.LoadedRun]) -> dict[tuple[str, str], Any]:
+    """A regression task's table rows as functions of raw test features: {(side, what): predict}
+    (`ROWS`), from its finished contrastive and plain runs `runs` {loss: run}; the kNN gallery
+    and the plain model's probe come from clean training (and validation) features."""
+    (c_loss, p_loss) = TASKS[name]["losses"]
+    out: dict[tuple[str, str], Any] = {}
+    for side, loss in (("contrastive", c_loss), ("plain", p_loss)):
+        run = runs[loss]
+        train_feats = run.features("train")
+        out[side, "knn"] = lambda f, r=run, g=train_feats: r.knn_predict(g, f)
+        if side == "plain":
+            out[side, "head"] = run.head_predict
+            out[side, "linear"] = _probe_head(run, train_feats, run.features("val"))
+        else:
+            out[side, "linear"] = run.head_predict
+    return out
+
+
 def corruption(name: str, work: Path, main: dict) -> dict[str, Any]:
     task = TASKS[name]
-    (c_loss, p_loss), (c_name, p_name) = task["losses"], task["names"]
     runs = {loss: C.load_run(work / f"{loss}-s0") for loss in task["losses"]}
-    modality = runs[c_loss].data.modality
-    predictors: dict[str, tuple[str, Any]] = {}
-    for loss, run in runs.items():
-        train_feats = run.features("train")
-        predictors[loss + ":knn"] = (loss, lambda f, r=run, g=train_feats: r.knn_predict(g, f))
-        predictors[loss + ":head"] = (loss, lambda f, r=run: r.head_predict(f))
-        if loss == p_loss:
-            predictors[loss + ":probe"] = (loss, _probe_head(run, train_feats, run.features("val")))
-    labels = {f"{c_loss}:knn": f"{c_name} + kNN", f"{c_loss}:head": f"{c_name} + linear head",
-              f"{p_loss}:head": f"{p_name} end to end", f"{p_loss}:probe": f"{p_name} encoder + probe",
-              f"{p_loss}:knn": f"{p_name} encoder + kNN"}
-    trainer_key = {f"{c_loss}:knn": (c_loss, "knn"), f"{c_loss}:head": (c_loss, "linear"),
-                   f"{p_loss}:head": (p_loss, "head"), f"{p_loss}:probe": (p_loss, "linear"),
-                   f"{p_loss}:knn": (p_loss, "knn")}
-    table: dict[str, dict[str, float]] = {labels[k]: {} for k in labels}
+    modality = runs[task["losses"][0]].data.modality
+    side_loss = dict(zip(("contrastive", "plain"), task["losses"]))
+    (c, p) = task["names"]
+    labels = {("contrastive", "knn"): f"{c} + kNN", ("contrastive", "linear"): f"{c} + linear head",
+              ("plain", "head"): f"{p} end to end", ("plain", "linear"): f"{p} encoder + probe",
+              ("plain", "knn"): f"{p} encoder + kNN"}  # the order of the table's rows
+    rows = predictors(name, runs)
+    table: dict[str, dict[str, float]] = {label: {} for label in labels.values()}
     names = []
     for cname, fn in CORRUPTIONS[modality]:
         names.append(cname)
         feats = {loss: run.features("test", fn) for loss, run in runs.items()}
-        for k, (loss, predict) in predictors.items():
-            table[labels[k]][cname] = runs[loss].mae(predict(feats[loss]), "test")
+        for row, label in labels.items():
+            loss = side_loss[row[0]]
+            table[label][cname] = runs[loss].mae(rows[row](feats[loss]), "test")
     # The clean column recomputes the trainer's test figures: a check of this evaluation path.
     check = {}
-    for k, (loss, what) in trainer_key.items():
-        ref = main["runs"][0][loss].get(_key(task, "test", what))
+    for row in labels:
+        ref = main["runs"][0][side_loss[row[0]]].get(_key(task, "test", row[1]))
         if ref is not None:
-            check[labels[k]] = {"here": table[labels[k]]["clean"], "trainer": ref,
-                                "abs_diff": abs(table[labels[k]]["clean"] - ref)}
+            check[labels[row]] = {"here": table[labels[row]]["clean"], "trainer": ref,
+                                  "abs_diff": abs(table[labels[row]]["clean"] - ref)}
     worst = max((v["abs_diff"] for v in check.values()), default=0.0)
     if worst > 1e-3 * max(1.0, max(abs(v["trainer"]) for v in check.values())):
         print(f"WARNING: {name}: clean figures differ from the trainer's by up to {worst:.4g}: "

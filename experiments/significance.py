@@ -1,0 +1,268 @@
+"""Can the evidence's test sets tell contrastive from plain training apart? A paired bootstrap
+of the ratios in docs/evidence.md, over the test inputs.
+
+    .venv/bin/python experiments/significance.py [--work runs/evidence-cal] [--draws 10000] [--no-fresh]
+        [--docs-dir DIR]
+
+Nothing is trained: the finished main-table runs of `experiments/evidence.py` (WORK/TASK/LOSS-sSEED,
+every seed found) are loaded, and each table row's prediction (`evidence.predictors`: kNN, the
+stage-2 head, the plain model's own head and its converged probe) gives the |error| of every
+validation and test input (an image; an EEG recording, its windows averaged). The recomputed
+test MAEs are checked against the trainer's own figures.
+
+For the two regression tasks (synthetic webcam temperature, synthetic EEG brain age) three
+comparisons of the best contrastive against the best plain figure, as a ratio of MAEs averaged
+over the seeds:
+- "the best row of each side": each side's row with the lowest MAE on the test inputs averaged
+  over the seeds (evidence.md's rule; the choice itself looks at those inputs);
+- "chosen on validation": per seed, each side's row with the lowest validation MAE (no test
+  figure is used to choose);
+- "kNN against kNN": what each side's bundle would serve.
+Each ratio gets a 95 % interval from DRAWS paired bootstrap draws of the test inputs (the same
+draw for both sides and every seed; seeded), and the share of draws in which the contrastive
+side is ahead (ratio below 1). The interval says how much the figure could move with another
+test set of the same size from the same source; it does not cover the training seeds, whose
+per-seed ratios are listed beside it. Appends the run, with its machine record, to
+DOCS/significance.json and writes DOCS/significance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # experiments/*.py, however this file is loaded
+import _common as C  # noqa: E402
+import evidence as E  # noqa: E402
+
+TASK_NAMES = ("webcam", "eeg")  # the regression tasks; digits' test set holds two or three errors per seed
+BOOTSTRAP_SEED = 0
+FRESH_SEED = 7  # the generators' seed for the fresh test inputs (the evidence data: seed 0)
+FRESH = {"webcam": 2400, "eeg": 300}  # fresh test inputs: images, recordings
+LEVEL = 0.95
+COMPARISONS = {"evidence": "the best row of each side on these inputs (evidence.md's rule)",
+               "validation": "chosen on validation, per seed",
+               "knn": "kNN against kNN (what the bundles serve)"}
+
+
+def seeds_of(task_dir: Path, loss: str) -> list[int]:
+    """The training seeds of a task's main-table runs (not the less-data runs, `-f010-s0`)."""
+    found = (re.fullmatch(rf"{loss}-s(\d+)", p.name) for p in task_dir.iterdir())
+    return sorted(int(m.group(1)) for m in found if m and (task_dir / m.group(0) / "model.json").is_file())
+
+
+def fresh_data(name: str, work: Path, n: int) -> Path:
+    """The evidence data with its test split replaced by `n` fresh inputs from the same generator
+    (another seed: the same webcam scenes, new frames; new EEG subjects): WORK/TASK-fresh,
+    whose labels.csv keeps the train and val rows as they are. Returns what `--data` was."""
+    import csv
+    import shutil
+
+    from supemb.data.synthetic_eeg import make_eeg_dataset
+    from supemb.data.synthetic_webcam import make_webcam_dataset
+
+    out = work / f"{name}-fresh"
+    original = work / name / "data" / "labels.csv"
+    if (out / "labels.csv").is_file():  # made before: kept if it holds n fresh inputs
+        with (out / "labels.csv").open() as f:
+            if sum(r["split"] == "test" for r in csv.DictReader(f)) != n:
+                shutil.rmtree(out)
+    if not (out / "labels.csv").is_file():
+        gen = out / "generated"
+        if name == "webcam":
+            made = make_webcam_dataset(gen, n, n_cameras=C.WEBCAM["n_cameras"], size=C.WEBCAM["size"],
+                                       seed=FRESH_SEED)
+        else:
+            made = make_eeg_dataset(gen, n, duration_s=C.EEG_DURATION_S, sfreq=C.EEG_SFREQ,
+                                    seed=FRESH_SEED) / "labels.csv"
+        with original.open() as f:
+            kept = [r for r in csv.DictReader(f) if r["split"] in ("train", "val")]
+        with made.open() as f:
+            new = [{**r, "split": "test"} for r in csv.DictReader(f)]
+        for rows, root in ((kept, original.parent), (new, made.parent)):
+            for r in rows:
+                r["path"] = str((root / r["path"]).resolve())
+        with (out / "labels.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(kept[0]))
+            writer.writeheader()
+            writer.writerows(kept + new)
+    return out / "labels.csv" if name == "webcam" else out  # as evidence.py passes --data
+
+
+def task_errors(name: str, work: Path, fresh: int = 0) -> dict[str, Any]:
+    """Per seed, {"val"|"test"|"fresh": {(side, what): |error| per input}} of every table row,
+    with the recomputed test MAEs checked against the trainer's final figures; "fresh": on
+    `fresh` new test inputs (`fresh_data`; none when 0)."""
+    task = E.TASKS[name]
+    c_loss, p_loss = task["losses"]
+    seeds = [s for s in seeds_of(work / name, c_loss) if s in seeds_of(work / name, p_loss)]
+    if not seeds:
+        raise SystemExit(f"{work / name}: no finished {c_loss}-sN and {p_loss}-sN runs (run experiments/evidence.py)")
+    per_seed, worst = [], 0.0
+    for seed in seeds:
+        runs = {loss: C.load_run(work / name / f"{loss}-s{seed}") for loss in task["losses"]}
+        for split in ("val", "test"):
+            if not np.array_equal(runs[c_loss].split(split).targets, runs[p_loss].split(split).targets):
+                raise SystemExit(f"{work / name}: seed {seed}: the two runs' {split} splits differ; cannot pair them")
+        rows = E.predictors(name, runs)
+        side_loss = {"contrastive": c_loss, "plain": p_loss}
+        errors: dict[str, dict[tuple[str, str], np.ndarray]] = {"val": {}, "test": {}}
+        for split in errors:
+            feats = {loss: run.features(split) for loss, run in runs.items()}
+            for row, predict in rows.items():
+                run = runs[side_loss[row[0]]]
+                errors[split][row] = run.errors(predict(feats[side_loss[row[0]]]), split)
+        if fresh:
+            data = fresh_data(name, work, fresh)
+            again = {loss: C.load_run(work / name / f"{loss}-s{seed}", data=data) for loss in task["losses"]}
+            for loss in again:  # the same training split: the kNN gallery and the probe do not change
+                if not np.array_equal(again[loss].split("train").targets, runs[loss].split("train").targets):
+                    raise SystemExit(f"{data}: its train split is not the evidence run's")
+            errors["fresh"] = {}
+            feats = {loss: run.features("test") for loss, run in again.items()}
+            for row, predict in rows.items():
+                errors["fresh"][row] = again[side_loss[row[0]]].errors(predict(feats[side_loss[row[0]]]), "test")
+        for row, err in errors["test"].items():
+            final = json.loads((work / name / f"{side_loss[row[0]]}-s{seed}" / "metrics.jsonl")
+                               .read_text().splitlines()[-1])
+            ref = final.get(E._key(task, "test", row[1]))
+            if ref is not None:
+                worst = max(worst, abs(float(err.mean()) - ref))
+        per_seed.append(errors)
+    if worst > 1e-3:
+        print(f"WARNING: {name}: recomputed test MAEs differ from the trainer's by up to {worst:.3g}", file=sys.stderr)
+    return {"seeds": seeds, "errors": per_seed, "check_max_abs_diff": worst}
+
+
+def choose(errors: list[dict], side: str, how: str, test_set: str) -> list[tuple[str, str]]:
+    """Each seed's row for `side` under comparison `how`, judged on `test_set`."""
+    rows = [row for row in E.ROWS if row[0] == side]
+    if how == "knn":
+        return [(side, "knn")] * len(errors)
+    if how == "evidence":  # one row for every seed: the lowest MAE on the test inputs averaged over the seeds
+        best = min(rows, key=lambda r: np.mean([e[test_set][r].mean() for e in errors]))
+        return [best] * len(errors)
+    return [min(rows, key=lambda r: e["val"][r].mean()) for e in errors]
+
+
+def bootstrap(c: np.ndarray, p: np.ndarray, draws: int, rng: np.random.Generator) -> dict[str, Any]:
+    """c, p: |errors| [seeds, n] of the two sides on the same n test inputs -> the ratio of
+    their MAEs (averaged over seeds), its percentile interval over paired draws of the inputs,
+    and the share of draws with the contrastive side ahead."""
+    cbar, pbar = c.mean(0), p.mean(0)
+    n = len(cbar)
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=draws).astype(np.float64)  # [draws, n]
+    ratios = (counts @ cbar) / (counts @ pbar)
+    lo, hi = np.quantile(ratios, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+    return {"n_inputs": int(n), "mae_contrastive": float(cbar.mean()), "mae_plain": float(pbar.mean()),
+            "ratio": float(cbar.mean() / pbar.mean()), "low": float(lo), "high": float(hi),
+            "share_contrastive_ahead": float(np.mean(ratios < 1.0)),
+            "per_seed_ratio": [float(a.mean() / b.mean()) for a, b in zip(c, p)]}
+
+
+def analyse(name: str, work: Path, draws: int, fresh: int) -> dict[str, Any]:
+    """Each comparison on the evidence's test split ("test") and, with `fresh`, on fresh test
+    inputs ("fresh")."""
+    got = task_errors(name, work, fresh)
+    errors = got["errors"]
+    out: dict[str, Any] = {"seeds": got["seeds"], "check_max_abs_diff": got["check_max_abs_diff"]}
+    for test_set in ("test", "fresh") if fresh else ("test",):
+        out[test_set] = {}
+        for how in COMPARISONS:
+            rng = np.random.default_rng([BOOTSTRAP_SEED, TASK_NAMES.index(name)])  # the same draws for each
+            picks = {side: choose(errors, side, how, test_set) for side in ("contrastive", "plain")}
+            c = np.stack([e[test_set][r] for e, r in zip(errors, picks["contrastive"])])
+            p = np.stack([e[test_set][r] for e, r in zip(errors, picks["plain"])])
+            out[test_set][how] = {**bootstrap(c, p, draws, rng),
+                                  **{f"{side}_rows": [r[1] for r in rows] for side, rows in picks.items()}}
+    return out
+
+
+SHORT = {("contrastive", "knn"): "kNN", ("contrastive", "linear"): "stage-2 head",
+         ("plain", "head"): "own head", ("plain", "linear"): "probe", ("plain", "knn"): "kNN"}
+
+
+def _rows_cell(task: dict, side: str, whats: list[str]) -> str:
+    """The row a side used: its table label, or the row of each seed where they differ."""
+    if len(set(whats)) == 1:
+        return E._row_label(task, side, whats[0])
+    name = task["names"][0 if side == "contrastive" else 1]
+    return f"{name}: " + ", ".join(f"{SHORT[side, w]} (seed {i})" for i, w in enumerate(whats))
+
+
+def _table(task: dict, comparisons: dict, unit: str) -> list[str]:
+    lines = [f"| comparison | contrastive | plain | MAE ({task['unit']}) | ratio | {LEVEL:.0%} interval | "
+             "draws with contrastive ahead | ratio per seed |", "|---|---|---|---:|---:|---:|---:|---|"]
+    for how, c in comparisons.items():
+        lines.append(
+            f"| {COMPARISONS[how]} | {_rows_cell(task, 'contrastive', c['contrastive_rows'])} | "
+            f"{_rows_cell(task, 'plain', c['plain_rows'])} | {c['mae_contrastive']:.2f} vs {c['mae_plain']:.2f} | "
+            f"{c['ratio']:.3f} | {c['low']:.3f}–{c['high']:.3f} | {c['share_contrastive_ahead']:.0%} | "
+            f"{', '.join(f'{x:.3f}' for x in c['per_seed_ratio'])} |")
+    lines.append("")
+    for how, c in comparisons.items():
+        ahead = "contrastive" if c["high"] < 1 else "plain"
+        lines.append(f"- {COMPARISONS[how]}: " + (
+            f"the interval holds 1: {c['n_inputs']} test {unit} cannot tell the two apart."
+            if c["low"] <= 1.0 <= c["high"] else
+            f"the interval excludes 1: {ahead} training is ahead by more than the test sample explains."))
+    return lines + [""]
+
+
+def write_markdown(record: dict, docs: Path) -> Path:
+    run = record["runs"][-1]
+    lines = C.record_header("Can the test sets tell the two apart?", "significance", record)
+    lines += [f"From the finished evidence runs in `{run['work']}` (nothing retrained). Paired bootstrap over "
+              f"the test inputs, {run['draws']:,} draws (seed {BOOTSTRAP_SEED}); ratio = the contrastive side's "
+              "MAE over the plain side's, each averaged over the training seeds; below 1: contrastive ahead. "
+              f"The {LEVEL:.0%} interval is how far the ratio could move on another test set of the same size "
+              "from the same source; it leaves out the spread over training seeds, listed beside it.", ""]
+    for name in TASK_NAMES:
+        if name not in run["tasks"]:
+            continue
+        task, r = E.TASKS[name], run["tasks"][name]
+        unit = "recordings" if task["level"] else "images"
+        lines += [f"## {task['title']}", "", f"Seeds {', '.join(map(str, r['seeds']))}; the recomputed test MAEs "
+                  f"match the trainer's to {r['check_max_abs_diff']:.1g} {task['unit']}.", "",
+                  f"**The evidence's test split** ({next(iter(r['test'].values()))['n_inputs']} {unit}):", ""]
+        lines += _table(task, r["test"], unit)
+        if "fresh" in r:
+            fresh = next(iter(r["fresh"].values()))["n_inputs"]
+            what = (f"new frames of the same {C.WEBCAM['n_cameras']} cameras" if name == "webcam" else "new subjects")
+            lines += [f"**{fresh} fresh test {unit}** from the same generator (seed {FRESH_SEED}: {what}), through "
+                      "the same models, galleries and probes:", ""]
+            lines += _table(task, r["fresh"], unit)
+    out = docs / "significance.md"
+    out.write_text("\n".join(lines))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", default="runs/evidence-cal", help="an experiments/evidence.py --work directory")
+    ap.add_argument("--draws", type=int, default=10_000)
+    ap.add_argument("--no-fresh", action="store_true", help="only the evidence's own test splits")
+    ap.add_argument("--docs-dir", default=str(C.ROOT / "docs"))
+    args = ap.parse_args()
+    work, docs = Path(args.work), Path(args.docs_dir)
+    tasks = {name: analyse(name, work, args.draws, 0 if args.no_fresh else FRESH[name])
+             for name in TASK_NAMES if (work / name).is_dir()}
+    if not tasks:
+        raise SystemExit(f"{work}: no webcam/ or eeg/ runs (run experiments/evidence.py --work {work})")
+    for name, r in tasks.items():
+        for test_set in ("test", "fresh"):
+            print(name, test_set, json.dumps({k: [round(c["ratio"], 3), round(c["low"], 3), round(c["high"], 3)]
+                                              for k, c in r.get(test_set, {}).items()}), flush=True)
+    docs.mkdir(parents=True, exist_ok=True)
+    C.append_run(docs / "significance.json", {"machine": C.machine(), "work": str(work), "draws": args.draws,
+                                              "tasks": tasks}, write_markdown)
+
+
+if __name__ == "__main__":
+    main()
