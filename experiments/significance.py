@@ -32,6 +32,7 @@ import argparse
 import json
 import re
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ def seeds_of(task_dir: Path, loss: str) -> list[int]:
     return sorted(int(m.group(1)) for m in found if m and (task_dir / m.group(0) / "model.json").is_file())
 
 
-def fresh_data(name: str, work: Path, n: int) -> Path:
+def fresh_data(name: str, work: Path, n: int, kind: str) -> Path:
     """The evidence data with its test split replaced by `n` fresh inputs from the same generator
     (another seed: the same webcam scenes, new frames; new EEG subjects): WORK/TASK-fresh,
     whose labels.csv keeps the train and val rows as they are. Returns what `--data` was."""
@@ -75,7 +76,7 @@ def fresh_data(name: str, work: Path, n: int) -> Path:
                 shutil.rmtree(out)
     if not (out / "labels.csv").is_file():
         gen = out / "generated"
-        if name == "webcam":
+        if kind == "webcam":
             made = make_webcam_dataset(gen, n, n_cameras=C.WEBCAM["n_cameras"], size=C.WEBCAM["size"],
                                        seed=FRESH_SEED)
         else:
@@ -92,14 +93,15 @@ def fresh_data(name: str, work: Path, n: int) -> Path:
             writer = csv.DictWriter(f, fieldnames=list(kept[0]))
             writer.writeheader()
             writer.writerows(kept + new)
-    return out / "labels.csv" if name == "webcam" else out  # as evidence.py passes --data
+    return out / "labels.csv" if kind == "webcam" else out  # as evidence.py passes --data
 
 
-def task_errors(name: str, work: Path, fresh: int = 0) -> dict[str, Any]:
+def task_errors(name: str, work: Path, fresh: int = 0, kind: str | None = None) -> dict[str, Any]:
     """Per seed, {"val"|"test"|"fresh": {(side, what): |error| per input}} of every table row,
     with the recomputed test MAEs checked against the trainer's final figures; "fresh": on
-    `fresh` new test inputs (`fresh_data`; none when 0)."""
-    task = E.TASKS[name]
+    `fresh` new test inputs (`fresh_data`; none when 0). The runs are WORK/NAME/LOSS-sSEED;
+    kind: the task in `evidence.TASKS` (default: NAME)."""
+    task = E.TASKS[kind or name]
     c_loss, p_loss = task["losses"]
     seeds = [s for s in seeds_of(work / name, c_loss) if s in seeds_of(work / name, p_loss)]
     if not seeds:
@@ -110,7 +112,7 @@ def task_errors(name: str, work: Path, fresh: int = 0) -> dict[str, Any]:
         for split in ("val", "test"):
             if not np.array_equal(runs[c_loss].split(split).targets, runs[p_loss].split(split).targets):
                 raise SystemExit(f"{work / name}: seed {seed}: the two runs' {split} splits differ; cannot pair them")
-        rows = E.predictors(name, runs)
+        rows = E.predictors(kind or name, runs)
         side_loss = {"contrastive": c_loss, "plain": p_loss}
         errors: dict[str, dict[tuple[str, str], np.ndarray]] = {"val": {}, "test": {}}
         for split in errors:
@@ -119,7 +121,7 @@ def task_errors(name: str, work: Path, fresh: int = 0) -> dict[str, Any]:
                 run = runs[side_loss[row[0]]]
                 errors[split][row] = run.errors(predict(feats[side_loss[row[0]]]), split)
         if fresh:
-            data = fresh_data(name, work, fresh)
+            data = fresh_data(name, work, fresh, kind or name)
             again = {loss: C.load_run(work / name / f"{loss}-s{seed}", data=data) for loss in task["losses"]}
             for loss in again:  # the same training split: the kNN gallery and the probe do not change
                 if not np.array_equal(again[loss].split("train").targets, runs[loss].split("train").targets):
@@ -166,16 +168,16 @@ def bootstrap(c: np.ndarray, p: np.ndarray, draws: int, rng: np.random.Generator
             "per_seed_ratio": [float(a.mean() / b.mean()) for a, b in zip(c, p)]}
 
 
-def analyse(name: str, work: Path, draws: int, fresh: int) -> dict[str, Any]:
+def analyse(name: str, work: Path, draws: int, fresh: int, kind: str | None = None) -> dict[str, Any]:
     """Each comparison on the evidence's test split ("test") and, with `fresh`, on fresh test
-    inputs ("fresh")."""
-    got = task_errors(name, work, fresh)
+    inputs ("fresh"); kind: as for `task_errors`."""
+    got = task_errors(name, work, fresh, kind)
     errors = got["errors"]
     out: dict[str, Any] = {"seeds": got["seeds"], "check_max_abs_diff": got["check_max_abs_diff"]}
     for test_set in ("test", "fresh") if fresh else ("test",):
         out[test_set] = {}
         for how in COMPARISONS:
-            rng = np.random.default_rng([BOOTSTRAP_SEED, TASK_NAMES.index(name)])  # the same draws for each
+            rng = np.random.default_rng([BOOTSTRAP_SEED, zlib.crc32(name.encode())])  # the same draws for each
             picks = {side: choose(errors, side, how, test_set) for side in ("contrastive", "plain")}
             c = np.stack([e[test_set][r] for e, r in zip(errors, picks["contrastive"])])
             p = np.stack([e[test_set][r] for e, r in zip(errors, picks["plain"])])
@@ -196,7 +198,7 @@ def _rows_cell(task: dict, side: str, whats: list[str]) -> str:
     return f"{name}: " + ", ".join(f"{SHORT[side, w]} (seed {i})" for i, w in enumerate(whats))
 
 
-def _table(task: dict, comparisons: dict, unit: str) -> list[str]:
+def table(task: dict, comparisons: dict, unit: str) -> list[str]:
     lines = [f"| comparison | contrastive | plain | MAE ({task['unit']}) | ratio | {LEVEL:.0%} interval | "
              "draws with contrastive ahead | ratio per seed |", "|---|---|---|---:|---:|---:|---:|---|"]
     for how, c in comparisons.items():
@@ -231,13 +233,13 @@ def write_markdown(record: dict, docs: Path) -> Path:
         lines += [f"## {task['title']}", "", f"Seeds {', '.join(map(str, r['seeds']))}; the recomputed test MAEs "
                   f"match the trainer's to {r['check_max_abs_diff']:.1g} {task['unit']}.", "",
                   f"**The evidence's test split** ({next(iter(r['test'].values()))['n_inputs']} {unit}):", ""]
-        lines += _table(task, r["test"], unit)
+        lines += table(task, r["test"], unit)
         if "fresh" in r:
             fresh = next(iter(r["fresh"].values()))["n_inputs"]
             what = (f"new frames of the same {C.WEBCAM['n_cameras']} cameras" if name == "webcam" else "new subjects")
             lines += [f"**{fresh} fresh test {unit}** from the same generator (seed {FRESH_SEED}: {what}), through "
                       "the same models, galleries and probes:", ""]
-            lines += _table(task, r["fresh"], unit)
+            lines += table(task, r["fresh"], unit)
     out = docs / "significance.md"
     out.write_text("\n".join(lines))
     return out
