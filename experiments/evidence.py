@@ -637,7 +637,10 @@ def write_markdown(results: dict, docs: Path) -> Path:
               "splits. Each main table trains both with several "
               "training seeds on one fixed data set and split and gives seed 0 and the mean (min–max) over the "
               "seeds. A method is called better only against the best plain figure (the best of the plain "
-              "model's own head, a converged linear probe on its frozen encoder and kNN on it).", ""]
+              "model's own head, a converged linear probe on its frozen encoder and kNN on it).",
+              "How far each test split's sample alone could move a ratio, and the same models on fresh inputs "
+              "from the same generators: docs/significance.md (`experiments/significance.py`, from these runs).",
+              ""]
     for name in TASKS:
         if name in results:
             lines += _task_markdown(name, results[name])
