@@ -448,3 +448,21 @@ def test_table_rejects_unknown_classes() -> None:
     with pytest.raises(ValueError):
         ImageTable((ImageRecord(Path("a"), "x"),), "t", "classification", classes=("y",))
     assert math.isclose(ImageTable((ImageRecord(Path("a"), 2.5),), "t", "regression").encode(2.5), 2.5)
+
+
+def test_upsampling_notice_names_the_largest_size_and_the_flag(tmp_path: Path) -> None:
+    from supemb.modalities.image import upsampling_notice
+
+    paths = [str(_png(tmp_path / "a.png", size=(20, 12))), str(_png(tmp_path / "b.png", size=(16, 24)))]
+    note = upsampling_notice(paths, 48)
+    assert note is not None
+    assert "at most 20x24 px" in note and "--image-size 48 upsamples" in note and "--image-size 24 trains" in note
+    assert "4x the pixels" in note  # (48 / 24) ** 2
+    assert upsampling_notice(paths, 24) is None  # one image is as large as the input size
+    assert upsampling_notice(paths[:1], 24) is not None  # a 20x12 image alone is smaller
+    assert upsampling_notice([], 48) is None
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    assert upsampling_notice([str(bad), *paths], 48) is None  # the loader, not this notice, reports it
+    assert upsampling_notice([str(tmp_path / "a.png")] * 16 + [str(_png(tmp_path / "c.png", size=(64, 64)))], 48) \
+        is not None  # only the first 16 are read

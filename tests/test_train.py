@@ -333,3 +333,16 @@ def test_a_moved_run_directory_is_where_it_is_now(tmp_path: Path) -> None:
     moved.mkdir()
     (moved / "config.json").write_text(json.dumps({"data": "d", "target": "t", "out": str(tmp_path / "original")}))
     assert RunDir(moved).config().out == str(moved)
+
+
+def test_images_smaller_than_the_input_size_get_one_notice(tmp_path: Path, capsys) -> None:
+    from supemb.data.synthetic_webcam import make_webcam_dataset
+
+    webcam = make_webcam_dataset(tmp_path / "w", 20, n_cameras=2, size=20, seed=0)
+    for size, noticed in ((32, True), (20, False)):
+        t = Trainer(TrainConfig(data=str(webcam), out=str(tmp_path / f"run{size}"), target="temperature",
+                                loss="l1", image_size=size, viz=False))
+        t._setup()
+        err = capsys.readouterr().err
+        assert ("at most 20x20 px and --image-size 32 upsamples" in err) is noticed
+        assert t.data.notices == ([err.strip()] if noticed else [])

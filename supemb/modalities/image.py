@@ -228,12 +228,13 @@ class ImageModality(Modality):
                          groups=np.arange(len(records)), names=paths)
 
         summary = {**table.summary(), "augment": aug_record, **({"no_face": sorted(no_face)} if no_face else {})}
+        small = None if cfg.faces else upsampling_notice([str(r.path) for r in table.split("train")], cfg.image_size)
         return PreparedData(
             modality=self.name, task=table.task, target_name=table.target, classes=table.classes,
             splits=splits_of(split_of, data), preprocessing=pipe.to_record(),
             augment=lambda img, g: contrastive(img, generator=g),
             eval_transform=lambda img: torch.from_numpy(after.run(img)),
-            encoder_kwargs={}, summary=summary, augment_spec=aug_record)
+            encoder_kwargs={}, summary=summary, augment_spec=aug_record, notices=[small] if small else [])
 
     def training_pipeline(self, cfg: Any) -> Pipeline:
         """decode, (face,) resize_crop, normalize: `--faces` adds the face step; pretrained weights
@@ -257,6 +258,27 @@ class ImageModality(Modality):
         for i, item in enumerate(items):
             out[i] = pipe.run(item)
         return out
+
+
+def upsampling_notice(paths: list[str], image_size: int, sample: int = 16) -> str | None:
+    """One line when the first `sample` training images are all smaller than `image_size`
+    (read from their headers): training then upsamples every image, which costs time and
+    adds no detail. None when any is as large, or cannot be read here (the loader will say)."""
+    from PIL import Image
+
+    sizes = []
+    for path in paths[:sample]:
+        try:
+            with Image.open(path) as im:
+                sizes.append(im.size)
+        except (OSError, ValueError):
+            return None
+    if not sizes or max(max(s) for s in sizes) >= image_size:
+        return None
+    w, h = max(s[0] for s in sizes), max(s[1] for s in sizes)
+    return (f"note: the training images are at most {w}x{h} px and --image-size {image_size} upsamples them "
+            f"({(image_size / max(w, h)) ** 2:.0f}x the pixels to compute on, no more detail); "
+            f"--image-size {max(w, h)} trains at their own size")
 
 
 def _loader(before: Pipeline, paths: list[str], on_error: str) -> tuple[Callable[[str], Any], set[str]]:

@@ -91,6 +91,7 @@ class PreparedData:
     summary: dict[str, Any]  # includes "augment": augment_spec
     # The augmentation used, fully resolved: {"preset": NAME or "custom", **every field} (see resolve_augment).
     augment_spec: dict[str, Any] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)  # what the user should know about the data (printed once)
 
     @property
     def plugin(self) -> Modality:

@@ -83,6 +83,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         self.data: PreparedData = prepare_data(cfg)
+        for notice in self.data.notices:
+            self._say(notice)
         self.n_classes = len(self.data.classes)
         # config.json records what was resolved (encoder, its settings, batch size, lr, augmentation),
         # so a resumed or repeated run does not depend on later changes of the defaults.
