@@ -83,8 +83,6 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         self.data: PreparedData = prepare_data(cfg)
-        for notice in self.data.notices:
-            self._say(notice)
         self.n_classes = len(self.data.classes)
         # config.json records what was resolved (encoder, its settings, batch size, lr, augmentation),
         # so a resumed or repeated run does not depend on later changes of the defaults.
@@ -148,6 +146,8 @@ class Trainer:
             pin_memory=self.device.type == "cuda")
         self.total_steps = max(1, self.steps_per_epoch * cfg.epochs)
         self.warmup_steps = int(cfg.warmup_epochs * self.steps_per_epoch)
+        for notice in self.data.notices:  # once the setup has succeeded: an error stays one line
+            self._say(notice)
         self.best_score = -math.inf
         self.position = Position()
 
