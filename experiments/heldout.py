@@ -22,7 +22,6 @@ set's test frames come from three cameras, so its interval, over frames, is too 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -112,8 +111,7 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         sets[name] = run_set(name, work, args.seeds)
-        print(name, json.dumps({k: [round(c["ratio"], 3), round(c["low"], 3), round(c["high"], 3)]
-                                for k, c in sets[name]["test"].items()}), flush=True)
+        print(name, S.brief(sets[name]["test"]), flush=True)
     docs.mkdir(parents=True, exist_ok=True)
     C.append_run(docs / "heldout.json", {"machine": C.machine(), "work": str(work), "seeds": args.seeds,
                                          "sets": sets}, write_markdown)

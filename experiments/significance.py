@@ -186,6 +186,12 @@ def analyse(name: str, work: Path, draws: int, fresh: int, kind: str | None = No
     return out
 
 
+def brief(comparisons: dict[str, dict]) -> str:
+    """One line for the console: {comparison: [ratio, low, high]}."""
+    return json.dumps({k: [round(c["ratio"], 3), round(c["low"], 3), round(c["high"], 3)]
+                       for k, c in comparisons.items()})
+
+
 SHORT = {("contrastive", "knn"): "kNN", ("contrastive", "linear"): "stage-2 head",
          ("plain", "head"): "own head", ("plain", "linear"): "probe", ("plain", "knn"): "kNN"}
 
@@ -258,9 +264,8 @@ def main() -> None:
     if not tasks:
         raise SystemExit(f"{work}: no webcam/ or eeg/ runs (run experiments/evidence.py --work {work})")
     for name, r in tasks.items():
-        for test_set in ("test", "fresh"):
-            print(name, test_set, json.dumps({k: [round(c["ratio"], 3), round(c["low"], 3), round(c["high"], 3)]
-                                              for k, c in r.get(test_set, {}).items()}), flush=True)
+        for test_set in (t for t in ("test", "fresh") if t in r):
+            print(name, test_set, brief(r[test_set]), flush=True)
     docs.mkdir(parents=True, exist_ok=True)
     C.append_run(docs / "significance.json", {"machine": C.machine(), "work": str(work), "draws": args.draws,
                                               "tasks": tasks}, write_markdown)

@@ -123,8 +123,7 @@ class Trainer:
                 self.forward, device_ids=[self.device] if self.device.type == "cuda" else None)
         self.loss_fn = build_loss(cfg, self.n_classes).to(self.device)
         self.linear = LinearHead(self.embed_dim, out_dim).to(self.device)  # stage 2
-        params = list(self.model.parameters())
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()} if cfg.ema_decay else None
         n_train = len(self.data.splits["train"])
