@@ -1,5 +1,6 @@
 """Plain PyTorch yardstick for `supemb train`: RnC (written from the paper's formula) or L1.
-python experiments/plain_reference.py LABELS_CSV --target T --loss rnc|l1 [--epochs 30] [--seed 0] [--json OUT]"""
+python experiments/plain_reference.py LABELS_CSV --target T --loss rnc|l1 [--epochs 30] [--seed 0] [--json OUT]
+(--json also holds each predictor's |error| on every val and test image, in labels.csv order)"""
 import argparse, csv, json, math, os
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from PIL import Image
@@ -39,10 +40,10 @@ def ridge(E, Y):  # closed-form ridge on standardised features, strength chosen 
     X = {s: ((E[s] - mu) / sd).double() for s in E}
     fits = [torch.linalg.solve(X["train"].T @ X["train"] + a * torch.eye(X["train"].shape[1], dtype=torch.float64),
                                X["train"].T @ (Y["train"].double() - ym)) for a in np.logspace(-4, 3, 8)]
-    mae = [{s: (X[s] @ w + ym - Y[s]).abs().mean().item() for s in ("val", "test")} for w in fits]
-    best = min(range(len(fits)), key=lambda i: mae[i]["val"])
-    return {"ridge_alpha": float(np.logspace(-4, 3, 8)[best]), "ridge_val_mae": mae[best]["val"],
-            "ridge_test_mae": mae[best]["test"]}
+    err = [{s: (X[s] @ w + ym - Y[s]).abs() for s in ("val", "test")} for w in fits]
+    best = min(range(len(fits)), key=lambda i: err[i]["val"].mean().item())
+    return {"ridge_alpha": float(np.logspace(-4, 3, 8)[best]), **{f"ridge_{s}_mae": e.mean().item() for s, e in
+            err[best].items()}, **{f"ridge_{s}_errors": e.tolist() for s, e in err[best].items()}}
 
 def main():
     p = argparse.ArgumentParser(); p.add_argument("labels_csv"); p.add_argument("--target", required=True)
@@ -71,9 +72,11 @@ def main():
                "mean_baseline_test_mae": (Y["test"] - ym).abs().mean().item()}
         for s in ("val", "test"):  # kNN: 10 neighbours, softmax of -distance / 2
             dist, idx = torch.cdist(E[s], E["train"]).topk(10, largest=False)
-            res[f"knn_{s}_mae"] = ((torch.softmax(-dist / 2.0, 1) * Y["train"][idx]).sum(1) - Y[s]).abs().mean().item()
+            err = {"knn": ((torch.softmax(-dist / 2.0, 1) * Y["train"][idx]).sum(1) - Y[s]).abs()}
             if a.loss == "l1":
-                res[f"head_{s}_mae"] = (head(E[s]).squeeze(1) * ys + ym - Y[s]).abs().mean().item()
+                err["head"] = (head(E[s]).squeeze(1) * ys + ym - Y[s]).abs()
+            res.update({f"{k}_{s}_mae": e.mean().item() for k, e in err.items()})
+            res.update({f"{k}_{s}_errors": e.tolist() for k, e in err.items()})  # per image
     res.update(ridge(E, Y)); print(json.dumps(res))
     if a.json:
         json.dump(res, open(a.json, "w"), indent=2)

@@ -2,9 +2,9 @@
 of the ratios in docs/evidence.md, over the test inputs.
 
     .venv/bin/python experiments/significance.py [--work runs/evidence-cal] [--draws 10000] [--no-fresh]
-        [--docs-dir DIR]
+        [--no-reference] [--docs-dir DIR]
 
-Nothing is trained: the finished main-table runs of `experiments/evidence.py` (WORK/TASK/LOSS-sSEED,
+Nothing of supemb's is trained: the finished main-table runs of `experiments/evidence.py` (WORK/TASK/LOSS-sSEED,
 every seed found) are loaded, and each table row's prediction (`evidence.predictors`: kNN, the
 stage-2 head, the plain model's own head and its converged probe) gives the |error| of every
 validation and test input (an image; an EEG recording, its windows averaged). The recomputed
@@ -22,13 +22,19 @@ Each ratio gets a 95 % interval from DRAWS paired bootstrap draws of the test in
 draw for both sides and every seed; seeded), and the share of draws in which the contrastive
 side is ahead (ratio below 1). The interval says how much the figure could move with another
 test set of the same size from the same source; it does not cover the training seeds, whose
-per-seed ratios are listed beside it. Appends the run, with its machine record, to
+per-seed ratios are listed beside it.
+
+On the fresh webcam inputs, supemb's RnC and L1 are also compared, the same three ways and
+paired per image, with experiments/plain_reference.py (our plain PyTorch yardstick) trained
+with the same seeds, epochs and training split: 6 short trainings, kept in WORK/webcam/ and
+reused; --no-reference skips them. Appends the run, with its machine record, to
 DOCS/significance.json and writes DOCS/significance.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import re
 import sys
@@ -47,6 +53,7 @@ BOOTSTRAP_SEED = 0
 FRESH_SEED = 7  # the generators' seed for the fresh test inputs (the evidence data: seed 0)
 FRESH = {"webcam": 2400, "eeg": 300}  # fresh test inputs: images, recordings
 LEVEL = 0.95
+REFERENCE_ROWS = {"rnc": ("knn", "ridge"), "l1": ("head", "knn", "ridge")}  # plain_reference.py's predictors
 COMPARISONS = {"evidence": "the best row of each side on these inputs (evidence.md's rule)",
                "validation": "chosen on validation, per seed",
                "knn": "kNN against kNN (what the bundles serve)"}
@@ -142,9 +149,10 @@ def task_errors(name: str, work: Path, fresh: int = 0, kind: str | None = None) 
     return {"seeds": seeds, "errors": per_seed, "check_max_abs_diff": worst}
 
 
-def choose(errors: list[dict], side: str, how: str, test_set: str) -> list[tuple[str, str]]:
+def choose(errors: list[dict], side: str, how: str, test_set: str,
+           rows: tuple[tuple[str, str], ...] = E.ROWS) -> list[tuple[str, str]]:
     """Each seed's row for `side` under comparison `how`, judged on `test_set`."""
-    rows = [row for row in E.ROWS if row[0] == side]
+    rows = [row for row in rows if row[0] == side]
     if how == "knn":
         return [(side, "knn")] * len(errors)
     if how == "evidence":  # one row for every seed: the lowest MAE on the test inputs averaged over the seeds
@@ -168,9 +176,11 @@ def bootstrap(c: np.ndarray, p: np.ndarray, draws: int, rng: np.random.Generator
             "per_seed_ratio": [float(a.mean() / b.mean()) for a, b in zip(c, p)]}
 
 
-def analyse(name: str, work: Path, draws: int, fresh: int, kind: str | None = None) -> dict[str, Any]:
+def analyse(name: str, work: Path, draws: int, fresh: int, kind: str | None = None,
+            reference: bool = False) -> dict[str, Any]:
     """Each comparison on the evidence's test split ("test") and, with `fresh`, on fresh test
-    inputs ("fresh"); kind: as for `task_errors`."""
+    inputs ("fresh"); kind: as for `task_errors`. reference (webcam, with `fresh`): also
+    supemb against the plain reference script on the fresh inputs (`against_reference`)."""
     got = task_errors(name, work, fresh, kind)
     errors = got["errors"]
     out: dict[str, Any] = {"seeds": got["seeds"], "check_max_abs_diff": got["check_max_abs_diff"]}
@@ -183,6 +193,71 @@ def analyse(name: str, work: Path, draws: int, fresh: int, kind: str | None = No
             p = np.stack([e[test_set][r] for e, r in zip(errors, picks["plain"])])
             out[test_set][how] = {**bootstrap(c, p, draws, rng),
                                   **{f"{side}_rows": [r[1] for r in rows] for side, rows in picks.items()}}
+    if reference and fresh:
+        out["reference"] = against_reference(work, got, draws)
+    return out
+
+
+def reference_errors(work: Path, seeds: list[int], data: Path, epochs: int) -> list[dict]:
+    """Per seed, {"val"|"fresh": {("reference", LOSS_WHAT): |error| per image}} of
+    experiments/plain_reference.py trained with that seed on `data` (the evidence's train and
+    val rows, the fresh test rows: `fresh_data`) for `epochs`. Its JSON is kept as
+    WORK/webcam/reference-fresh-LOSS-sSEED.json and reused."""
+    import subprocess
+
+    per_seed = []
+    for seed in seeds:
+        errors: dict[str, dict[tuple[str, str], np.ndarray]] = {"val": {}, "fresh": {}}
+        for loss, whats in REFERENCE_ROWS.items():
+            path = work / "webcam" / f"reference-fresh-{loss}-s{seed}.json"
+            if not path.is_file():
+                print(f"== the plain reference script: {loss}, seed {seed}", flush=True)
+                subprocess.run([sys.executable, str(C.ROOT / "experiments" / "plain_reference.py"), str(data),
+                                "--target", "temperature", "--loss", loss, "--epochs", str(epochs),
+                                "--seed", str(seed), "--json", str(path)], check=True, stdout=subprocess.DEVNULL)
+            r = json.loads(path.read_text())
+            for what in whats:
+                errors["val"]["reference", f"{loss}_{what}"] = np.asarray(r[f"{what}_val_errors"])
+                errors["fresh"]["reference", f"{loss}_{what}"] = np.asarray(r[f"{what}_test_errors"])
+        per_seed.append(errors)
+    return per_seed
+
+
+def against_reference(work: Path, got: dict[str, Any], draws: int) -> dict[str, Any]:
+    """supemb's RnC and L1 (the evidence runs) against the plain reference script's, on the fresh
+    webcam inputs, paired per image; ratio = supemb's MAE over the reference's."""
+    data = work / "webcam-fresh" / "labels.csv"
+    with open(data, newline="") as f:
+        fresh_targets = [float(r["temperature"]) for r in csv.DictReader(f) if r["split"] == "test"]
+    ours = C.load_run(work / "webcam" / f"rnc-s{got['seeds'][0]}", data=data)
+    if not np.allclose(ours.split("test").targets, fresh_targets):
+        raise SystemExit(f"{data}: supemb's test rows are not in the CSV's order; cannot pair them")
+    ref = reference_errors(work, got["seeds"], data, ours.cfg.epochs)  # the evidence runs' epochs
+    return reference_comparisons(got["errors"], ref, draws)
+
+
+def reference_comparisons(errors: list[dict], ref: list[dict], draws: int) -> dict[str, Any]:
+    """errors: `task_errors`' per-seed errors (with "fresh"); ref: `reference_errors`' -> per loss
+    (rnc: supemb's contrastive rows, l1: its plain rows) and comparison, supemb over the reference."""
+    out: dict[str, Any] = {}
+    for loss, side in (("rnc", "contrastive"), ("l1", "plain")):
+        rows = tuple(r for r in E.ROWS if r[0] == side) + tuple(("reference", f"{loss}_{w}")
+                                                               for w in REFERENCE_ROWS[loss])
+        both = [{split: {**e[split], **r[split]} for split in ("val", "fresh")} for e, r in zip(errors, ref)]
+        out[loss] = {}
+        for how in ("evidence", "validation", "knn"):
+            rng = np.random.default_rng([BOOTSTRAP_SEED, zlib.crc32(f"reference-{loss}".encode())])
+            if how == "knn":
+                picks = {"ours": [(side, "knn")] * len(both), "reference": [("reference", f"{loss}_knn")] * len(both)}
+            else:
+                picks = {"ours": choose(both, side, how, "fresh", rows),
+                         "reference": choose(both, "reference", how, "fresh", rows)}
+            b = bootstrap(*(np.stack([e["fresh"][r] for e, r in zip(both, picks[k])]) for k in picks), draws, rng)
+            out[loss][how] = {"n_inputs": b["n_inputs"], "mae_supemb": b["mae_contrastive"],
+                              "mae_reference": b["mae_plain"], "ratio": b["ratio"], "low": b["low"],
+                              "high": b["high"], "share_supemb_ahead": b["share_contrastive_ahead"],
+                              "per_seed_ratio": b["per_seed_ratio"], "supemb_rows": [r[1] for r in picks["ours"]],
+                              "reference_rows": [r[1] for r in picks["reference"]]}
     return out
 
 
@@ -223,10 +298,41 @@ def table(task: dict, comparisons: dict, unit: str) -> list[str]:
     return lines + [""]
 
 
+def reference_table(ref: dict[str, dict], inputs: str) -> list[str]:
+    names = {"rnc": "RnC", "l1": "L1"}
+    shown = {"knn": "kNN", "head": "own head", "ridge": "ridge probe"}
+
+    def cell(loss: str, whats: list[str]) -> str:  # e.g. "kNN", or "per seed: kNN, ridge probe, kNN"
+        linear = "stage-2 head" if loss == "rnc" else "converged probe"
+        names = [shown.get(w.split("_")[-1], linear) for w in whats]
+        return names[0] if len(set(names)) == 1 else "per seed: " + ", ".join(names)
+
+    lines = [f"**supemb against the plain reference script** (`experiments/plain_reference.py`, trained with the "
+             f"same seeds on the same training split) on the {inputs}; ratio = supemb's MAE over the "
+             "reference's, paired per image; below 1: supemb ahead. \"kNN against kNN\": supemb's served kNN "
+             "(k and temperature chosen on validation) against the script's fixed one (10 neighbours).", "",
+             "| loss | comparison | supemb | reference | MAE (°C) | ratio | 95% interval | draws with supemb ahead "
+             "| ratio per seed |", "|---|---|---|---|---:|---:|---:|---:|---|"]
+    for loss, comparisons in ref.items():
+        for how, c in comparisons.items():
+            lines.append(f"| {names[loss]} | {COMPARISONS[how]} | {cell(loss, c['supemb_rows'])} | "
+                         f"{cell(loss, c['reference_rows'])} | {c['mae_supemb']:.2f} vs {c['mae_reference']:.2f} | "
+                         f"{c['ratio']:.3f} | {c['low']:.3f}–{c['high']:.3f} | {c['share_supemb_ahead']:.0%} | "
+                         f"{', '.join(f'{x:.3f}' for x in c['per_seed_ratio'])} |")
+    lines.append("")
+    for loss, comparisons in ref.items():
+        for how, c in comparisons.items():
+            lines.append(f"- {names[loss]}, {COMPARISONS[how]}: " + (
+                "the interval holds 1: supemb and the script are tied on these inputs."
+                if c["low"] <= 1.0 <= c["high"] else
+                f"the interval excludes 1: {'supemb' if c['high'] < 1 else 'the script'} is ahead."))
+    return lines + [""]
+
+
 def write_markdown(record: dict, docs: Path) -> Path:
     run = record["runs"][-1]
     lines = C.record_header("Can the test sets tell the two apart?", "significance", record)
-    lines += [f"From the finished evidence runs in `{run['work']}` (nothing retrained). Paired bootstrap over "
+    lines += [f"From the finished evidence runs in `{run['work']}` (not retrained). Paired bootstrap over "
               f"the test inputs, {run['draws']:,} draws (seed {BOOTSTRAP_SEED}); ratio = the contrastive side's "
               "MAE over the plain side's, each averaged over the training seeds; below 1: contrastive ahead. "
               f"The {LEVEL:.0%} interval is how far the ratio could move on another test set of the same size "
@@ -243,9 +349,11 @@ def write_markdown(record: dict, docs: Path) -> Path:
         if "fresh" in r:
             fresh = next(iter(r["fresh"].values()))["n_inputs"]
             what = (f"new frames of the same {C.WEBCAM['n_cameras']} cameras" if name == "webcam" else "new subjects")
-            lines += [f"**{fresh} fresh test {unit}** from the same generator (seed {FRESH_SEED}: {what}), through "
+            lines += [f"**{fresh:,} fresh test {unit}** from the same generator (seed {FRESH_SEED}: {what}), through "
                       "the same models, galleries and probes:", ""]
             lines += table(task, r["fresh"], unit)
+        if "reference" in r:
+            lines += reference_table(r["reference"], f"{fresh:,} fresh test {unit}")
     out = docs / "significance.md"
     out.write_text("\n".join(lines))
     return out
@@ -256,16 +364,21 @@ def main() -> None:
     ap.add_argument("--work", default="runs/evidence-cal", help="an experiments/evidence.py --work directory")
     ap.add_argument("--draws", type=int, default=10_000)
     ap.add_argument("--no-fresh", action="store_true", help="only the evidence's own test splits")
+    ap.add_argument("--no-reference", action="store_true",
+                    help="skip supemb against the plain reference script (which trains it: 6 runs)")
     ap.add_argument("--docs-dir", default=str(C.ROOT / "docs"))
     args = ap.parse_args()
     work, docs = Path(args.work), Path(args.docs_dir)
-    tasks = {name: analyse(name, work, args.draws, 0 if args.no_fresh else FRESH[name])
+    tasks = {name: analyse(name, work, args.draws, 0 if args.no_fresh else FRESH[name],
+                           reference=name == "webcam" and not args.no_reference)
              for name in TASK_NAMES if (work / name).is_dir()}
     if not tasks:
         raise SystemExit(f"{work}: no webcam/ or eeg/ runs (run experiments/evidence.py --work {work})")
     for name, r in tasks.items():
         for test_set in (t for t in ("test", "fresh") if t in r):
             print(name, test_set, brief(r[test_set]), flush=True)
+        for loss, comparisons in r.get("reference", {}).items():
+            print(name, f"fresh, supemb {loss} / reference {loss}", brief(comparisons), flush=True)
     docs.mkdir(parents=True, exist_ok=True)
     C.append_run(docs / "significance.json", {"machine": C.machine(), "work": str(work), "draws": args.draws,
                                               "tasks": tasks}, write_markdown)

@@ -61,3 +61,37 @@ def test_rows_chosen_per_comparison():
     assert significance.choose(seeds, "plain", "validation", "test") == [a, b]  # per seed, by validation
     assert significance.choose(seeds, "plain", "evidence", "test") == [b, b]  # one row, by mean test MAE
     assert significance.choose(seeds, "plain", "knn", "test") == [b, b]
+
+
+def test_reference_comparison_pairs_supemb_rows_with_the_scripts():
+    # supemb's RnC: kNN best on validation and fresh (0.9x the script's kNN); its head worse.
+    # The script's RnC: ridge best on validation, kNN best on the fresh inputs.
+    # L1 rows are all equal on both sides: ratio 1 whichever rows are picked.
+    rng = np.random.default_rng(4)
+    base = rng.exponential(size=40) + 0.5
+    full = lambda v: np.full(40, v)  # noqa: E731
+
+    def seed():
+        ours = {"val": {("contrastive", "knn"): full(1.0), ("contrastive", "linear"): full(2.0),
+                        **{("plain", w): full(1.0) for w in ("head", "linear", "knn")}},
+                "fresh": {("contrastive", "knn"): 0.9 * base, ("contrastive", "linear"): 2 * base,
+                          **{("plain", w): base for w in ("head", "linear", "knn")}}}
+        ref = {"val": {("reference", "rnc_knn"): full(2.0), ("reference", "rnc_ridge"): full(1.0),
+                       **{("reference", f"l1_{w}"): full(1.0) for w in ("head", "knn", "ridge")}},
+               "fresh": {("reference", "rnc_knn"): base, ("reference", "rnc_ridge"): 1.5 * base,
+                         **{("reference", f"l1_{w}"): base for w in ("head", "knn", "ridge")}}}
+        return ours, ref
+
+    pairs = [seed(), seed()]
+    out = significance.reference_comparisons([p[0] for p in pairs], [p[1] for p in pairs], 500)
+    rnc = out["rnc"]
+    assert rnc["knn"]["ratio"] == pytest.approx(0.9) and rnc["knn"]["reference_rows"] == ["rnc_knn"] * 2
+    assert rnc["evidence"]["supemb_rows"] == ["knn"] * 2 and rnc["evidence"]["reference_rows"] == ["rnc_knn"] * 2
+    assert rnc["validation"]["reference_rows"] == ["rnc_ridge"] * 2  # chosen on validation, not on fresh
+    assert out["l1"]["knn"]["supemb_rows"] == ["knn"] * 2 and out["l1"]["knn"]["reference_rows"] == ["l1_knn"] * 2
+    assert rnc["validation"]["ratio"] == pytest.approx(0.9 / 1.5)
+    assert rnc["validation"]["low"] == pytest.approx(0.6) and rnc["validation"]["share_supemb_ahead"] == 1.0
+    assert all(c["ratio"] == pytest.approx(1.0) for c in out["l1"].values())
+    lines = significance.reference_table(out, "40 fresh test images")
+    row = next(line for line in lines if line.startswith("| RnC | chosen on validation, per seed |"))
+    assert row.startswith("| RnC | chosen on validation, per seed | kNN | ridge probe |") and "| 0.600 |" in row
