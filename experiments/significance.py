@@ -17,7 +17,8 @@ over the seeds:
   over the seeds (evidence.md's rule; the choice itself looks at those inputs);
 - "chosen on validation": per seed, each side's row with the lowest validation MAE (no test
   figure is used to choose);
-- "kNN against kNN": what each side's bundle would serve.
+- "kNN against kNN": plain kNN on both sides (what a bundle serves unless validation chose the
+  residual kNN for it; docs/residual_knn.md measures that on the same runs).
 Each ratio gets a 95 % interval from DRAWS paired bootstrap draws of the test inputs (the same
 draw for both sides and every seed; seeded), and the share of draws in which the contrastive
 side is ahead (ratio below 1). The interval says how much the figure could move with another
@@ -56,7 +57,7 @@ LEVEL = 0.95
 REFERENCE_ROWS = {"rnc": ("knn", "ridge"), "l1": ("head", "knn", "ridge")}  # plain_reference.py's predictors
 COMPARISONS = {"evidence": "the best row of each side on these inputs (evidence.md's rule)",
                "validation": "chosen on validation, per seed",
-               "knn": "kNN against kNN (what the bundles serve)"}
+               "knn": "kNN against kNN (plain kNN)"}
 
 
 def seeds_of(task_dir: Path, loss: str) -> list[int]:

@@ -234,6 +234,7 @@ def evaluate_bundle(bundle: Any, data: str | Path, *, target: str | None = None,
     out: dict[str, Any] = {"items": len(ok), "skipped": [f.message for f in failures] + list(src.skipped),
                            "k": k, "gallery": bundle.index.ntotal}
     if bundle.task == "regression":
+        out["served"] = "residual kNN" if bundle.residual else "kNN"  # the manifest's knn.residual, or none
         y = np.array([src.targets[i] for i in ok], dtype=np.float64)
         pred = np.array([preds[i].value for i in ok])
         out.update({f"{prefix}_{n}": v for n, v in retrieval.regression_metrics(pred, y).items()})

@@ -267,6 +267,29 @@ def test_banner_names_the_bundle_and_says_synthetic(served) -> None:
         assert "synthetic data" in banner and f"supemb demo --bundle {tab}=path/to/bundle" in banner
 
 
+def test_summary_and_banner_say_what_the_bundle_serves() -> None:
+    """A value from a residual kNN is explained as a trend plus its neighbours' offsets, one from
+    plain kNN as the neighbours' mean; the banner's test MAE is what the bundle serves."""
+    from types import SimpleNamespace
+
+    from supemb.demo.views import banner_markdown, summary_markdown
+    from supemb.predict.bundle import Prediction
+
+    pred = Prediction(source="x", value=12.0, uncertainty=2.0)
+    for residual, phrase in (({"weight": [1.0], "bias": 0.0}, "a linear trend over the model's embedding space"),
+                             (None, "the similarity-weighted mean of the 7 gallery frames nearest")):
+        b = SimpleNamespace(unit="°C", target_name="temperature", knn={"uncertainty_scale": 1.1}, residual=residual,
+                            spec=None)
+        text = summary_markdown(b, pred, 7, "frames")
+        assert phrase in text and "two in three validation errors" in text
+    metrics = {"test_served_mae": 3.2, "test_knn_mae": 3.9}
+    b = SimpleNamespace(manifest={"training": {"test_metrics": metrics}}, name="t", index=SimpleNamespace(ntotal=9),
+                        default_k=7, unit="°C", is_demo=False)
+    assert "test MAE 3.2°C" in banner_markdown(b, "temperature", Path("b"), "frames")
+    b.manifest["training"]["test_metrics"] = {"test_knn_mae": 3.9}  # a bundle exported before: its kNN figure
+    assert "test MAE 3.9°C" in banner_markdown(b, "temperature", Path("b"), "frames")
+
+
 # ------------------------------------------------------------ bundles, CLI
 
 

@@ -168,6 +168,34 @@ def test_knn_settings_refused(tmp_path: Path, knn, message: str) -> None:
     assert _refusal(tmp_path, {**m, "knn": knn}) == message
 
 
+def test_residual_head_served(tmp_path: Path) -> None:
+    knn = {"k": 5, "residual": {"weight": [0.5, -1, 0.0, 2e-3], "bias": -3}}
+    make_bundle(tmp_path, knn=knn)
+    assert mf.read_manifest(tmp_path)["knn"] == knn
+
+
+@pytest.mark.parametrize(("residual", "message"), [
+    ([1, 2], "\"knn\" residual must be a mapping with weight, bias, got '[1, 2]'"),
+    ({"weight": [1, 2, 3, 4]}, "\"knn\" residual must be a mapping with weight, bias, got \"{'weight': [1, 2, 3, 4]}\""),
+    ({"weight": [1, 2, 3], "bias": 0}, "\"knn\" residual weight must be 4 finite numbers (one per embedding dimension)"),
+    ({"weight": [1, 2, 3, float("nan")], "bias": 0},
+     "\"knn\" residual weight must be 4 finite numbers (one per embedding dimension)"),
+    ({"weight": [1, 2, 3, "4"], "bias": 0},
+     "\"knn\" residual weight must be 4 finite numbers (one per embedding dimension)"),
+    ({"weight": [1, 2, 3, 4], "bias": float("inf")}, "\"knn\" residual bias must be a finite number, got inf"),
+    ({"weight": [1, 2, 3, 4], "bias": None}, "\"knn\" residual bias must be a finite number, got None"),
+])
+def test_residual_head_refused(tmp_path: Path, residual, message: str) -> None:
+    m = make_bundle(tmp_path)
+    assert _refusal(tmp_path, {**m, "knn": {"k": 5, "residual": residual}}) == message
+
+
+def test_residual_head_needs_a_value_bundle(tmp_path: Path) -> None:
+    m = make_bundle(tmp_path)
+    bad = {**m, "task": "classification", "labels": ["a", "b"], "knn": {"residual": {"weight": [0] * 4, "bias": 0}}}
+    assert _refusal(tmp_path, bad) == "\"knn\" residual serves values; a classification bundle cannot have one"
+
+
 # ---------------------------------------------------------------- as_named
 
 

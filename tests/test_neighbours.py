@@ -298,6 +298,25 @@ def test_predict_inputs_regression_pools_windows_by_total_variance() -> None:
     assert med.values.tolist() == [6.0]
 
 
+def test_predict_inputs_offset_is_added_per_row_before_pooling() -> None:
+    # a residual kNN: each row's kNN of the residuals plus the head's value for that row;
+    # the rows' disagreement is measured after the offset, so it enters the uncertainty
+    sim = np.array([[0.9, 0.8], [0.7, 0.1]])
+    resid = np.array([[1.0, -1.0], [0.0, 0.0]])
+    plain = predict_inputs(sim, resid, [0, 0], 1, "regression", temperature=0.1)
+    out = predict_inputs(sim, resid, [0, 0], 1, "regression", temperature=0.1, offset=np.array([10.0, 20.0]))
+    assert out.values[0] == pytest.approx(plain.values[0] + 15.0)
+    w = np.exp(np.array([0.9, 0.8]) / 0.1)
+    w /= w.sum()
+    row0, row1 = w @ [1.0, -1.0] + 10.0, 20.0
+    value = (row0 + row1) / 2
+    spread0 = np.sqrt(w @ (np.array([1.0, -1.0]) - (row0 - 10.0)) ** 2)
+    assert out.uncertainty[0] == pytest.approx(np.sqrt((spread0**2 + (row0 - value) ** 2 + (row1 - value) ** 2) / 2))
+    scalar = predict_inputs(sim, resid, [0, 0], 1, "regression", temperature=0.1, offset=3.0)
+    assert scalar.values[0] == pytest.approx(plain.values[0] + 3.0)
+    assert scalar.uncertainty[0] == pytest.approx(plain.uncertainty[0])
+
+
 def test_predict_inputs_classification_averages_the_votes() -> None:
     sim = np.array([[0.9, 0.1], [0.5, 0.5], [1.0, 0.0]])
     labels = np.array([[1, 0], [2, 2], [0, 1]])

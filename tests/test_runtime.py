@@ -128,21 +128,31 @@ def _median_by_hand(y: np.ndarray, w: np.ndarray) -> float:
     return 0.5 * (best.min() + best.max())
 
 
-def _knn_by_hand(b, rows: np.ndarray, k: int, reduce: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+def _knn_by_hand(b, rows: np.ndarray, k: int, reduce: str = "mean",
+                 knn: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Each row's kNN value and spread [R] from the manifest's settings: softmax weights
     exp(s / t) over the k most similar gallery items; the weighted mean (or median) and
-    sqrt(sum w (y - weighted mean)^2)."""
-    knn = b.manifest["knn"]
+    sqrt(sum w (y - weighted mean)^2). knn: other settings than the manifest's."""
+    knn = b.manifest["knn"] if knn is None else knn
     assert knn["weighting"] == "softmax"
     order, sim = _gallery_ranking(b, rows)
     near, s = order[:, :k], sim[:, :k]
     w = np.exp((s - s[:, :1]) / knn["temperature"])
     w /= w.sum(axis=1, keepdims=True)
-    y = np.asarray(b.targets, np.float64)[near]
+    y = np.asarray(b.targets, np.float64)
+    offset = np.zeros(len(rows))
+    if knn.get("residual"):  # kNN of a linear head's residuals, plus the head's value for the query
+        import faiss
+
+        head_w, head_b = np.asarray(knn["residual"]["weight"], np.float64), knn["residual"]["bias"]
+        gallery = faiss.read_index(str(b.root / "index.faiss")).reconstruct_n(0, b.index.ntotal).astype(np.float64)
+        y = y - (gallery @ head_w + head_b)
+        offset = np.asarray(rows, np.float64) @ head_w + head_b
+    y = y[near]
     mean = (w * y).sum(axis=1)
     spread = np.sqrt((w * (y - mean[:, None]) ** 2).sum(axis=1))
     value = mean if reduce == "mean" else np.array([_median_by_hand(yy, ww) for yy, ww in zip(y, w)])
-    return value, spread
+    return value + offset, spread
 
 
 # ------------------------------------------------------------ round trips
@@ -181,6 +191,35 @@ def test_image_regression_round_trip(reg_bundle: Path, webcam: Path) -> None:
         assert sims == sorted(sims, reverse=True)
         json.dumps(p.to_dict())  # JSON-able for the CLI and the demo
     assert b.thumbnails is not None and b.thumbnails.shape == (b.index.ntotal, 8, 8, 3)
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_served_value_with_and_without_a_residual_head(residual: bool, reg_bundle: Path, webcam: Path,
+                                                       tmp_path: Path) -> None:
+    """knn.residual (a linear head on the embedding) changes the served value to head(query) +
+    the kNN of the gallery's residuals; without it, the kNN of the targets. Both against the
+    hand computation, on a copy of the bundle whose manifest says one or the other."""
+    import shutil
+
+    from supemb.predict import manifest as mf
+
+    root = tmp_path / "b"
+    shutil.copytree(reg_bundle, root)
+    m = {k: v for k, v in mf.read_manifest(root).items() if k != "files"}
+    knn = {k: v for k, v in m["knn"].items() if k != "residual"}
+    if residual:  # a head far from the trained one, so the two paths cannot agree by chance
+        knn["residual"] = {"weight": [float(v) for v in np.random.default_rng(5).normal(0, 30, m["embedding_dim"])],
+                           "bias": 7.5}
+    mf.seal(root, {**m, "knn": knn})
+    b = load_bundle(root, device="cpu")
+    unseen = _held_out(webcam)
+    value, spread = _knn_by_hand(b, b.embed(unseen), 4)
+    preds = b.predict(unseen, k=4)
+    assert [p.value for p in preds] == pytest.approx(value, abs=1e-3)
+    assert [p.uncertainty for p in preds] == pytest.approx(spread * b.uncertainty_scale, abs=1e-3)
+    if residual:  # the residual path really differs from plain kNN of the targets
+        plain, _ = _knn_by_hand(b, b.embed(unseen), 4, knn={k: v for k, v in knn.items() if k != "residual"})
+        assert np.abs(np.array([p.value for p in preds]) - plain).max() > 1.0
 
 
 def test_bundle_files_get_usual_permissions(reg_bundle: Path, tmp_path: Path) -> None:
@@ -577,7 +616,10 @@ def test_l2_bundle_serves_raw_embeddings_by_euclidean_distance(reg_bundle: Path,
     assert meta["metric"] == "l2" and meta["embedding"] == "encoder output"
     assert m["metric"] == b.metric == b.index.metric == m["index"]["metric"] == "l2"
     assert faiss.read_index(str(reg_bundle / "index.faiss")).metric_type == faiss.METRIC_L2
-    assert m["knn"]["temperature"] == pytest.approx(meta["knn_temperature"])
+    served = meta["knn_residual"] or {"temperature": meta["knn_temperature"], "k": meta["knn_k"]}  # as chosen
+    assert (m["knn"]["temperature"], m["knn"]["k"]) == (pytest.approx(served["temperature"]), served["k"])
+    assert ("residual" in m["knn"]) == (meta["knn_residual"] is not None)
+    assert m["format_version"] == (3 if meta["knn_residual"] else 2)  # older readers refuse a residual bundle
     # the ONNX output is the raw encoder output (not unit length), as PyTorch computes it
     module, _, _ = RunDir(work / "run_reg").embedding_model()
     x = np.concatenate([b.encoder.decode(p) for p in _images(webcam, 6)])
@@ -594,12 +636,14 @@ def test_l2_bundle_serves_raw_embeddings_by_euclidean_distance(reg_bundle: Path,
         want = np.argsort(dist[i], kind="stable")[:4]
         assert [n.index for n in p.neighbours] == want.tolist()
         np.testing.assert_allclose([n.similarity for n in p.neighbours], -dist[i, want], rtol=1e-4, atol=1e-4)
-        # the prediction: softmax weights exp(-d / t) with the manifest's (the run's) temperature
-        w = np.exp(-(dist[i, want] - dist[i, want].min()) / meta["knn_temperature"])
+        # the prediction: softmax weights exp(-d / t) with the manifest's (the run's) temperature, over
+        # the targets, or over a linear head's residuals plus the head's value (where the run chose it)
+        w = np.exp(-(dist[i, want] - dist[i, want].min()) / served["temperature"])
         w /= w.sum()
-        y = b.targets[want].astype(np.float64)
+        head_w, head_b = np.asarray(served.get("weight", np.zeros(emb.shape[1])), np.float64), served.get("bias", 0.0)
+        y = b.targets[want].astype(np.float64) - (gallery[want].astype(np.float64) @ head_w + head_b)
         value = float(w @ y)
-        assert p.value == pytest.approx(value, abs=1e-4)
+        assert p.value == pytest.approx(value + float(emb[i].astype(np.float64) @ head_w + head_b), abs=1e-4)
         # the ± : their weighted spread times the scale the run calibrated on validation
         scale = meta["knn_uncertainty_scale"]
         assert m["knn"]["uncertainty_scale"] == scale and scale != 1.0
@@ -668,8 +712,8 @@ def _split_items(run: Path, split: str) -> tuple[list[Path], np.ndarray]:
 def test_served_uncertainty_is_calibrated_on_validation(run_name: str, bundle_fixture: str, work: Path,
                                                         request) -> None:
     """The bundle's ± (an image's, a recording's) is the kNN spread times model.json's scale; that
-    scale is the smallest covering 68.27 % of the run's own validation errors, and the coverage the
-    run reports on val and test is what the bundle's predictions give."""
+    scale is the smallest covering 68.27 % of the run's own validation errors, and the coverage and
+    served MAE the run reports on val and test are what the bundle's predictions give."""
     from supemb.predict.calibration import COVERAGE, coverage_of, uncertainty_scale
 
     b = load_bundle(request.getfixturevalue(bundle_fixture), device="cpu")
@@ -684,6 +728,8 @@ def test_served_uncertainty_is_calibrated_on_validation(run_name: str, bundle_fi
         unc = np.array([p.uncertainty for p in preds])
         # FAISS/ONNX in float32 against the trainer's float64: an item on the edge may flip
         assert abs(coverage_of(err, unc) - final[f"{split}_knn_coverage"]) <= 1 / len(y) + 1e-9
+        # what the run says its bundle serves (plain or residual kNN, as model.json records) is what it serves
+        assert np.abs(err).mean() == pytest.approx(final[f"{split}_served_mae"], abs=1e-3)
         if split == "val":
             assert np.all(unc > 0) and coverage_of(err, unc) >= COVERAGE - 1 / len(y)
             assert uncertainty_scale(err, unc / scale) == pytest.approx(scale, rel=1e-3)
@@ -729,12 +775,20 @@ def test_run_metric_and_temperature_from_model_json(work: Path, reg_bundle: Path
     for bad in (0, -1.0, float("nan"), "2", None):
         with pytest.raises(UserError, match="model.json: knn_uncertainty_scale must be a positive number"):
             RunDir(work / "run_reg").uncertainty_scale({"knn_uncertainty_scale": bad})
+    assert RunDir(work / "run_reg").knn_residual({"embed_dim": 2}) is None  # plain kNN, or a run from before
+    good = {"k": 5, "temperature": 0.5, "weight": [1.0, 2.0], "bias": 0.0}
+    assert RunDir(work / "run_reg").knn_residual({"embed_dim": 2, "knn_residual": good}) == good
+    for bad, what in (({**good, "k": 0}, "k must be a positive integer"), ({**good, "weight": [1.0]}, "weight must be 2"),
+                      ({**good, "temperature": -1}, "temperature must be a positive number"),
+                      ({"weight": [1.0, 2.0], "bias": 0.0}, "must be a mapping with k, temperature, weight, bias")):
+        with pytest.raises(UserError, match=f"model.json: knn_residual {what}"):
+            RunDir(work / "run_reg").knn_residual({"embed_dim": 2, "knn_residual": bad})
     # a run whose model.json says cosine exports a normalising graph and an inner-product index
     run = tmp_path / "run"
     shutil.copytree(work / "run_reg", run)
     meta = json.loads((run / "model.json").read_text())
     meta.update(metric="cosine", embedding="l2-normalised encoder output")
-    del meta["knn_temperature"]
+    del meta["knn_temperature"], meta["knn_residual"]  # as a run written before either
     (run / "model.json").write_text(json.dumps(meta))
     m = export.export_run(run, tmp_path / "b")
     assert m["metric"] == m["index"]["metric"] == "cosine" and m["knn"]["temperature"] == 0.1
@@ -762,7 +816,8 @@ def test_runs_and_bundles_with_flat_preprocessing_still_work(which: str, work: P
     flat = {"modality": plugin.name, **plugin.spec(pipe).to_dict()}  # what preprocessing.json held before
     (run / "preprocessing.json").write_text(json.dumps(flat))
     m = export_run(run, tmp_path / "b_old_run", thumbnails=8 if which == "image" else 0)
-    assert m["preprocessing"] == pipe.to_record() and m["format_version"] == mf.FORMAT_VERSION
+    assert m["preprocessing"] == pipe.to_record()
+    assert m["format_version"] == (mf.FORMAT_VERSION if "residual" in m["knn"] else mf.PLAIN_KNN_FORMAT_VERSION)
     # the same bundle with a version-1 manifest (flat preprocessing)
     old_bundle = tmp_path / "b_v1"
     shutil.copytree(tmp_path / "b_old_run", old_bundle)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from supemb.predict.neighbours import embedding_array, knn_regress, nearest_neighbours
 from supemb.train.linear_head import Targets
-from supemb.train.selection import KNN_KS, KNN_TEMPERATURE_FACTORS, choose_knn, within_one_se
+from supemb.train.selection import KNN_KS, KNN_TEMPERATURE_FACTORS, choose_knn, choose_residual, within_one_se
 
 
 def _data(label_in: str, n: int, seed: int):
@@ -118,3 +119,42 @@ def test_classification_and_cosine_embedding():
     e = embedding_array(x, "cosine")
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, rtol=1e-6)
     assert np.array_equal(embedding_array(x, "l2"), x.astype(np.float32))
+
+
+def _trend(n: int, seed: int, wiggle: float):
+    """Values = a linear trend along x0 (which kNN flattens at the ends) + `wiggle` x a local bump in x1."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, (n, 3))
+    y = 20 * x[:, 0] + wiggle * np.sin(6 * x[:, 1]) + rng.normal(0, 0.1, n)
+    return x.astype(np.float32), y
+
+
+def test_residual_knn_is_chosen_where_a_linear_trend_carries_the_values():
+    x, y = _trend(300, 0, wiggle=3.0)
+    xv, yv = _trend(150, 1, wiggle=3.0)
+    metric, k, t = choose_knn(x, y, xv, _mae_score(yv), task="regression", n_classes=0, metrics_tried=("l2",))
+    r = choose_residual(x, y, xv, _mae_score(yv), metric=metric, k=k, temperature=t)
+    assert r is not None and r["k"] in KNN_KS and r["temperature"] > 0 and r["alpha"] > 0
+    w, b = np.asarray(r["weight"]), r["bias"]
+    assert w.shape == (3,) and w[0] == pytest.approx(20, rel=0.1) and abs(b) < 1
+    # what it serves beats plain kNN on fresh data, and beats the head alone (the bump is not linear)
+    xt, yt = _trend(300, 2, wiggle=3.0)
+    plain, _ = knn_regress(xt, x, y, k, temperature=t, metric=metric)
+    rp, _ = knn_regress(xt, x, y - (x @ w + b), r["k"], temperature=r["temperature"], metric=metric)
+    served = rp + xt @ w + b
+    assert np.abs(served - yt).mean() < 0.7 * np.abs(plain - yt).mean()
+    assert np.abs(served - yt).mean() < 0.9 * np.abs(xt @ w + b - yt).mean()
+
+
+def test_plain_knn_is_kept_where_no_linear_trend_helps():
+    # values that depend on the direction only through a bump (no linear part): the head is ~flat
+    rng = np.random.default_rng(3)
+
+    def data(n):
+        x = rng.uniform(-1, 1, (n, 2)).astype(np.float32)
+        return x, 5 * np.cos(3 * np.linalg.norm(x, axis=1))
+
+    x, y = data(400)
+    xv, yv = data(200)
+    metric, k, t = choose_knn(x, y, xv, _mae_score(yv), task="regression", n_classes=0, metrics_tried=("l2",))
+    assert choose_residual(x, y, xv, _mae_score(yv), metric=metric, k=k, temperature=t) is None

@@ -212,8 +212,14 @@ def summary_markdown(bundle: Bundle, pred: Prediction, k: int, what: str) -> str
     head = f"## {fmt_value(pred.value, unit)} ± {fmt_value(pred.uncertainty or 0.0, unit)}"
     windows = f", averaged over its {pred.windows} windows of {bundle.spec.window_s:g} s" if pred.windows else ""
     calibrated = "uncertainty_scale" in bundle.knn  # bundles exported before the calibration serve the plain spread
-    text = (f"{head}\n\nPredicted {bundle.target_name}{windows}: the similarity-weighted mean of the "
-            f"{k} gallery {what} nearest to it in the model's embedding space; ± is their weighted spread"
+    if bundle.residual:  # kNN of a linear head's residuals (the manifest's knn.residual)
+        how = (f"a linear trend over the model's embedding space, corrected by the similarity-weighted mean of "
+               f"how far the {k} gallery {what} nearest to it lie off that trend; ± is the weighted spread of "
+               "those offsets")
+    else:
+        how = (f"the similarity-weighted mean of the {k} gallery {what} nearest to it in the model's embedding "
+               "space; ± is their weighted spread")
+    text = (f"{head}\n\nPredicted {bundle.target_name}{windows}: {how}"
             + (", scaled so that about two in three validation errors fell inside it." if calibrated else "."))
     if pred.familiarity is None:  # a bundle exported before the familiarity table
         return text
@@ -259,7 +265,7 @@ def eeg_neighbours(bundle: Bundle, pred: Prediction) -> list[list[Any]]:
 def banner_markdown(bundle: Bundle, tab: str, path: Path, what: str) -> str:
     """Which bundle serves this tab, and for the shipped defaults what they are not."""
     metrics = (bundle.manifest.get("training") or {}).get("test_metrics") or {}
-    mae = metrics.get("test_rec_knn_mae", metrics.get("test_knn_mae"))
+    mae = metrics.get("test_served_mae", metrics.get("test_rec_knn_mae", metrics.get("test_knn_mae")))
     quality = f" · test MAE {fmt_value(float(mae), bundle.unit)}" if isinstance(mae, (int, float)) else ""
     lines = [(f"**Model:** {bundle.name} · `{path}` · gallery of {bundle.index.ntotal} {what} · "
               f"k = {bundle.default_k}{quality}")]

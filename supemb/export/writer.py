@@ -105,6 +105,7 @@ def export_run(
     task = meta["task"]
     metric = module.metric
     knn_temperature = run_dir.knn_temperature(meta)
+    residual = run_dir.knn_residual(meta) if task == "regression" else None  # kNN of a linear head's residuals
     plugin, pipeline = modalities.from_record(prep, str(run / "preprocessing.json"))
     gallery_pipeline = pipeline
     if detect_faces and not pipeline.has("face"):
@@ -147,16 +148,18 @@ def export_run(
         idx = write_gallery(tmp, indexed, index, metric=metric)
         reference = familiarity.reference_table(idx, indexed.emb, indexed.gallery_json.get("groups"))
         manifest = {
-            "format": mf.FORMAT, "format_version": mf.FORMAT_VERSION,
+            "format": mf.FORMAT, "format_version": mf.FORMAT_VERSION if residual else mf.PLAIN_KNN_FORMAT_VERSION,
             "name": name or out.stem, "created_with": f"supemb {__version__}",
             "task": task, "modality": plugin.name, "synthetic": bool(synthetic) if synthetic is not None else False,
             "preprocessing": pipeline.to_record(), "embedding_dim": int(encoder.output_dim or indexed.emb.shape[1]),
             "metric": metric,
             "target": {"name": meta.get("target", "target"), "unit": unit},
             "labels": indexed.labels if task == "classification" else None,
-            "knn": {"k": int(k or meta.get("knn_k", 10)), "weighting": "softmax",
-                    "temperature": knn_temperature, "reduce": "mean",
-                    **({"uncertainty_scale": run_dir.uncertainty_scale(meta)} if task == "regression" else {})},
+            "knn": {"k": int(k or (residual["k"] if residual else meta.get("knn_k", 10))),
+                    "weighting": "softmax", "temperature": residual["temperature"] if residual else knn_temperature,
+                    "reduce": "mean",
+                    **({"uncertainty_scale": run_dir.uncertainty_scale(meta)} if task == "regression" else {}),
+                    **({"residual": {"weight": residual["weight"], "bias": residual["bias"]}} if residual else {})},
             "index": idx.params(),
             "onnx": {"file": "encoder.onnx", "input": "input", "output": "embedding", "opset": opset,
                      "dtype": dtype, "exporter": resolve_exporter("auto"),

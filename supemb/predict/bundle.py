@@ -20,7 +20,11 @@ w_j ∝ exp(s_j / t), t the manifest's kNN temperature, in s's units):
   unless the manifest says otherwise), with the weighted standard deviation
   of those targets, times the manifest's knn.uncertainty_scale (calibrated on
   the run's validation split, `supemb.predict.calibration`; 1 if absent), as
-  the uncertainty;
+  the uncertainty. Where the run's validation chose it (the manifest's
+  knn.residual, a linear head on the embedding: weight, bias), the neighbours'
+  residuals (target minus the head's value for them) are averaged instead and
+  the query's head value added: the head carries the global trend, the
+  neighbours the rest (`supemb.train.selection.choose_residual`);
 - EEG: every window of a recording is predicted and the recording gets the
   mean (class probabilities averaged); its uncertainty pools the windows'
   spreads and their disagreement (law of total variance), and its neighbours
@@ -176,6 +180,14 @@ class Bundle:
         if self.targets.ndim != 1 or len(self.targets) != self.index.ntotal:
             raise UserError(f"{root / 'targets.npy'}: has shape {list(self.targets.shape)} but the index holds "
                             f"{self.index.ntotal} items")
+        self.residual = self.knn.get("residual")  # {"weight" [D], "bias"} or None (checked by read_manifest)
+        self._head_weight: np.ndarray | None = None
+        if self.residual is not None:  # the gallery's residuals, from the vectors its index holds
+            from supemb.predict.familiarity import index_vectors
+
+            self._head_weight = np.asarray(self.residual["weight"], dtype=np.float64)
+            head_g = index_vectors(root / "index.faiss").astype(np.float64) @ self._head_weight
+            self._residuals = self.targets.astype(np.float64) - (head_g + float(self.residual["bias"]))
         if self.task == "classification":
             if self.targets.dtype.kind not in "iu" or self.targets.min() < 0 or self.targets.max() >= len(self.labels):
                 raise UserError(f"{root / 'targets.npy'}: class ids must be integers in [0, {len(self.labels)})")
@@ -292,10 +304,12 @@ class Bundle:
             sim, idx = self.index.search(emb, k)
             sim = sim.astype(np.float64)
             t = self.knn.get("temperature")
+            residual = self._head_weight is not None
             per_input = neighbours.predict_inputs(
-                sim, self.targets[idx], owner, len(items), self.task, n_classes=len(self.labels),
-                temperature=None if t is None else float(t), weighting=self.knn.get("weighting", "softmax"),
-                reduce=reduce or self.knn.get("reduce", "mean"))
+                sim, (self._residuals if residual else self.targets)[idx], owner, len(items), self.task,
+                n_classes=len(self.labels), temperature=None if t is None else float(t),
+                weighting=self.knn.get("weighting", "softmax"), reduce=reduce or self.knn.get("reduce", "mean"),
+                offset=emb.astype(np.float64) @ self._head_weight + float(self.residual["bias"]) if residual else 0.0)
             fam = None  # (familiarity [n], unfamiliar [n]) from each input's nearest-neighbour similarity
             if self.familiarity is not None:
                 fam = self.familiarity.score(query_statistic(sim[:, 0], owner, len(items)))

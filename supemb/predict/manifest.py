@@ -49,7 +49,10 @@ import numpy as np
 from supemb.errors import UserError
 
 FORMAT = "supemb-bundle"
-FORMAT_VERSION = 2  # 2: "preprocessing" is a list of steps (supemb.preprocess.steps); 1 (flat spec) still reads
+# 3: "knn" may hold "residual" (served values change: an older reader must refuse it);
+# 2: "preprocessing" is a list of steps (supemb.preprocess.steps); 1 (flat spec) still reads
+FORMAT_VERSION = 3
+PLAIN_KNN_FORMAT_VERSION = 2  # what export writes for a bundle without knn.residual: older readers serve it right
 MANIFEST = "manifest.json"
 REQUIRED_FILES = ("encoder.onnx", "index.faiss", "targets.npy", "gallery.json")
 TASKS = ("classification", "regression")
@@ -180,7 +183,29 @@ def read_manifest(root: Path) -> dict[str, Any]:
                         f"got {labels!r}")
     _check_files(path, m["files"])
     _check_knn(path, m["knn"])
+    if m["knn"].get("residual") is not None:
+        if m["task"] != "regression":
+            raise UserError(f"{path}: \"knn\" residual serves values; a {m['task']} bundle cannot have one")
+        check_residual(f"{path}: \"knn\" residual", m["knn"]["residual"], dim, keys=("weight", "bias"))
     return m
+
+
+def check_residual(where: str, r: Any, dim: int, keys: tuple[str, ...]) -> None:
+    """A residual kNN's record (`supemb.train.selection.choose_residual`): "weight", `dim` finite
+    numbers, "bias" finite, and, where `keys` names them, "k" >= 1 and "temperature" > 0.
+    UserError naming `where` otherwise."""
+    finite = lambda v: type(v) in (int, float) and math.isfinite(v)  # noqa: E731
+    if not isinstance(r, dict) or any(key not in r for key in keys):
+        raise UserError(f"{where} must be a mapping with {', '.join(keys)}, got {str(r)[:80]!r}")
+    w = r["weight"]
+    if not isinstance(w, list) or len(w) != dim or not all(finite(v) for v in w):
+        raise UserError(f"{where} weight must be {dim} finite numbers (one per embedding dimension)")
+    if not finite(r["bias"]):
+        raise UserError(f"{where} bias must be a finite number, got {r['bias']!r}")
+    if "k" in keys and (type(r["k"]) is not int or r["k"] < 1):
+        raise UserError(f"{where} k must be a positive integer, got {r['k']!r}")
+    if "temperature" in keys and not (finite(r["temperature"]) and r["temperature"] > 0):
+        raise UserError(f"{where} temperature must be a positive number, got {r['temperature']!r}")
 
 
 def _plain_name_problem(name: Any) -> str | None:

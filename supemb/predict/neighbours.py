@@ -376,7 +376,7 @@ class InputPredictions(NamedTuple):
 def predict_inputs(sim: np.ndarray, targets_k: np.ndarray, owner: npt.ArrayLike, n_inputs: int, task: str, *,
                    n_classes: int = 0, temperature: float | None = None,
                    weighting: Literal["softmax", "uniform"] = "softmax",
-                   reduce: Literal["mean", "median"] = "mean") -> InputPredictions:
+                   reduce: Literal["mean", "median"] = "mean", offset: npt.ArrayLike = 0.0) -> InputPredictions:
     """Each input's prediction from its rows' neighbours (an image: one row; an EEG recording: its windows).
 
     sim: [R, k] similarities sorted decreasing per row; targets_k: [R, k] the neighbours'
@@ -384,12 +384,15 @@ def predict_inputs(sim: np.ndarray, targets_k: np.ndarray, owner: npt.ArrayLike,
     temperature: of the kNN weights (None: the cosine defaults, 0.1 values, 0.07 classes).
     Regression: the mean of the rows' kNN predictions, with an uncertainty pooling the rows'
     spreads and their disagreement (law of total variance):
-    sqrt(mean_r (spread_r^2 + (pred_r - value)^2)). Classification: the rows' votes averaged.
+    sqrt(mean_r (spread_r^2 + (pred_r - value)^2)). offset: [R] (or a scalar) added to each
+    row's kNN prediction (a residual kNN: targets_k are residuals of a head, offset its
+    predictions for the rows). Classification: the rows' votes averaged.
     """
     o = np.asarray(owner, dtype=np.int64)
     if task == "regression":
         t = 0.1 if temperature is None else temperature
         pred, spread = neighbour_regress(sim, targets_k, weighting=weighting, temperature=t, reduce=reduce)
+        pred = pred + np.asarray(offset, dtype=np.float64)
         value = group_mean(pred, o, n_inputs)
         var = group_mean(spread**2 + (pred - value[o]) ** 2, o, n_inputs)
         return InputPredictions(value, None, np.sqrt(var))

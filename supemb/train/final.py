@@ -19,7 +19,7 @@ from supemb.predict.neighbours import group_mean, nearest_neighbours, predict_in
 from supemb.train.config import METRICS
 from supemb.train.linear_head import fit_probe, linear_metrics
 from supemb.train.rundir import summary_line
-from supemb.train.selection import KNN_KS, choose_knn, embedding_array
+from supemb.train.selection import KNN_KS, choose_knn, choose_residual, embedding_array
 
 if TYPE_CHECKING:
     from supemb.train.trainer import Trainer
@@ -37,20 +37,30 @@ def choose_geometry(t: Trainer) -> dict[str, Any]:
         metrics_tried=[cfg.served_metric] if cfg.served_metric else list(METRICS),
         ks=[cfg.knn_k] if cfg.knn_k else KNN_KS)
     t.model.metric = t.metric
-    return {"metric": t.metric, "knn_k": t.knn_k, "knn_temperature": t.knn_temperature}
+    out = {"metric": t.metric, "knn_k": t.knn_k, "knn_temperature": t.knn_temperature}
+    if cfg.task == "regression" and len(val_t):
+        t.knn_residual = choose_residual(
+            train_feats, train_t, val_feats, lambda pred: t.targets.item_scores(pred, val_t, val_groups),
+            metric=t.metric, k=t.knn_k, temperature=t.knn_temperature, ks=[cfg.knn_k] if cfg.knn_k else KNN_KS)
+        out["served"] = "residual kNN" if t.knn_residual else "kNN"
+    return out
 
 
 def served_errors(t: Trainer, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(|error| [n], uncertainty [n]) of each input of `split` (an image, or an EEG recording)
     predicted as a bundle serves it: kNN against the train gallery in the chosen metric, k and
-    temperature, windows pooled per recording (`predict_inputs`); the uncertainty unscaled."""
+    temperature (of the targets, or of a linear head's residuals plus the head: `choose_residual`),
+    windows pooled per recording (`predict_inputs`); the uncertainty unscaled."""
     train_feats, train_t, _ = t.frozen_split("train")
     feats, targets, groups = t.frozen_split(split)
-    idx, sim = nearest_neighbours(embedding_array(feats, t.metric), embedding_array(train_feats, t.metric),
-                                  min(t.knn_k, len(train_feats)), metric=t.metric)
+    g, q = embedding_array(train_feats, t.metric), embedding_array(feats, t.metric)
+    r = t.knn_residual
+    k, temp = (r["k"], r["temperature"]) if r else (t.knn_k, t.knn_temperature)
+    idx, sim = nearest_neighbours(q, g, min(k, len(g)), metric=t.metric)
     owner = np.unique(groups, return_inverse=True)[1] if t.data.plugin.grouped else np.arange(len(feats))
     n = int(owner.max()) + 1 if len(owner) else 0
-    served = predict_inputs(sim, train_t[idx], owner, n, "regression", temperature=t.knn_temperature)
+    head = (lambda e: e @ np.asarray(r["weight"]) + r["bias"]) if r else (lambda e: np.zeros(len(e)))
+    served = predict_inputs(sim, (train_t - head(g))[idx], owner, n, "regression", temperature=temp, offset=head(q))
     return np.abs(served.values - group_mean(targets, owner, n)), served.uncertainty
 
 
@@ -64,6 +74,7 @@ def calibrate(t: Trainer) -> dict[str, float]:
     out = {"knn_uncertainty_scale": t.knn_uncertainty_scale}
     for split, (err, unc) in served.items():
         out[f"{split}_knn_coverage"] = coverage_of(err, unc * t.knn_uncertainty_scale)
+        out[f"{split}_served_mae"] = float(err.mean())  # what a bundle serves (per recording for EEG)
     return out
 
 
@@ -104,7 +115,7 @@ def finish(t: Trainer) -> dict[str, Any]:
         "encoder": t.encoder_name, "encoder_kwargs": t.encoder_kwargs, "embed_dim": t.embed_dim,
         "modality": t.data.modality, "task": cfg.task, "loss": cfg.loss, "target": t.data.target_name,
         "classes": list(t.data.classes), "target_mean": t.targets.mean, "target_std": t.targets.std,
-        "knn_k": t.knn_k, "knn_temperature": t.knn_temperature,
+        "knn_k": t.knn_k, "knn_temperature": t.knn_temperature, "knn_residual": t.knn_residual,
         **({"knn_uncertainty_scale": t.knn_uncertainty_scale} if t.knn_uncertainty_scale is not None else {}),
         "has_linear_head": any(k.startswith("linear.") for k in weights),
         "metric": t.metric, "projection": cfg.projection_head,

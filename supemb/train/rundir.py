@@ -174,6 +174,18 @@ class RunDir:
             raise UserError(f"{self.model_json}: knn_uncertainty_scale must be a positive number, got {s!r}")
         return float(s)
 
+    def knn_residual(self, meta: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """model.json's knn_residual (`supemb.train.selection.choose_residual`), checked; None where
+        validation kept plain kNN or the run was written before."""
+        from supemb.predict.manifest import check_residual
+
+        meta = self.model() if meta is None else meta
+        r = meta.get("knn_residual")
+        if r is not None:
+            check_residual(f"{self.model_json}: knn_residual", r, int(meta.get("embed_dim") or 0),
+                           keys=("k", "temperature", "weight", "bias"))
+        return r
+
     def knn_temperature(self, meta: dict[str, Any] | None = None) -> float:
         """The kNN temperature (`run_knn_temperature` of model.json)."""
         meta = self.model() if meta is None else meta

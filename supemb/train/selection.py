@@ -1,9 +1,10 @@
 """What every run chooses on its own validation split once its encoder is trained:
-the served geometry (where the loss does not fix it) and the kNN weighting.
+the served geometry (where the loss does not fix it), the kNN weighting, and, for
+values, whether kNN serves the targets or the residuals of a linear head.
 
-Numpy only. The trainer calls `choose_knn` at the end of a run and records the
-result in model.json (`metric`, `knn_k`, `knn_temperature`); export copies it
-into the bundle's manifest.
+Numpy only. The trainer calls `choose_knn` and `choose_residual` at the end of a run
+and records the result in model.json (`metric`, `knn_k`, `knn_temperature`,
+`knn_residual`); export copies it into the bundle's manifest.
 
 The metric and k are the best on validation. The temperature is the broadest
 one whose validation score is within one standard error of the best (the
@@ -18,6 +19,7 @@ answer), so without the rule it wins by the noise of a small validation split.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -88,3 +90,55 @@ def choose_knn(
     metric, k, _, best_items = grid[best]
     return metric, k, max(t for m, kk, t, items in grid
                           if m == metric and kk == k and within_one_se(best_items, items))
+
+
+
+def fit_residual(
+    train_feats: np.ndarray, train_targets: np.ndarray, val_feats: np.ndarray,
+    item_scores: Callable[[np.ndarray], np.ndarray], *, metric: str, ks: Sequence[int] = KNN_KS,
+) -> dict[str, Any]:
+    """A residual kNN for values: a ridge head fitted on the train gallery's embeddings in the
+    served geometry (`embedding_array(., metric)`; strength chosen on validation,
+    `supemb.train.probe`), and kNN of the gallery's residuals (target minus head), its k and
+    temperature chosen as `choose_knn` chooses them; it predicts head(q) + that kNN. The head
+    carries the global trend, which kNN flattens at the ends of the target range; the
+    neighbours carry what is not linear. Returns {"k", "temperature", "weight" [D], "bias",
+    "alpha"} (the head acts on served embeddings: `emb @ weight + bias`). Arguments as `choose_knn`."""
+    from supemb.train.probe import fit_ridge
+
+    g, q = embedding_array(train_feats, metric), embedding_array(val_feats, metric)
+    y = np.asarray(train_targets, dtype=np.float64)
+    fit = fit_ridge(g, y, q, lambda pred: float(np.mean(item_scores(pred))))
+    weight, bias = fit.weight[0], float(fit.bias[0])
+    head_q = q @ weight + bias
+    _, k, t = choose_knn(train_feats, y - (g @ weight + bias), val_feats, lambda r: item_scores(r + head_q),
+                         task="regression", n_classes=0, metrics_tried=[metric], ks=ks)
+    return {"k": int(k), "temperature": float(t), "weight": [float(v) for v in weight], "bias": bias,
+            "alpha": float(fit.alpha)}
+
+
+def residual_predict(r: dict[str, Any], train_feats: np.ndarray, train_targets: np.ndarray, feats: np.ndarray,
+                     metric: str) -> np.ndarray:
+    """`fit_residual`'s prediction for each row of feats (raw features, like train_feats)."""
+    g, q = embedding_array(train_feats, metric), embedding_array(feats, metric)
+    w, b = np.asarray(r["weight"], dtype=np.float64), float(r["bias"])
+    idx, sim = nearest_neighbours(q, g, min(r["k"], len(g)), metric=metric)
+    pred, _ = neighbour_regress(sim, (np.asarray(train_targets, dtype=np.float64) - (g @ w + b))[idx],
+                                temperature=r["temperature"])
+    return pred + q @ w + b
+
+
+def choose_residual(
+    train_feats: np.ndarray, train_targets: np.ndarray, val_feats: np.ndarray,
+    item_scores: Callable[[np.ndarray], np.ndarray], *, metric: str, k: int, temperature: float,
+    ks: Sequence[int] = KNN_KS,
+) -> dict[str, Any] | None:
+    """`fit_residual`'s record where its mean validation score beats plain kNN's at
+    (metric, k, temperature), else None (plain kNN is served). Arguments as `choose_knn`."""
+    r = fit_residual(train_feats, train_targets, val_feats, item_scores, metric=metric, ks=ks)
+    g, q = embedding_array(train_feats, metric), embedding_array(val_feats, metric)
+    idx, sim = nearest_neighbours(q, g, min(k, len(g)), metric=metric)
+    plain, _ = neighbour_regress(sim, np.asarray(train_targets, dtype=np.float64)[idx], temperature=temperature)
+    residual = residual_predict(r, train_feats, train_targets, val_feats, metric)
+    better = np.mean(item_scores(residual)) > np.mean(item_scores(plain)) + 1e-12
+    return r if better else None

@@ -1,0 +1,137 @@
+"""What the bundles serve for values: plain kNN, or kNN on the residuals of a linear head
+(`supemb.train.selection.choose_residual`), measured on the finished evidence runs.
+
+    .venv/bin/python experiments/residual_knn.py [--work runs/evidence-cal] [--docs-dir DIR]
+
+For every main-table run of an experiments/evidence.py work folder (webcam and EEG; RnC and
+L1; each seed), in the geometry the run serves (`model.json` "metric"), predictors that need
+nothing but what a bundle holds (the gallery's embeddings and targets):
+- "kNN": plain kNN with the run's k and temperature;
+- "ridge": a ridge head fitted on the gallery's served embeddings (strength chosen on
+  validation, `supemb.train.probe.fit_ridge`);
+- "residual kNN": that head plus kNN on the gallery's residuals (target minus the head's
+  value; `fit_residual`, k and temperature chosen by the trainer's rule);
+- "served": the residual kNN where `choose_residual` prefers it on validation, else kNN:
+  what a run trained today records in model.json and its bundle serves.
+Each is measured on validation, the evidence's test split and the fresh test inputs of
+`experiments/significance.py` (WORK/TASK-fresh; made there, or here when missing). EEG
+figures are per recording (window predictions averaged). Nothing is retrained. Appends the
+run to DOCS/residual_knn.json and writes DOCS/residual_knn.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # experiments/*.py, however this file is loaded
+import _common as C  # noqa: E402
+import evidence as E  # noqa: E402
+import significance as S  # noqa: E402
+
+PREDICTORS = ("knn", "ridge", "residual", "served")
+LABELS = {"knn": "kNN", "ridge": "ridge head on the served embedding",
+          "residual": "ridge head + kNN on its residuals",
+          "served": "served: residual kNN where validation prefers it, else kNN"}
+SETS = ("val", "test", "fresh")
+NAMES = {"rnc": "RnC", "l1": "L1"}
+
+
+def run_figures(run: C.LoadedRun, fresh: C.LoadedRun) -> dict[str, dict[str, float]]:
+    """{predictor: {set: MAE}} of one finished run (`fresh`: the same run on the fresh data)."""
+    from supemb.predict.neighbours import embedding_array
+    from supemb.train import probe
+    from supemb.train.selection import choose_residual, fit_residual, residual_predict
+
+    feats = {s: run.features(s) for s in ("train", "val", "test")}
+    feats["fresh"] = fresh.features("test")
+    owner = {"val": (run, "val"), "test": (run, "test"), "fresh": (fresh, "test")}
+    mae = lambda pred, s: owner[s][0].mae(pred, owner[s][1])  # noqa: E731
+    y = run.split("train").targets
+    val = run.split("val")
+
+    def item_scores(pred: np.ndarray) -> np.ndarray:
+        return run.trainer.targets.item_scores(pred, val.targets, val.groups)
+
+    served = {s: embedding_array(f, run.metric) for s, f in feats.items()}
+    fit = probe.fit_ridge(served["train"], y, served["val"], lambda pred: float(item_scores(pred).mean()))
+    r = fit_residual(feats["train"], y, feats["val"], item_scores, metric=run.metric)
+    preds = {"knn": {s: run.knn_predict(feats["train"], feats[s]) for s in SETS},
+             "ridge": {s: (served[s] @ fit.weight.T + fit.bias)[:, 0] for s in SETS},
+             "residual": {s: residual_predict(r, feats["train"], y, feats[s], run.metric) for s in SETS}}
+    chosen = choose_residual(feats["train"], y, feats["val"], item_scores, metric=run.metric,
+                             k=int(run.meta["knn_k"]), temperature=float(run.meta["knn_temperature"]))
+    preds["served"] = preds["residual" if chosen else "knn"]
+    figures: dict[str, Any] = {p: {s: mae(pred, s) for s, pred in by_set.items()} for p, by_set in preds.items()}
+    figures["served"]["which"] = "residual" if chosen else "knn"
+    return figures
+
+
+def analyse(name: str, work: Path) -> dict[str, Any]:
+    task = E.TASKS[name]
+    data = S.fresh_data(name, work, S.FRESH[name], name)
+    out: dict[str, Any] = {"sides": {}}
+    for loss in task["losses"]:
+        seeds = S.seeds_of(work / name, loss)
+        per_seed = []
+        for seed in seeds:
+            path = work / name / f"{loss}-s{seed}"
+            per_seed.append(run_figures(C.load_run(path), C.load_run(path, data=data)))
+            print(name, loss, seed, {p: round(f["fresh"], 3) for p, f in per_seed[-1].items()}, flush=True)
+        out["sides"][loss] = {"seeds": seeds, "per_seed": per_seed,
+                              "mean": {p: {s: float(np.mean([r[p][s] for r in per_seed])) for s in SETS}
+                                       for p in PREDICTORS}}
+    return out
+
+
+def change(side: dict) -> float:
+    """The served predictor's fresh MAE relative to plain kNN's, minus 1 (below 0: better)."""
+    return side["mean"]["served"]["fresh"] / side["mean"]["knn"]["fresh"] - 1
+
+
+def write_markdown(record: dict, docs: Path) -> Path:
+    run = record["runs"][-1]
+    lines = C.record_header("What bundles serve: kNN, or kNN on the residuals of a linear head", "residual_knn",
+                            record)
+    lines += [f"From the finished evidence runs in `{run['work']}` (not retrained); MAE averaged over the seeds, "
+              f"on validation, the evidence's test split and the fresh test inputs of docs/significance.md. "
+              "These runs were trained before the trainer chose the residual kNN: the served row is what "
+              "`choose_residual` picks for them now (what a run trained today records in model.json).", ""]
+    for name, r in run["tasks"].items():
+        task = E.TASKS[name]
+        lines += [f"## {task['title']}", "", "| embedding | predictor | val | test | fresh | served, per seed |",
+                  "|---|---|---:|---:|---:|---|"]
+        for loss, side in r["sides"].items():
+            for p in PREDICTORS:
+                m = side["mean"][p]
+                which = ", ".join(s["served"]["which"] for s in side["per_seed"]) if p == "served" else ""
+                lines.append(f"| {NAMES[loss]} | {LABELS[p]} | {m['val']:.2f} | {m['test']:.2f} | {m['fresh']:.2f} "
+                             f"| {which} |")
+        per_recording = ", per recording." if name == "eeg" else "."
+        lines += ["", f"MAE in {task['unit']}{per_recording} On the fresh inputs, what is served against plain kNN: "
+                  + "; ".join(f"{NAMES[loss]} {change(side):+.1%}" for loss, side in r["sides"].items()) + ".", ""]
+    out = docs / "residual_knn.md"
+    out.write_text("\n".join(lines))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", default="runs/evidence-cal", help="an experiments/evidence.py --work directory")
+    ap.add_argument("--docs-dir", default=str(C.ROOT / "docs"))
+    args = ap.parse_args()
+    work, docs = Path(args.work), Path(args.docs_dir)
+    tasks = {name: analyse(name, work) for name in S.TASK_NAMES if (work / name).is_dir()}
+    if not tasks:
+        raise SystemExit(f"{work}: no webcam/ or eeg/ runs (run experiments/evidence.py --work {work})")
+    docs.mkdir(parents=True, exist_ok=True)
+    C.append_run(docs / "residual_knn.json", {"machine": C.machine(), "work": str(work), "tasks": tasks},
+                 write_markdown)
+
+
+if __name__ == "__main__":
+    main()
