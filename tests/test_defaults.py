@@ -77,20 +77,26 @@ def test_predict_temperature_default(tmp_path: Path) -> None:
 def _knn_by_hand(b, rows: np.ndarray, owner: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Each input's value and uncertainty from the bundle's own gallery vectors and targets and its
     manifest's kNN settings, in plain numpy: brute-force distances, softmax of similarity / t over the
-    k nearest, the weighted mean per window, pooled per input (law of total variance)."""
+    k nearest, the weighted mean per window, pooled per input (law of total variance). With the
+    manifest's knn.residual (a linear head h), the mean is of the neighbours' y - h(g) and each
+    window's h(q) is added before pooling."""
     import faiss
 
     knn = b.manifest["knn"]
     assert knn["weighting"] == "softmax" and knn["reduce"] == "mean" and b.manifest["metric"] == "l2"
     gallery = faiss.read_index(str(b.root / "index.faiss")).reconstruct_n(0, b.index.ntotal).astype(np.float64)
-    y = np.asarray(b.targets, np.float64)
+    head_w, head_b = np.zeros(gallery.shape[1]), 0.0
+    if "residual" in knn:
+        head_w, head_b = np.asarray(knn["residual"]["weight"], np.float64), float(knn["residual"]["bias"])
+    y = np.asarray(b.targets, np.float64) - (gallery @ head_w + head_b)
     sim = -np.linalg.norm(rows.astype(np.float64)[:, None, :] - gallery[None], axis=2)  # [R, G]
     near = np.argsort(-sim, axis=1, kind="stable")[:, : knn["k"]]
     s = np.take_along_axis(sim, near, axis=1)
     w = np.exp((s - s[:, :1]) / knn["temperature"])
     w /= w.sum(axis=1, keepdims=True)
-    mean = (w * y[near]).sum(axis=1)
-    spread2 = (w * (y[near] - mean[:, None]) ** 2).sum(axis=1)
+    knn_mean = (w * y[near]).sum(axis=1)
+    spread2 = (w * (y[near] - knn_mean[:, None]) ** 2).sum(axis=1)
+    mean = knn_mean + rows.astype(np.float64) @ head_w + head_b
     value = np.array([mean[owner == i].mean() for i in range(n)])
     unc = np.array([np.sqrt(np.mean(spread2[owner == i] + (mean[owner == i] - value[i]) ** 2)) for i in range(n)])
     return value, unc

@@ -356,4 +356,5 @@ def test_demo_summary_shows_familiarity_and_the_flag(three_digits_and_a_face: li
     (old / mf.MANIFEST).write_text(json.dumps(m, indent=2))
     b_old = load_bundle(old)
     text = summary_markdown(b_old, b_old.predict(three_digits_and_a_face[3], detect=False)[0], 10, "faces")
-    assert "± is their weighted spread." in text and "validation" not in text
+    spread = "± is the weighted spread of those offsets." if b_old.residual else "± is their weighted spread."
+    assert spread in text and "validation" not in text

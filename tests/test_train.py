@@ -19,7 +19,7 @@ from supemb.train import trainer as trainer_mod
 from supemb.train.config import TrainConfig, load_config
 from supemb.train.data import EvalDataset
 from supemb.train.embedding import embed_run
-from supemb.train.rundir import EMBEDDINGS, MODEL_FORMAT_VERSION, RunDir, load_run_config
+from supemb.train.rundir import EMBEDDINGS, MODEL_FORMAT_VERSION, RunDir, load_run_config, summary_line
 from supemb.train.selection import KNN_KS
 from supemb.train.trainer import Trainer, resume_run, train
 
@@ -97,6 +97,12 @@ def test_image_regression_l1_baseline_run(image_values: Path, tmp_path: Path) ->
     assert {"val_head_mae", "val_knn_mae", "val_ordinality", "test_head_mae"} <= set(final)
     meta = json.loads((tmp_path / "run" / "model.json").read_text())
     assert meta["has_linear_head"] and 20 < meta["target_mean"] < 80
+    # what a bundle will serve, chosen on validation, recorded and reported
+    assert final["served"] == ("residual kNN" if meta["knn_residual"] else "kNN")
+    assert {"val_served_mae", "test_served_mae"} <= set(final) and final["val_served_mae"] > 0
+    if not meta["knn_residual"]:  # plain kNN is served: the two figures are the same predictions
+        assert final["val_served_mae"] == pytest.approx(final["val_knn_mae"], rel=1e-6)
+    assert summary_line(final).endswith(f"served: {final['served']}")
     assert meta["data"]["augment"]["preset"] == "colour"  # the baseline's augmentation is recorded
     # supemb viz redraws the map from the finished run
     png = tmp_path / "map.png"

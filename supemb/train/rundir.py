@@ -250,7 +250,8 @@ def summary_line(metrics: dict[str, Any]) -> str:
     body = "  ".join(f"{k}={metrics[k]:.4g}" for k in sorted(keys) if isinstance(metrics[k], (int, float)))
     head = f"stage {metrics.get('stage')} epoch {metrics.get('epoch', '')}".strip()
     loss = f"  loss={metrics['loss']:.4f}" if "loss" in metrics else ""
-    return f"{head}{loss}  {body}"
+    served = f"  served: {metrics['served']}" if "served" in metrics else ""  # kNN or residual kNN (final line)
+    return f"{head}{loss}  {body}{served}"
 
 
 def load_run_config(out: str | Path) -> TrainConfig:
