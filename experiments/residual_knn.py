@@ -1,7 +1,8 @@
 """What the bundles serve for values: plain kNN, or kNN on the residuals of a linear head
 (`supemb.train.selection.choose_residual`), measured on the finished evidence runs.
 
-    .venv/bin/python experiments/residual_knn.py [--work runs/evidence-cal] [--docs-dir DIR]
+    .venv/bin/python experiments/residual_knn.py [--work runs/evidence-cal] [--heldout runs/heldout]
+        [--docs-dir DIR]
 
 For every main-table run of an experiments/evidence.py work folder (webcam and EEG; RnC and
 L1; each seed), in the geometry the run serves (`model.json` "metric"), predictors that need
@@ -15,8 +16,9 @@ nothing but what a bundle holds (the gallery's embeddings and targets):
   what a run trained today records in model.json and its bundle serves.
 Each is measured on validation, the evidence's test split and the fresh test inputs of
 `experiments/significance.py` (WORK/TASK-fresh; made there, or here when missing). EEG
-figures are per recording (window predictions averaged). Nothing is retrained. Appends the
-run to DOCS/residual_knn.json and writes DOCS/residual_knn.md.
+figures are per recording (window predictions averaged). The same, on validation and test,
+for the runs of `experiments/heldout.py` (sets the defaults were not chosen on). Nothing is
+retrained. Appends the run to DOCS/residual_knn.json and writes DOCS/residual_knn.md.
 """
 
 from __future__ import annotations
@@ -41,14 +43,16 @@ SETS = ("val", "test", "fresh")
 NAMES = {"rnc": "RnC", "l1": "L1"}
 
 
-def run_figures(run: C.LoadedRun, fresh: C.LoadedRun) -> dict[str, dict[str, float]]:
-    """{predictor: {set: MAE}} of one finished run (`fresh`: the same run on the fresh data)."""
+def run_figures(run: C.LoadedRun, fresh: C.LoadedRun | None) -> dict[str, dict[str, float]]:
+    """{predictor: {set: MAE}} of one finished run (`fresh`: the same run on the fresh data, or None)."""
     from supemb.predict.neighbours import embedding_array
     from supemb.train import probe
     from supemb.train.selection import choose_residual, fit_residual, residual_predict
 
     feats = {s: run.features(s) for s in ("train", "val", "test")}
-    feats["fresh"] = fresh.features("test")
+    sets = SETS if fresh is not None else SETS[:2]
+    if fresh is not None:
+        feats["fresh"] = fresh.features("test")
     owner = {"val": (run, "val"), "test": (run, "test"), "fresh": (fresh, "test")}
     mae = lambda pred, s: owner[s][0].mae(pred, owner[s][1])  # noqa: E731
     y = run.split("train").targets
@@ -60,9 +64,9 @@ def run_figures(run: C.LoadedRun, fresh: C.LoadedRun) -> dict[str, dict[str, flo
     served = {s: embedding_array(f, run.metric) for s, f in feats.items()}
     fit = probe.fit_ridge(served["train"], y, served["val"], lambda pred: float(item_scores(pred).mean()))
     r = fit_residual(feats["train"], y, feats["val"], item_scores, metric=run.metric)
-    preds = {"knn": {s: run.knn_predict(feats["train"], feats[s]) for s in SETS},
-             "ridge": {s: (served[s] @ fit.weight.T + fit.bias)[:, 0] for s in SETS},
-             "residual": {s: residual_predict(r, feats["train"], y, feats[s], run.metric) for s in SETS}}
+    preds = {"knn": {s: run.knn_predict(feats["train"], feats[s]) for s in sets},
+             "ridge": {s: (served[s] @ fit.weight.T + fit.bias)[:, 0] for s in sets},
+             "residual": {s: residual_predict(r, feats["train"], y, feats[s], run.metric) for s in sets}}
     chosen = choose_residual(feats["train"], y, feats["val"], item_scores, metric=run.metric,
                              k=int(run.meta["knn_k"]), temperature=float(run.meta["knn_temperature"]))
     preds["served"] = preds["residual" if chosen else "knn"]
@@ -71,26 +75,48 @@ def run_figures(run: C.LoadedRun, fresh: C.LoadedRun) -> dict[str, dict[str, flo
     return figures
 
 
-def analyse(name: str, work: Path) -> dict[str, Any]:
-    task = E.TASKS[name]
-    data = S.fresh_data(name, work, S.FRESH[name], name)
-    out: dict[str, Any] = {"sides": {}}
+def analyse(name: str, work: Path, kind: str | None = None, fresh: bool = True) -> dict[str, Any]:
+    """Every seed's figures of WORK/NAME's runs; kind: the task in `evidence.TASKS` (default NAME);
+    fresh: also on `significance.fresh_data`'s fresh inputs."""
+    task = E.TASKS[kind or name]
+    data = S.fresh_data(name, work, S.FRESH[name], name) if fresh else None
+    sets = SETS if fresh else SETS[:2]
+    out: dict[str, Any] = {"kind": kind or name, "sides": {}}
     for loss in task["losses"]:
         seeds = S.seeds_of(work / name, loss)
         per_seed = []
         for seed in seeds:
             path = work / name / f"{loss}-s{seed}"
-            per_seed.append(run_figures(C.load_run(path), C.load_run(path, data=data)))
-            print(name, loss, seed, {p: round(f["fresh"], 3) for p, f in per_seed[-1].items()}, flush=True)
+            per_seed.append(run_figures(C.load_run(path), C.load_run(path, data=data) if fresh else None))
+            print(name, loss, seed, {p: round(f[sets[-1]], 3) for p, f in per_seed[-1].items()}, flush=True)
         out["sides"][loss] = {"seeds": seeds, "per_seed": per_seed,
-                              "mean": {p: {s: float(np.mean([r[p][s] for r in per_seed])) for s in SETS}
+                              "mean": {p: {s: float(np.mean([r[p][s] for r in per_seed])) for s in sets}
                                        for p in PREDICTORS}}
     return out
 
 
-def change(side: dict) -> float:
-    """The served predictor's fresh MAE relative to plain kNN's, minus 1 (below 0: better)."""
-    return side["mean"]["served"]["fresh"] / side["mean"]["knn"]["fresh"] - 1
+def change(side: dict, test_set: str) -> float:
+    """The served predictor's MAE relative to plain kNN's on `test_set`, minus 1 (below 0: better)."""
+    return side["mean"]["served"][test_set] / side["mean"]["knn"][test_set] - 1
+
+
+def section(title: str, kind: str, r: dict) -> list[str]:
+    """One set's table: each side's predictors, mean MAE over the seeds per split."""
+    task = E.TASKS[kind]
+    sets = [s for s in SETS if s in next(iter(r["sides"].values()))["mean"]["knn"]]
+    lines = [f"## {title}", "", f"| embedding | predictor | {' | '.join(sets)} | served, per seed |",
+             f"|---|---|{'---:|' * len(sets)}---|"]
+    for loss, side in r["sides"].items():
+        for p in PREDICTORS:
+            m = side["mean"][p]
+            which = ", ".join(s["served"]["which"] for s in side["per_seed"]) if p == "served" else ""
+            lines.append(f"| {NAMES[loss]} | {LABELS[p]} | {' | '.join(f'{m[s]:.2f}' for s in sets)} | {which} |")
+    sides = r["sides"]
+    c, p = (sides[loss]["mean"]["served"][sets[-1]] for loss in task["losses"])
+    return lines + ["", f"MAE in {task['unit']}{', per recording' if kind == 'eeg' else ''}. On the {sets[-1]} "
+                    "inputs, what is served against plain kNN: " + "; ".join(
+                        f"{NAMES[loss]} {change(side, sets[-1]):+.1%}" for loss, side in sides.items())
+                    + f"; served against served, RnC over L1: {c / p:.3f}.", ""]
 
 
 def write_markdown(record: dict, docs: Path) -> Path:
@@ -102,18 +128,13 @@ def write_markdown(record: dict, docs: Path) -> Path:
               "These runs were trained before the trainer chose the residual kNN: the served row is what "
               "`choose_residual` picks for them now (what a run trained today records in model.json).", ""]
     for name, r in run["tasks"].items():
-        task = E.TASKS[name]
-        lines += [f"## {task['title']}", "", "| embedding | predictor | val | test | fresh | served, per seed |",
-                  "|---|---|---:|---:|---:|---|"]
-        for loss, side in r["sides"].items():
-            for p in PREDICTORS:
-                m = side["mean"][p]
-                which = ", ".join(s["served"]["which"] for s in side["per_seed"]) if p == "served" else ""
-                lines.append(f"| {NAMES[loss]} | {LABELS[p]} | {m['val']:.2f} | {m['test']:.2f} | {m['fresh']:.2f} "
-                             f"| {which} |")
-        per_recording = ", per recording." if name == "eeg" else "."
-        lines += ["", f"MAE in {task['unit']}{per_recording} On the fresh inputs, what is served against plain kNN: "
-                  + "; ".join(f"{NAMES[loss]} {change(side):+.1%}" for loss, side in r["sides"].items()) + ".", ""]
+        lines += section(E.TASKS[name]["title"], name, r)
+    if run.get("heldout"):
+        lines += ["# The held-out sets of docs/heldout.md", "",
+                  f"The runs in `{run['heldout_work']}`, trained with every default before the residual kNN "
+                  "existed (`experiments/heldout.py`); validation and test splits only.", ""]
+        for name, r in run["heldout"].items():
+            lines += section(name, r["kind"], r)
     out = docs / "residual_knn.md"
     out.write_text("\n".join(lines))
     return out
@@ -122,14 +143,21 @@ def write_markdown(record: dict, docs: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="runs/evidence-cal", help="an experiments/evidence.py --work directory")
+    ap.add_argument("--heldout", default="runs/heldout",
+                    help="an experiments/heldout.py --work directory (skipped when absent)")
     ap.add_argument("--docs-dir", default=str(C.ROOT / "docs"))
     args = ap.parse_args()
-    work, docs = Path(args.work), Path(args.docs_dir)
+    work, heldout, docs = Path(args.work), Path(args.heldout), Path(args.docs_dir)
     tasks = {name: analyse(name, work) for name in S.TASK_NAMES if (work / name).is_dir()}
     if not tasks:
         raise SystemExit(f"{work}: no webcam/ or eeg/ runs (run experiments/evidence.py --work {work})")
+    import heldout as H
+
+    held = {name: analyse(name, heldout, kind=kind, fresh=False)
+            for name, (kind, _, _) in H.SETS.items() if (heldout / name).is_dir()}
     docs.mkdir(parents=True, exist_ok=True)
-    C.append_run(docs / "residual_knn.json", {"machine": C.machine(), "work": str(work), "tasks": tasks},
+    C.append_run(docs / "residual_knn.json", {"machine": C.machine(), "work": str(work), "tasks": tasks,
+                                              **({"heldout_work": str(heldout), "heldout": held} if held else {})},
                  write_markdown)
 
 
