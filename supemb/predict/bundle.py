@@ -71,7 +71,8 @@ class Neighbour:
 @dataclass
 class Prediction:
     """One input's prediction. Regression: `value`; classification: `label`
-    and `probabilities`. `uncertainty`: the neighbours' weighted spread scaled on
+    and `probabilities`. `uncertainty`: the neighbours' weighted spread (of their
+    residuals where the manifest has knn.residual) scaled on
     validation so about 68 % of errors fall inside it (values, in target units;
     `supemb.predict.calibration`) or 1 - top probability (classes). `error` is set, and the
     rest empty, for an input that could not be read (on_error="skip").
