@@ -2,7 +2,7 @@
 (`supemb.train.selection.choose_residual`), measured on the finished evidence runs.
 
     .venv/bin/python experiments/residual_knn.py [--work runs/evidence-cal] [--heldout runs/heldout]
-        [--docs-dir DIR]
+        [--halves 100] [--docs-dir DIR]
 
 For every main-table run of an experiments/evidence.py work folder (webcam and EEG; RnC and
 L1; each seed), in the geometry the run serves (`model.json` "metric"), predictors that need
@@ -17,7 +17,8 @@ nothing but what a bundle holds (the gallery's embeddings and targets):
 Each is measured on validation, the evidence's test split and the fresh test inputs of
 `experiments/significance.py` (WORK/TASK-fresh; made there, or here when missing). EEG
 figures are per recording (window predictions averaged). The same, on validation and test,
-for the runs of `experiments/heldout.py` (sets the defaults were not chosen on). Nothing is
+for the runs of `experiments/heldout.py` (sets the defaults were not chosen on). And, inside
+validation only, which rule should choose between the two (`rule_study`). Nothing is
 retrained. Appends the run to DOCS/residual_knn.json and writes DOCS/residual_knn.md.
 """
 
@@ -75,7 +76,53 @@ def run_figures(run: C.LoadedRun, fresh: C.LoadedRun | None) -> dict[str, dict[s
     return figures
 
 
-def analyse(name: str, work: Path, kind: str | None = None, fresh: bool = True) -> dict[str, Any]:
+RULES = ("mean", "one SE", "always", "never")  # how validation picks residual over plain kNN
+
+
+def rule_study(run: C.LoadedRun, halves: int) -> dict[str, float]:
+    """Which rule should pick the residual kNN over plain kNN, judged inside validation: over
+    `halves` random halvings of the validation inputs (EEG: recordings), the residual kNN is
+    fitted and each rule chooses on one half, and the choice is scored on the other (MAE;
+    no test split is read). "mean": the residual where its mean score is higher (today's
+    `choose_residual`); "one SE": only where plain kNN is not within one standard error of
+    it; "always" / "never". Plain kNN's k and temperature are chosen on the choosing half too
+    (`choose_knn`, the run's metric), as the residual's are. Returns {rule: mean MAE on the
+    held-back halves}."""
+    from supemb.predict.neighbours import embedding_array, nearest_neighbours, neighbour_regress
+    from supemb.train.selection import KNN_KS, choose_knn, fit_residual, residual_predict, within_one_se
+
+    feats = {s: run.features(s) for s in ("train", "val")}
+    y, val = run.split("train").targets, run.split("val")
+    g, q = embedding_array(feats["train"], run.metric), embedding_array(feats["val"], run.metric)
+    near, sim = nearest_neighbours(q, g, min(max(KNN_KS), len(g)), metric=run.metric)
+    units = np.unique(val.groups) if run.data.plugin.grouped else np.arange(len(val))
+    unit_of = val.groups if run.data.plugin.grouped else np.arange(len(val))
+    rng = np.random.default_rng(0)
+    held: dict[str, list[float]] = {rule: [] for rule in RULES}
+    for _ in range(halves):
+        order = rng.permutation(units)
+        rows = {h: np.flatnonzero(np.isin(unit_of, part)) for h, part in
+                (("choose", order[: len(units) // 2]), ("judge", order[len(units) // 2:]))}
+
+        def scores(pred: np.ndarray, h: str) -> np.ndarray:
+            return run.trainer.targets.item_scores(pred, val.targets[rows[h]], val.groups[rows[h]])
+
+        r = fit_residual(feats["train"], y, feats["val"][rows["choose"]], lambda p: scores(p, "choose"),
+                         metric=run.metric)
+        _, k, t = choose_knn(feats["train"], y, feats["val"][rows["choose"]], lambda p: scores(p, "choose"),
+                             task="regression", n_classes=0, metrics_tried=[run.metric])
+        plain, _ = neighbour_regress(sim[:, :k], y[near[:, :k]], temperature=t)
+        resid = residual_predict(r, feats["train"], y, feats["val"], run.metric)
+        a_res, a_plain = scores(resid[rows["choose"]], "choose"), scores(plain[rows["choose"]], "choose")
+        better = a_res.mean() > a_plain.mean() + 1e-12
+        pick = {"mean": better, "one SE": better and not within_one_se(a_res, a_plain), "always": True,
+                "never": False}
+        for rule, use in pick.items():
+            held[rule].append(-float(scores((resid if use else plain)[rows["judge"]], "judge").mean()))
+    return {rule: float(np.mean(v)) for rule, v in held.items()}
+
+
+def analyse(name: str, work: Path, kind: str | None = None, fresh: bool = True, halves: int = 0) -> dict[str, Any]:
     """Every seed's figures of WORK/NAME's runs; kind: the task in `evidence.TASKS` (default NAME);
     fresh: also on `significance.fresh_data`'s fresh inputs."""
     task = E.TASKS[kind or name]
@@ -87,8 +134,12 @@ def analyse(name: str, work: Path, kind: str | None = None, fresh: bool = True) 
         per_seed = []
         for seed in seeds:
             path = work / name / f"{loss}-s{seed}"
-            per_seed.append(run_figures(C.load_run(path), C.load_run(path, data=data) if fresh else None))
-            print(name, loss, seed, {p: round(f[sets[-1]], 3) for p, f in per_seed[-1].items()}, flush=True)
+            run = C.load_run(path)
+            per_seed.append(run_figures(run, C.load_run(path, data=data) if fresh else None))
+            if halves:
+                per_seed[-1]["rules"] = rule_study(run, halves)
+            print(name, loss, seed, {p: round(per_seed[-1][p][sets[-1]], 3) for p in PREDICTORS},
+                  {rule: round(v, 3) for rule, v in per_seed[-1].get("rules", {}).items()}, flush=True)
         out["sides"][loss] = {"seeds": seeds, "per_seed": per_seed,
                               "mean": {p: {s: float(np.mean([r[p][s] for r in per_seed])) for s in sets}
                                        for p in PREDICTORS}}
@@ -112,6 +163,14 @@ def section(title: str, kind: str, r: dict) -> list[str]:
             which = ", ".join(s["served"]["which"] for s in side["per_seed"]) if p == "served" else ""
             lines.append(f"| {NAMES[loss]} | {LABELS[p]} | {' | '.join(f'{m[s]:.2f}' for s in sets)} | {which} |")
     sides = r["sides"]
+    if all("rules" in seed for side in sides.values() for seed in side["per_seed"]):
+        n = len(next(iter(sides.values()))["per_seed"])
+        def rules(side: dict) -> str:
+            return ", ".join(f"{rule} {np.mean([x['rules'][rule] for x in side['per_seed']]):.3f}" for rule in RULES)
+
+        lines += ["", f"Which rule should choose, judged inside validation (MAE on the held-back half, mean over "
+                  f"{n} seeds; `rule_study`): "
+                  + "; ".join(f"{NAMES[loss]} {rules(side)}" for loss, side in sides.items()) + "."]
     c, p = (sides[loss]["mean"]["served"][sets[-1]] for loss in task["losses"])
     return lines + ["", f"MAE in {task['unit']}{', per recording' if kind == 'eeg' else ''}. On the {sets[-1]} "
                     "inputs, what is served against plain kNN: " + "; ".join(
@@ -127,6 +186,15 @@ def write_markdown(record: dict, docs: Path) -> Path:
               f"on validation, the evidence's test split and the fresh test inputs of docs/significance.md. "
               "These runs were trained before the trainer chose the residual kNN: the served row is what "
               "`choose_residual` picks for them now (what a run trained today records in model.json).", ""]
+    ratios = {rule: [seed["rules"][rule] / seed["rules"]["never"] for group in ("tasks", "heldout")
+                     for r in run.get(group, {}).values() for side in r["sides"].values()
+                     for seed in side["per_seed"] if "rules" in seed] for rule in RULES}
+    if ratios["never"]:
+        lines += [f"**Which rule chooses, inside validation** (`rule_study`, {run.get('halves', '')} halvings of "
+                  f"each run's validation inputs; no test split read): the held-back half's MAE over plain kNN's "
+                  f"(\"never\"), mean over all {len(ratios['never'])} runs below: " + ", ".join(
+                      f"{rule} {np.mean(v):.3f} (better in {sum(x < 1 for x in v)})" for rule, v in ratios.items()
+                      if rule != "never") + ". The trainer uses \"mean\" (`choose_residual`).", ""]
     for name, r in run["tasks"].items():
         lines += section(E.TASKS[name]["title"], name, r)
     if run.get("heldout"):
@@ -145,18 +213,20 @@ def main() -> None:
     ap.add_argument("--work", default="runs/evidence-cal", help="an experiments/evidence.py --work directory")
     ap.add_argument("--heldout", default="runs/heldout",
                     help="an experiments/heldout.py --work directory (skipped when absent)")
+    ap.add_argument("--halves", type=int, default=100, help="validation halvings of `rule_study` (0: skip it)")
     ap.add_argument("--docs-dir", default=str(C.ROOT / "docs"))
     args = ap.parse_args()
     work, heldout, docs = Path(args.work), Path(args.heldout), Path(args.docs_dir)
-    tasks = {name: analyse(name, work) for name in S.TASK_NAMES if (work / name).is_dir()}
+    tasks = {name: analyse(name, work, halves=args.halves) for name in S.TASK_NAMES if (work / name).is_dir()}
     if not tasks:
         raise SystemExit(f"{work}: no webcam/ or eeg/ runs (run experiments/evidence.py --work {work})")
     import heldout as H
 
-    held = {name: analyse(name, heldout, kind=kind, fresh=False)
+    held = {name: analyse(name, heldout, kind=kind, fresh=False, halves=args.halves)
             for name, (kind, _, _) in H.SETS.items() if (heldout / name).is_dir()}
     docs.mkdir(parents=True, exist_ok=True)
-    C.append_run(docs / "residual_knn.json", {"machine": C.machine(), "work": str(work), "tasks": tasks,
+    C.append_run(docs / "residual_knn.json", {"machine": C.machine(), "work": str(work), "halves": args.halves,
+                                              "tasks": tasks,
                                               **({"heldout_work": str(heldout), "heldout": held} if held else {})},
                  write_markdown)
 
