@@ -735,6 +735,42 @@ def test_served_uncertainty_is_calibrated_on_validation(run_name: str, bundle_fi
             assert uncertainty_scale(err, unc / scale) == pytest.approx(scale, rel=1e-3)
 
 
+@pytest.mark.parametrize("which", ["image-cosine", "eeg-l2"])
+def test_forced_residual_knn_is_served_as_the_run_measured_it(which: str, webcam: Path, eeg_data: Path,
+                                                             tmp_path: Path, monkeypatch) -> None:
+    """Whatever validation would choose, a run made to serve the residual kNN (a cosine image run;
+    an EEG run, windows pooled per recording) records it, exports it, and its bundle serves on val
+    and test exactly the MAE and coverage the run reported."""
+    from supemb.export.writer import export_run
+    from supemb.predict.calibration import coverage_of
+    from supemb.train import final, selection
+    from supemb.train.rundir import RunDir
+
+    def always(train_feats, train_targets, val_feats, item_scores, *, metric, k, temperature, ks=selection.KNN_KS):
+        return selection.fit_residual(train_feats, train_targets, val_feats, item_scores, metric=metric, ks=ks)
+
+    monkeypatch.setattr(final, "choose_residual", always)
+    if which == "eeg-l2":
+        run = _train(eeg_data, tmp_path / "run", target="age", loss="rnc", batch_size=8, metric="l2",
+                     eeg={"window_s": 4.0, "stride_s": 4.0})
+    else:
+        run = _train(webcam, tmp_path / "run", target="temperature", loss="l1", metric="cosine")
+    meta, fin = RunDir(run).model(), _final_line(run)
+    assert meta["knn_residual"] and meta["format_version"] == 2 and fin["served"] == "residual kNN"
+    m = export_run(run, tmp_path / "b", unit="u")
+    assert m["format_version"] == 3 and m["knn"]["residual"]["weight"] == meta["knn_residual"]["weight"]
+    assert (m["knn"]["k"], m["knn"]["temperature"]) == (meta["knn_residual"]["k"], meta["knn_residual"]["temperature"])
+    b = load_bundle(tmp_path / "b", device="cpu")
+    assert b.metric == which.split("-")[1]
+    for split in ("val", "test"):
+        paths, y = _split_items(run, split)
+        preds = b.predict(paths)
+        err = np.array([p.value for p in preds]) - y
+        assert np.abs(err).mean() == pytest.approx(fin[f"{split}_served_mae"], abs=1e-3)
+        unc = np.array([p.uncertainty for p in preds])
+        assert abs(coverage_of(err, unc) - fin[f"{split}_knn_coverage"]) <= 1 / len(y) + 1e-9
+
+
 def test_manifest_without_an_uncertainty_scale_serves_the_plain_spread(reg_bundle: Path, webcam: Path,
                                                                        tmp_path: Path) -> None:
     """Bundles written before the calibration load and serve the neighbours' spread unscaled."""
@@ -783,6 +819,9 @@ def test_run_metric_and_temperature_from_model_json(work: Path, reg_bundle: Path
                       ({"weight": [1.0, 2.0], "bias": 0.0}, "must be a mapping with k, temperature, weight, bias")):
         with pytest.raises(UserError, match=f"model.json: knn_residual {what}"):
             RunDir(work / "run_reg").knn_residual({"embed_dim": 2, "knn_residual": bad})
+    for dim in (None, "2", 0):  # the head's length cannot be checked without a sound embed_dim
+        with pytest.raises(UserError, match=f"model.json: embed_dim must be a positive integer, got {dim!r}"):
+            RunDir(work / "run_reg").knn_residual({"embed_dim": dim, "knn_residual": good})
     # a run whose model.json says cosine exports a normalising graph and an inner-product index
     run = tmp_path / "run"
     shutil.copytree(work / "run_reg", run)

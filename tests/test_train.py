@@ -19,7 +19,14 @@ from supemb.train import trainer as trainer_mod
 from supemb.train.config import TrainConfig, load_config
 from supemb.train.data import EvalDataset
 from supemb.train.embedding import embed_run
-from supemb.train.rundir import EMBEDDINGS, MODEL_FORMAT_VERSION, RunDir, load_run_config, summary_line
+from supemb.train.rundir import (
+    EMBEDDINGS,
+    MODEL_FORMAT_VERSION,
+    PLAIN_KNN_MODEL_FORMAT_VERSION,
+    RunDir,
+    load_run_config,
+    summary_line,
+)
 from supemb.train.selection import KNN_KS
 from supemb.train.trainer import Trainer, resume_run, train
 
@@ -86,7 +93,7 @@ def test_image_classification_supcon_run(image_classes: Path, tmp_path: Path) ->
     assert weights["linear.fc.weight"].shape == (2, meta["embed_dim"])
     assert meta["projection"] == "mlp" and any(k.startswith("head.") for k in weights)
     assert meta["embedding"] == EMBEDDINGS["cosine"] == "l2-normalised encoder output"
-    assert meta["format_version"] == MODEL_FORMAT_VERSION
+    assert meta["format_version"] == PLAIN_KNN_MODEL_FORMAT_VERSION == 1  # classes: no residual kNN
     prep = json.loads((out / "preprocessing.json").read_text())
     assert prep["modality"] == "image" and [s["op"] for s in prep["steps"]] == ["decode", "resize_crop", "normalize"]
     assert prep["steps"][1]["image_size"] == 16
@@ -295,7 +302,9 @@ def test_run_dir_reads_old_runs_and_refuses_newer_or_broken_ones(image_values: P
     train(_cfg(image_values, out, target="value", loss="l1", metric="l2"))
     run = RunDir(out)
     meta = run.model()
-    assert meta["format_version"] == MODEL_FORMAT_VERSION and run.metric() == "l2"
+    # 2 where the run serves a residual kNN (an older supemb must refuse it), else 1 as before
+    assert meta["format_version"] == (MODEL_FORMAT_VERSION if meta["knn_residual"] else PLAIN_KNN_MODEL_FORMAT_VERSION)
+    assert run.metric() == "l2"
     assert run.final_metrics() == {k: v for k, v in _read_metrics(out)[-1].items()
                                    if k.startswith("test_") and isinstance(v, (int, float))}
     assert run.final_metrics()  # the baseline's test figures are there

@@ -37,7 +37,9 @@ if TYPE_CHECKING:
     from supemb.encoders.heads import EmbeddingModel
 
 # model.json's layout; bump it when a reader of the old layout would misread the new one.
-MODEL_FORMAT_VERSION = 1
+# 2: may hold "knn_residual" (an older supemb would export plain kNN and serve other values: it must refuse)
+MODEL_FORMAT_VERSION = 2
+PLAIN_KNN_MODEL_FORMAT_VERSION = 1  # what a run without knn_residual writes: older readers use it right
 # What model.json's "embedding" says per metric: what `EmbeddingModel` computes.
 EMBEDDINGS = {"cosine": "l2-normalised encoder output", "l2": "encoder output"}
 # The kNN temperature of a run whose model.json has none (as the trainer's evaluation then).
@@ -111,7 +113,8 @@ class RunDir:
 
     def write_model(self, meta: dict[str, Any]) -> dict[str, Any]:
         """model.json: `meta` (with "metric") plus its format_version and embedding; returns what was written."""
-        meta = {"format_version": MODEL_FORMAT_VERSION, **meta, "embedding": EMBEDDINGS[meta["metric"]]}
+        version = MODEL_FORMAT_VERSION if meta.get("knn_residual") else PLAIN_KNN_MODEL_FORMAT_VERSION
+        meta = {"format_version": version, **meta, "embedding": EMBEDDINGS[meta["metric"]]}
         self.model_json.write_text(json.dumps(meta, indent=2) + "\n")
         return meta
 
@@ -182,8 +185,10 @@ class RunDir:
         meta = self.model() if meta is None else meta
         r = meta.get("knn_residual")
         if r is not None:
-            check_residual(f"{self.model_json}: knn_residual", r, int(meta.get("embed_dim") or 0),
-                           keys=("k", "temperature", "weight", "bias"))
+            dim = meta.get("embed_dim")
+            if type(dim) is not int or dim < 1:
+                raise UserError(f"{self.model_json}: embed_dim must be a positive integer, got {dim!r}")
+            check_residual(f"{self.model_json}: knn_residual", r, dim, keys=("k", "temperature", "weight", "bias"))
         return r
 
     def knn_temperature(self, meta: dict[str, Any] | None = None) -> float:

@@ -134,11 +134,13 @@ def choose_residual(
     ks: Sequence[int] = KNN_KS,
 ) -> dict[str, Any] | None:
     """`fit_residual`'s record where its mean validation score beats plain kNN's at
-    (metric, k, temperature), else None (plain kNN is served). Arguments as `choose_knn`."""
+    (metric, k, temperature) by more than rounding (1e-6 relative), else None (plain kNN is
+    served). Arguments as `choose_knn`."""
     r = fit_residual(train_feats, train_targets, val_feats, item_scores, metric=metric, ks=ks)
     g, q = embedding_array(train_feats, metric), embedding_array(val_feats, metric)
     idx, sim = nearest_neighbours(q, g, min(k, len(g)), metric=metric)
     plain, _ = neighbour_regress(sim, np.asarray(train_targets, dtype=np.float64)[idx], temperature=temperature)
     residual = residual_predict(r, train_feats, train_targets, val_feats, metric)
-    better = np.mean(item_scores(residual)) > np.mean(item_scores(plain)) + 1e-12
-    return r if better else None
+    res_score, plain_score = float(np.mean(item_scores(residual))), float(np.mean(item_scores(plain)))
+    # a tie (a flat head: the same predictions up to rounding) keeps plain kNN, and older readers can serve it
+    return r if res_score > plain_score + 1e-6 * max(1.0, abs(plain_score)) else None
