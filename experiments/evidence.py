@@ -498,7 +498,9 @@ def _task_markdown(name: str, r: dict) -> list[str]:
         what = ("Ordinality: Spearman correlation between embedding and target distances over test pairs, in the "
                 "geometry each model serves" + (" (windows)." if name == "eeg" else ".") + " Errors inside the ±: "
                 "the share of test " + ("recordings" if name == "eeg" else "items") + " whose kNN error is within "
-                "the served ± (the kNN spread scaled on validation to hold 68.27 % of its errors; docs/DESIGN.md)."
+                "the served ± (the kNN spread scaled on validation to hold 68.27 % of its errors; docs/DESIGN.md). "
+                "A run trained since the residual kNN (docs/residual_knn.md) reports this share for what it serves, "
+                "residual or plain kNN; every other figure here is unchanged by it."
                 ) if task["kind"] == "regression" else ("MAP@R and P@1: test queries against the train gallery in each model's served "
                                "geometry; they show how tightly each embedding clusters the classes.")
         lines += ["", what, ""]

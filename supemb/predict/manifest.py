@@ -49,9 +49,8 @@ import numpy as np
 from supemb.errors import UserError
 
 FORMAT = "supemb-bundle"
-# 3: "knn" may hold "residual" (served values change: an older reader must refuse it);
-# 2: "preprocessing" is a list of steps (supemb.preprocess.steps); 1 (flat spec) still reads
-FORMAT_VERSION = 3
+# 3: knn.residual may be there (an older reader must refuse it); 2: "preprocessing" is a list of steps
+FORMAT_VERSION = 3  # (supemb.preprocess.steps); 1 (flat spec) still reads
 PLAIN_KNN_FORMAT_VERSION = 2  # what export writes for a bundle without knn.residual: older readers serve it right
 MANIFEST = "manifest.json"
 REQUIRED_FILES = ("encoder.onnx", "index.faiss", "targets.npy", "gallery.json")

@@ -191,8 +191,7 @@ def metric_pair(query_emb: npt.ArrayLike, gallery_emb: npt.ArrayLike, exclude_se
                 metric: Metric = "cosine") -> tuple[np.ndarray, np.ndarray]:
     """Validated (query [N, D], gallery [G, D]) in `metric`: normalised for "cosine", as given for "l2"."""
     check_metric(metric)
-    q = as_embeddings(query_emb, "query_emb")
-    g = as_embeddings(gallery_emb, "gallery_emb")
+    q, g = as_embeddings(query_emb, "query_emb"), as_embeddings(gallery_emb, "gallery_emb")
     if metric == "cosine":
         q, g = _unit_rows(q), _unit_rows(g)
     if q.shape[1] != g.shape[1]:
@@ -384,14 +383,12 @@ def predict_inputs(sim: np.ndarray, targets_k: np.ndarray, owner: npt.ArrayLike,
     temperature: of the kNN weights (None: the cosine defaults, 0.1 values, 0.07 classes).
     Regression: the mean of the rows' kNN predictions, with an uncertainty pooling the rows'
     spreads and their disagreement (law of total variance):
-    sqrt(mean_r (spread_r^2 + (pred_r - value)^2)). offset: [R] (or a scalar) added to each
-    row's kNN prediction (a residual kNN: targets_k are residuals of a head, offset its
-    predictions for the rows). Classification: the rows' votes averaged.
-    """
+    sqrt(mean_r (spread_r^2 + (pred_r - value)^2)); offset ([R] or a scalar) is added to each row's
+    kNN value (a residual kNN: targets_k are a head's residuals). Classification: the rows' votes averaged."""
     o = np.asarray(owner, dtype=np.int64)
     if task == "regression":
-        t = 0.1 if temperature is None else temperature
-        pred, spread = neighbour_regress(sim, targets_k, weighting=weighting, temperature=t, reduce=reduce)
+        pred, spread = neighbour_regress(sim, targets_k, weighting=weighting, reduce=reduce,
+                                         temperature=0.1 if temperature is None else temperature)
         pred = pred + np.asarray(offset, dtype=np.float64)
         value = group_mean(pred, o, n_inputs)
         var = group_mean(spread**2 + (pred - value[o]) ** 2, o, n_inputs)

@@ -92,7 +92,6 @@ def choose_knn(
                           if m == metric and kk == k and within_one_se(best_items, items))
 
 
-
 def fit_residual(
     train_feats: np.ndarray, train_targets: np.ndarray, val_feats: np.ndarray,
     item_scores: Callable[[np.ndarray], np.ndarray], *, metric: str, ks: Sequence[int] = KNN_KS,

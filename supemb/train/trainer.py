@@ -111,9 +111,8 @@ class Trainer:
         # The geometry of the per-epoch kNN evaluation; a baseline's served one is chosen at the end.
         self.metric = cfg.served_metric or "cosine"
         self.knn_k = cfg.knn_k or 10  # per-epoch evaluation; chosen on validation at the end
-        self.knn_temperature: float | None = None  # chosen on validation at the end
-        self.knn_uncertainty_scale: float | None = None  # values: the served ± calibrated on validation
-        self.knn_residual: dict | None = None  # values: kNN of a linear head's residuals, if validation chose it
+        self.knn_temperature: float | None = None  # chosen on validation at the end, as are (values only)
+        self.knn_uncertainty_scale, self.knn_residual = None, None  # the served ± scale; the residual kNN, if chosen
         model = Model(encoder, head, self.metric)
         if self.world.active and self.device.type == "cuda" and cfg.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BatchNorm over the global batch
