@@ -118,7 +118,9 @@ def export_parser(p: argparse.ArgumentParser) -> Handler:
         diffs = m["onnx"]["parity_max_abs_diff"]
         print(f"wrote {args.out}: {m['modality']} {m['task']}, {m['embedding_dim']}-d, "
               f"gallery {m['gallery']['items']} ({m['index']['kind']} index), "
-              f"parity max |ONNX - PyTorch| {max(diffs.values()):.2g}")
+              f"parity max |ONNX - PyTorch| {max(diffs.values()):.2g}"
+              + (f", residual head {m['onnx']['parity_head_max_abs_diff']:.2g} {m['target'].get('unit') or ''}".rstrip()
+                 if "parity_head_max_abs_diff" in m["onnx"] else ""))
         print(f"digest {_digest_of(args.out)}")
         return 0
 

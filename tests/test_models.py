@@ -396,6 +396,29 @@ def test_parity_refuses_a_graph_that_differs_and_scales_for_raw_embeddings(tmp_p
     assert parity_scale(model, x, "cosine") == 1.0
 
 
+def test_head_parity_is_the_largest_change_of_a_linear_heads_value(tmp_path: Path) -> None:
+    """A residual head multiplies the graph's embedding error by its weights: head_parity
+    measures the change of w . e (target units) and refuses one above the tolerance."""
+    from supemb.encoders.onnx_util import head_parity
+
+    model = EmbeddingModel(build_encoder("small_cnn"), "l2").eval()
+    x = torch.randn(3, 3, 32, 32).numpy()
+    with torch.no_grad():
+        dim = model(torch.from_numpy(x)).shape[1]
+    shift = np.zeros(dim, np.float32)
+    shift[[1, 4]] = (1e-3, -2e-3)  # the graph's error on two coordinates of every embedding
+    off = lambda batch: model(torch.from_numpy(batch)).detach().numpy() + shift  # noqa: E731
+    w = np.zeros(dim)
+    w[[1, 4, 7]] = (100.0, 30.0, -5.0)
+    assert head_parity(model, off, x, w) == pytest.approx(100 * 1e-3 - 30 * 2e-3, rel=1e-3)  # 0.04
+    assert head_parity(model, off, x, np.where(np.arange(dim) == 7, 5.0, 0.0)) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(UserError, match=r"moves the linear head's values by up to 0.04 \(allowed 0.01\)"):
+        head_parity(model, off, x, w, tol=0.01)
+    wrong_shape = lambda batch: np.zeros((len(batch), 2), np.float32)  # noqa: E731
+    with pytest.raises(UserError, match="inf"):
+        head_parity(model, wrong_shape, x, w, tol=1.0)
+
+
 def test_half_precision_computes_in_float16_between_float32_ends() -> None:
     model = EmbeddingModel(build_encoder("small_cnn")).eval()
     half = HalfPrecision(model)

@@ -620,6 +620,7 @@ def test_l2_bundle_serves_raw_embeddings_by_euclidean_distance(reg_bundle: Path,
     assert (m["knn"]["temperature"], m["knn"]["k"]) == (pytest.approx(served["temperature"]), served["k"])
     assert ("residual" in m["knn"]) == (meta["knn_residual"] is not None)
     assert m["format_version"] == (3 if meta["knn_residual"] else 2)  # older readers refuse a residual bundle
+    assert ("parity_head_max_abs_diff" in m["onnx"]) == (meta["knn_residual"] is not None)
     # the ONNX output is the raw encoder output (not unit length), as PyTorch computes it
     module, _, _ = RunDir(work / "run_reg").embedding_model()
     x = np.concatenate([b.encoder.decode(p) for p in _images(webcam, 6)])
@@ -760,6 +761,9 @@ def test_forced_residual_knn_is_served_as_the_run_measured_it(which: str, webcam
     m = export_run(run, tmp_path / "b", unit="u")
     assert m["format_version"] == 3 and m["knn"]["residual"]["weight"] == meta["knn_residual"]["weight"]
     assert (m["knn"]["k"], m["knn"]["temperature"]) == (meta["knn_residual"]["k"], meta["knn_residual"]["temperature"])
+    # the head's values are parity-checked too, in target units, relative to the target's spread
+    assert m["onnx"]["parity_head_tolerance"] == pytest.approx(1e-4 * meta["target_std"])
+    assert 0.0 <= m["onnx"]["parity_head_max_abs_diff"] <= m["onnx"]["parity_head_tolerance"]
     b = load_bundle(tmp_path / "b", device="cpu")
     assert b.metric == which.split("-")[1]
     for split in ("val", "test"):

@@ -157,6 +157,29 @@ def parity(module: nn.Module, onnx: str | Path | Callable[[np.ndarray], np.ndarr
     return out
 
 
+def head_parity(module: nn.Module, run: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
+                weight: np.ndarray | list[float], tol: float = math.inf) -> float:
+    """Max |head(ONNX) - head(PyTorch)| of a linear head (weight [D], bias) on the embeddings of
+    `x` (the bias cancels): how far the graph moves a value served through that head (a
+    bundle's knn.residual), in target units. A float16 graph's small embedding error is multiplied by the head's
+    weights, which the embedding parity check does not see. Raises UserError above `tol`."""
+    w = np.asarray(weight, dtype=np.float64)
+    batch = np.ascontiguousarray(x, dtype=np.float32)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            want = module(torch.from_numpy(batch)).double().numpy()
+    finally:
+        module.train(was_training)
+    got = np.asarray(run(batch), dtype=np.float64)
+    diff = float(np.abs(got @ w - want @ w).max()) if got.shape == want.shape == (len(batch), len(w)) else math.inf
+    if not diff <= tol:
+        raise UserError(f"export parity check failed: the ONNX graph moves the linear head's values by up to "
+                        f"{diff:.3g} (allowed {tol:g}); it does not reproduce what the model serves")
+    return diff
+
+
 def parity_scale(module: nn.Module, x: np.ndarray, metric: str) -> float:
     """What a parity tolerance is relative to: 1 for unit-length ("cosine") embeddings; for
     raw "l2" ones the largest row norm of the module's embeddings of `x` (at least 1), so the

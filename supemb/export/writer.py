@@ -89,6 +89,7 @@ def export_run(
         DEFAULT_OPSET,
         HalfPrecision,
         export_onnx,
+        head_parity,
         parity,
         parity_scale,
         resolve_exporter,
@@ -141,6 +142,12 @@ def export_run(
         encoder = Encoder(tmp / "encoder.onnx", plugin, pipeline, device="cpu")
         tolerance = PARITY_TOL[dtype] * parity_scale(module, examples, metric)
         diffs = parity(module, encoder.embed_arrays, examples, tolerance)
+        head = {}  # a residual head multiplies the graph's embedding error: check the values it serves too
+        if residual:
+            head_tol = PARITY_TOL[dtype] * float(meta.get("target_std") or 1.0)
+            head = {"parity_head_max_abs_diff": head_parity(module, encoder.embed_arrays, examples,
+                                                            residual["weight"], head_tol),
+                    "parity_head_tolerance": head_tol}
         labels = list(meta.get("classes") or []) if task == "classification" else []
         gallery_encoder = encoder if device == "cpu" and gallery_pipeline is pipeline else Encoder(
             tmp / "encoder.onnx", plugin, gallery_pipeline, device=device)
@@ -164,7 +171,7 @@ def export_run(
             "onnx": {"file": "encoder.onnx", "input": "input", "output": "embedding", "opset": opset,
                      "dtype": dtype, "exporter": resolve_exporter("auto"),
                      "input_shape": ["batch", *examples.shape[1:]],
-                     "parity_max_abs_diff": diffs, "parity_tolerance": tolerance},
+                     "parity_max_abs_diff": diffs, "parity_tolerance": tolerance, **head},
             "gallery": {"source": src.source, "items": int(len(indexed.targets)),
                         "inputs": len(src.items) - len(indexed.gallery_json.get("skipped", [])),
                         "thumbnails": int(thumbnails) if indexed.thumbnails is not None else 0,
