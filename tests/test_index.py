@@ -152,6 +152,24 @@ def test_add_extends_the_gallery(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_vectors_are_what_the_file_holds_or_none_for_ivf(kind: str, tmp_path: Path) -> None:
+    """A bundle's residual head needs the gallery's vectors: a flat or HNSW index gives them
+    itself, exactly what the file holds; IVF says None (read the file instead)."""
+    from supemb.predict.familiarity import index_vectors
+
+    gallery = random_unit(300, 8, seed=21)
+    GalleryIndex.build(gallery, kind).save(tmp_path / "i.faiss")
+    loaded = GalleryIndex.load(tmp_path / "i.faiss", device="cpu")
+    got = loaded.vectors()
+    if kind == "ivf":
+        assert got is None
+    else:
+        np.testing.assert_array_equal(got, index_vectors(tmp_path / "i.faiss"))
+        np.testing.assert_allclose(got, gallery, atol=1e-6)
+    assert loaded.search(gallery[:5], 1)[1][:, 0].tolist() == [0, 1, 2, 3, 4]  # still serves as before
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
 def test_save_load_round_trip(kind: str, tmp_path: Path) -> None:
     gallery, queries = random_unit(4000, 16, seed=11), random_unit(100, 16, seed=12)
     index = GalleryIndex.build(gallery, kind)

@@ -758,7 +758,11 @@ def test_forced_residual_knn_is_served_as_the_run_measured_it(which: str, webcam
         run = _train(webcam, tmp_path / "run", target="temperature", loss="l1", metric="cosine")
     meta, fin = RunDir(run).model(), _final_line(run)
     assert meta["knn_residual"] and meta["format_version"] == 2 and fin["served"] == "residual kNN"
-    m = export_run(run, tmp_path / "b", unit="u")
+    index = "ivf" if which == "image-cosine" else "flat"  # IVF: the residuals come from the file, not the index
+    m = export_run(run, tmp_path / "b", unit="u", index=index)
+    assert m["index"]["kind"] == index
+    if index == "ivf":  # every cell probed: IVF finds what flat finds, so the MAE must match exactly
+        assert m["index"]["nprobe"] == m["index"]["nlist"]
     assert m["format_version"] == 3 and m["knn"]["residual"]["weight"] == meta["knn_residual"]["weight"]
     assert (m["knn"]["k"], m["knn"]["temperature"]) == (meta["knn_residual"]["k"], meta["knn_residual"]["temperature"])
     # the head's values are parity-checked too, in target units, relative to the target's spread

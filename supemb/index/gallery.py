@@ -362,6 +362,14 @@ class GalleryIndex:
             hnsw_m = int(index.hnsw.nb_neighbors(0)) // 2
         return cls(index, kind, hnsw_m=hnsw_m, device=device)
 
+    def vectors(self) -> np.ndarray | None:
+        """The vectors this index holds, float32 [N, dim], where it can give them unchanged (a
+        flat or HNSW index on the CPU); None otherwise (IVF needs a direct map built, a GPU copy
+        stays as it is): read them from the file then (`supemb.predict.familiarity.index_vectors`)."""
+        if self.on_gpu or self.kind == "ivf":
+            return None
+        return np.asarray(self._index.reconstruct_n(0, self.ntotal), np.float32)
+
     def __repr__(self) -> str:
         where = "gpu" if self.on_gpu else "cpu"
         return (f"GalleryIndex(kind={self.kind!r}, metric={self.metric!r}, dim={self.dim}, "

@@ -187,7 +187,9 @@ class Bundle:
             from supemb.predict.familiarity import index_vectors
 
             self._head_weight = np.asarray(self.residual["weight"], dtype=np.float64)
-            head_g = index_vectors(root / "index.faiss").astype(np.float64) @ self._head_weight
+            vecs = self.index.vectors()  # flat/HNSW on the CPU: no second read of the file
+            vecs = index_vectors(root / "index.faiss") if vecs is None else vecs
+            head_g = vecs.astype(np.float64) @ self._head_weight
             self._residuals = self.targets.astype(np.float64) - (head_g + float(self.residual["bias"]))
         if self.task == "classification":
             if self.targets.dtype.kind not in "iu" or self.targets.min() < 0 or self.targets.max() >= len(self.labels):
