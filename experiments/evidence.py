@@ -80,7 +80,13 @@ TASKS: dict[str, dict[str, Any]] = {
 }
 # Table rows: (side, what): side "plain" or "contrastive"; what the final-metrics key stem
 # ("head": the plain model's end-to-end head; "linear": converged probe / stage-2 head; "knn").
+# "served": what the run's bundle serves for a value (plain or residual kNN, chosen on validation; regression).
 ROWS = (("plain", "head"), ("plain", "linear"), ("plain", "knn"), ("contrastive", "knn"), ("contrastive", "linear"))
+SERVED_ROWS = (("plain", "served"), ("contrastive", "served"))
+
+
+def rows_of(task: dict) -> tuple[tuple[str, str], ...]:
+    return ROWS + (SERVED_ROWS if task["kind"] == "regression" else ())
 
 
 def _row_label(task: dict, side: str, what: str) -> str:
@@ -89,11 +95,17 @@ def _row_label(task: dict, side: str, what: str) -> str:
             ("plain", "linear"): f"{p} encoder + converged linear probe",
             ("plain", "knn"): f"{p} encoder + kNN",
             ("contrastive", "knn"): f"{c} + kNN",
-            ("contrastive", "linear"): f"{c} + linear head (stage 2)"}[(side, what)]
+            ("contrastive", "linear"): f"{c} + linear head (stage 2)",
+            ("plain", "served"): f"{p}, as its bundle serves it (kNN or residual kNN, chosen on validation)",
+            ("contrastive", "served"): f"{c}, as its bundle serves it (kNN or residual kNN, chosen on validation)",
+            }[(side, what)]
 
 
 def _key(task: dict, split: str, what: str) -> str:
-    """The final-metrics key of a figure, e.g. test_rec_knn_mae (EEG) or test_head_acc (digits)."""
+    """The final-metrics key of a figure, e.g. test_rec_knn_mae (EEG) or test_head_acc (digits);
+    "served" is per input already (test_served_mae: per recording for EEG)."""
+    if what == "served":
+        return f"{split}_served_mae"
     return f"{split}_{task['level']}{what}_{'mae' if task['kind'] == 'regression' else 'acc'}"
 
 
@@ -174,12 +186,14 @@ def main_table(name: str, work: Path, epochs: int, seeds: int, data_kw: dict) ->
         runs.append(entry)
     loss_of = dict(zip(("contrastive", "plain"), task["losses"]))
     rows = []
-    for side, what in ROWS:
+    for side, what in rows_of(task):
         key = _key(task, "test", what)
+        if not all(key in r[loss_of[side]] for r in runs):
+            continue  # a run trained before supemb recorded what it serves
         rows.append({"side": side, "what": what, "label": _row_label(task, side, what), "loss": loss_of[side],
                      "key": key, **_stats([r[loss_of[side]][key] for r in runs])})
     extra = []
-    stems = (("ordinality", "test ordinality (Spearman)"), ("knn_coverage", "test errors inside the served kNN ±")) \
+    stems = (("ordinality", "test ordinality (Spearman)"), ("knn_coverage", "test errors inside the served ±")) \
         if task["kind"] == "regression" else (
         ("map_at_r", "test MAP@R"), ("p_at_1", "test P@1"))
     for stem, label in stems:
@@ -497,18 +511,19 @@ def _task_markdown(name: str, r: dict) -> list[str]:
             lines.append(f"| {who} | {row['label']} | {_cells(row, '.3f')} |")
         what = ("Ordinality: Spearman correlation between embedding and target distances over test pairs, in the "
                 "geometry each model serves" + (" (windows)." if name == "eeg" else ".") + " Errors inside the ±: "
-                "the share of test " + ("recordings" if name == "eeg" else "items") + " whose kNN error is within "
-                "the served ± (the kNN spread scaled on validation to hold 68.27 % of its errors; docs/DESIGN.md). "
-                "A run trained since the residual kNN (docs/residual_knn.md) reports this share for what it serves, "
-                "residual or plain kNN; every other figure here is unchanged by it."
+                "the share of test " + ("recordings" if name == "eeg" else "items") + " whose error, as the bundle "
+                "serves the value (plain or residual kNN), is within the served ± (the neighbours' spread scaled on "
+                "validation to hold 68.27 % of its errors; docs/DESIGN.md)."
                 ) if task["kind"] == "regression" else ("MAP@R and P@1: test queries against the train gallery in each model's served "
                                "geometry; they show how tightly each embedding clusters the classes.")
         lines += ["", what, ""]
-    lines += ["| run | served metric per seed | kNN k, seed 0 | kNN temperature, seed 0 | training seconds, seed 0 "
-              "| mean over seeds |", "|---|---|---:|---:|---:|---:|"]
+    lines += ["| run | served metric per seed | served predictor per seed | kNN k, seed 0 | kNN temperature, seed 0 "
+              "| training seconds, seed 0 | mean over seeds |", "|---|---|---|---:|---:|---:|---:|"]
     for loss, label in zip(task["losses"], task["names"]):
         per = [run[loss] for run in r["runs"]]
-        lines.append(f"| {label} | {', '.join(x.get('metric', '?') for x in per)} | {per[0].get('knn_k', '?')} | "
+        served = ", ".join(x.get("served", "kNN vote" if task["kind"] == "classification" else "?") for x in per)
+        lines.append(f"| {label} | {', '.join(x.get('metric', '?') for x in per)} | {served} | "
+                     f"{per[0].get('knn_k', '?')} | "
                      f"{per[0].get('knn_temperature', float('nan')):.3g} | {per[0]['seconds']:.0f} | "
                      f"{np.mean([x['seconds'] for x in per]):.0f} |")
     lines.append("")

@@ -95,3 +95,42 @@ def test_reference_comparison_pairs_supemb_rows_with_the_scripts():
     lines = significance.reference_table(out, "40 fresh test images")
     row = next(line for line in lines if line.startswith("| RnC | chosen on validation, per seed |"))
     assert row.startswith("| RnC | chosen on validation, per seed | kNN | ridge probe |") and "| 0.600 |" in row
+
+
+def _finals(served_c, served_p, eeg=False):
+    """Final metrics of a contrastive (rnc) and a plain (l1) run, as C.timed_train returns them."""
+    lvl = "rec_" if eeg else ""
+    c = {f"test_{lvl}knn_mae": 3.0, f"test_{lvl}linear_mae": 2.9, "served": "residual kNN"}
+    p = {f"test_{lvl}knn_mae": 3.2, f"test_{lvl}linear_mae": 3.1, f"test_{lvl}head_mae": 3.3, "served": "kNN"}
+    if served_c is not None:
+        c["test_served_mae"], p["test_served_mae"] = served_c, served_p
+    return {"rnc": c, "l1": p}
+
+
+@pytest.mark.parametrize("task", ["webcam", "eeg"])
+def test_evidence_tables_show_what_each_bundle_serves_and_pick_the_best_over_it(task, monkeypatch, tmp_path):
+    """The served rows (test_served_mae: per recording for EEG already) are rows like the others,
+    for both sides; the best figure of a side may be its served one; runs that predate them lack the rows."""
+    import evidence as E
+
+    finals = _finals(2.5, 3.05, eeg=task == "eeg")
+    monkeypatch.setattr(E.C, "timed_train", lambda out, loss, **kw: (finals[loss], 1.0))
+    res = E.main_table(task, tmp_path, epochs=1, seeds=2, data_kw={})
+    rows = {(r["side"], r["what"]): r for r in res["rows"]}
+    assert rows["contrastive", "served"]["key"] == rows["plain", "served"]["key"] == "test_served_mae"
+    assert rows["contrastive", "knn"]["key"] == ("test_rec_knn_mae" if task == "eeg" else "test_knn_mae")
+    assert (res["best_contrastive"]["what"], res["best_plain"]["what"]) == ("served", "served")
+    assert res["ratio"] == pytest.approx(2.5 / 3.05)
+    lines = E._task_markdown(task, {**res, "epochs": 1, "data": E._data_summary(task, True)})
+    assert any("| RnC, as its bundle serves it" in ln and "2.50" in ln for ln in lines)
+    assert any(ln.startswith("| RnC | ") and "residual kNN, residual kNN" in ln for ln in lines)
+    finals.update(_finals(None, None, eeg=task == "eeg"))  # trained before supemb recorded what it serves
+    old = E.main_table(task, tmp_path, epochs=1, seeds=2, data_kw={})
+    assert {r["what"] for r in old["rows"]} == {"head", "linear", "knn"}
+    assert (old["best_contrastive"]["what"], old["best_plain"]["what"]) == ("linear", "linear")
+
+
+def test_evidence_has_no_served_rows_for_classes():
+    import evidence as E
+
+    assert E.rows_of(E.TASKS["digits"]) == E.ROWS and E._key(E.TASKS["digits"], "test", "knn") == "test_knn_acc"
