@@ -57,7 +57,8 @@ LEVEL = 0.95
 REFERENCE_ROWS = {"rnc": ("knn", "ridge"), "l1": ("head", "knn", "ridge")}  # plain_reference.py's predictors
 COMPARISONS = {"evidence": "the best row of each side on these inputs (evidence.md's rule)",
                "validation": "chosen on validation, per seed",
-               "knn": "kNN against kNN (plain kNN)"}
+               "knn": "kNN against kNN (plain kNN)",
+               "served": "what each bundle serves (plain or residual kNN, as each run chose on validation)"}
 
 
 def seeds_of(task_dir: Path, loss: str) -> list[int]:
@@ -121,6 +122,8 @@ def task_errors(name: str, work: Path, fresh: int = 0, kind: str | None = None) 
             if not np.array_equal(runs[c_loss].split(split).targets, runs[p_loss].split(split).targets):
                 raise SystemExit(f"{work / name}: seed {seed}: the two runs' {split} splits differ; cannot pair them")
         rows = E.predictors(kind or name, runs)
+        for side, loss in (("contrastive", c_loss), ("plain", p_loss)):
+            rows[side, "served"] = served_predictor(runs[loss])
         side_loss = {"contrastive": c_loss, "plain": p_loss}
         errors: dict[str, dict[tuple[str, str], np.ndarray]] = {"val": {}, "test": {}}
         for split in errors:
@@ -150,12 +153,26 @@ def task_errors(name: str, work: Path, fresh: int = 0, kind: str | None = None) 
     return {"seeds": seeds, "errors": per_seed, "check_max_abs_diff": worst}
 
 
+def served_predictor(run: C.LoadedRun) -> Any:
+    """What the run's bundle serves for a value, as a function of raw features: the residual kNN
+    model.json records (`knn_residual`), or plain kNN (a run that chose it, or one trained before
+    the residual kNN: its bundle serves plain kNN)."""
+    from supemb.train.selection import residual_predict
+
+    train_feats, y = run.features("train"), run.split("train").targets
+    r = run.meta.get("knn_residual")
+    if r:
+        return lambda feats: residual_predict(r, train_feats, y, feats, run.metric)
+    return lambda feats: run.knn_predict(train_feats, feats)
+
+
 def choose(errors: list[dict], side: str, how: str, test_set: str,
-           rows: tuple[tuple[str, str], ...] = E.ROWS) -> list[tuple[str, str]]:
-    """Each seed's row for `side` under comparison `how`, judged on `test_set`."""
-    rows = [row for row in rows if row[0] == side]
-    if how == "knn":
-        return [(side, "knn")] * len(errors)
+           rows: tuple[tuple[str, str], ...] = E.ROWS + E.SERVED_ROWS) -> list[tuple[str, str]]:
+    """Each seed's row for `side` under comparison `how`, judged on `test_set` (the served rows
+    take part as in evidence.md, where the errors have them; a tie goes to the first of `rows`)."""
+    rows = [row for row in rows if row[0] == side and all(row in e[test_set] for e in errors)]
+    if how in ("knn", "served"):
+        return [(side, how)] * len(errors)
     if how == "evidence":  # one row for every seed: the lowest MAE on the test inputs averaged over the seeds
         best = min(rows, key=lambda r: np.mean([e[test_set][r].mean() for e in errors]))
         return [best] * len(errors)
@@ -242,8 +259,8 @@ def reference_comparisons(errors: list[dict], ref: list[dict], draws: int) -> di
     (rnc: supemb's contrastive rows, l1: its plain rows) and comparison, supemb over the reference."""
     out: dict[str, Any] = {}
     for loss, side in (("rnc", "contrastive"), ("l1", "plain")):
-        rows = tuple(r for r in E.ROWS if r[0] == side) + tuple(("reference", f"{loss}_{w}")
-                                                               for w in REFERENCE_ROWS[loss])
+        rows = tuple(r for r in E.ROWS + E.SERVED_ROWS if r[0] == side) + tuple(
+            ("reference", f"{loss}_{w}") for w in REFERENCE_ROWS[loss])
         both = [{split: {**e[split], **r[split]} for split in ("val", "fresh")} for e, r in zip(errors, ref)]
         out[loss] = {}
         for how in ("evidence", "validation", "knn"):
@@ -268,8 +285,8 @@ def brief(comparisons: dict[str, dict]) -> str:
                        for k, c in comparisons.items()})
 
 
-SHORT = {("contrastive", "knn"): "kNN", ("contrastive", "linear"): "stage-2 head",
-         ("plain", "head"): "own head", ("plain", "linear"): "probe", ("plain", "knn"): "kNN"}
+SHORT = {("contrastive", "knn"): "kNN", ("contrastive", "linear"): "stage-2 head", ("contrastive", "served"): "served",
+         ("plain", "head"): "own head", ("plain", "linear"): "probe", ("plain", "knn"): "kNN", ("plain", "served"): "served"}
 
 
 def _rows_cell(task: dict, side: str, whats: list[str]) -> str:
@@ -301,7 +318,7 @@ def table(task: dict, comparisons: dict, unit: str) -> list[str]:
 
 def reference_table(ref: dict[str, dict], inputs: str) -> list[str]:
     names = {"rnc": "RnC", "l1": "L1"}
-    shown = {"knn": "kNN", "head": "own head", "ridge": "ridge probe"}
+    shown = {"knn": "kNN", "head": "own head", "ridge": "ridge probe", "served": "as served"}
 
     def cell(loss: str, whats: list[str]) -> str:  # e.g. "kNN", or "per seed: kNN, ridge probe, kNN"
         linear = "stage-2 head" if loss == "rnc" else "converged probe"

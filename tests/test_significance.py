@@ -134,3 +134,46 @@ def test_evidence_has_no_served_rows_for_classes():
     import evidence as E
 
     assert E.rows_of(E.TASKS["digits"]) == E.ROWS and E._key(E.TASKS["digits"], "test", "knn") == "test_knn_acc"
+
+
+def test_served_rows_are_compared_as_each_run_chose_them():
+    """"served" pairs what each bundle serves; the evidence and validation picks take the served
+    rows too where the errors have them, and a tie keeps the familiar row."""
+    e = lambda c, p: {s: {("contrastive", "knn"): np.full(4, 3.0), ("contrastive", "linear"): np.full(4, 2.9),  # noqa: E731
+                          ("contrastive", "served"): np.full(4, c), ("plain", "head"): np.full(4, 3.3),
+                          ("plain", "linear"): np.full(4, 3.1), ("plain", "knn"): np.full(4, 3.2),
+                          ("plain", "served"): np.full(4, p)} for s in ("val", "test")}
+    seeds = [e(2.5, 3.2), e(2.6, 3.2)]  # plain serves its kNN: a tie with the kNN row
+    assert significance.choose(seeds, "contrastive", "served", "test") == [("contrastive", "served")] * 2
+    assert significance.choose(seeds, "contrastive", "evidence", "test") == [("contrastive", "served")] * 2
+    assert significance.choose(seeds, "plain", "validation", "test") == [("plain", "linear")] * 2
+    assert significance.choose([e(3.0, 3.05)], "plain", "evidence", "test") == [("plain", "served")]
+    assert significance.choose([e(3.0, 3.1)], "plain", "evidence", "test") == [("plain", "linear")]  # tie: first
+    old = [{s: {k: v for k, v in d.items() if k[1] != "served"} for s, d in x.items()} for x in seeds]
+    assert significance.choose(old, "contrastive", "evidence", "test") == [("contrastive", "linear")] * 2
+
+
+def test_served_predictor_is_the_residual_knn_model_json_records_else_plain_knn():
+    from supemb.train.selection import residual_predict
+
+    rng = np.random.default_rng(3)
+    train, y, q = rng.normal(size=(30, 4)), rng.normal(size=30) * 5, rng.normal(size=(6, 4))
+
+    class Run:  # what served_predictor reads of a C.LoadedRun
+        metric = "l2"
+
+        def __init__(self, residual):
+            self.meta = {"knn_residual": residual}
+
+        def features(self, split):
+            return train
+
+        def split(self, name):
+            return type("S", (), {"targets": y})()
+
+        def knn_predict(self, g, f):
+            return np.full(len(f), 42.0)
+
+    r = {"k": 5, "temperature": 0.5, "weight": [1.0, -2.0, 0.5, 0.0], "bias": 0.3}
+    np.testing.assert_array_equal(significance.served_predictor(Run(r))(q), residual_predict(r, train, y, q, "l2"))
+    assert significance.served_predictor(Run(None))(q).tolist() == [42.0] * 6
