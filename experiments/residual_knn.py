@@ -70,6 +70,8 @@ def run_figures(run: C.LoadedRun, fresh: C.LoadedRun | None) -> dict[str, dict[s
              "residual": {s: residual_predict(r, feats["train"], y, feats[s], run.metric) for s in sets}}
     chosen = choose_residual(feats["train"], y, feats["val"], item_scores, metric=run.metric,
                              k=int(run.meta["knn_k"]), temperature=float(run.meta["knn_temperature"]))
+    if "knn_residual" in run.meta and (run.meta["knn_residual"] is None) != (chosen is None):
+        raise SystemExit(f"{run.path}: model.json's knn_residual disagrees with choose_residual on the same inputs")
     preds["served"] = preds["residual" if chosen else "knn"]
     figures: dict[str, Any] = {p: {s: mae(pred, s) for s, pred in by_set.items()} for p, by_set in preds.items()}
     figures["served"]["which"] = "residual" if chosen else "knn"
@@ -184,8 +186,8 @@ def write_markdown(record: dict, docs: Path) -> Path:
                             record)
     lines += [f"From the finished evidence runs in `{run['work']}` (not retrained); MAE averaged over the seeds, "
               f"on validation, the evidence's test split and the fresh test inputs of docs/significance.md. "
-              "These runs were trained before the trainer chose the residual kNN: the served row is what "
-              "`choose_residual` picks for them now (what a run trained today records in model.json).", ""]
+              "The served row is what `choose_residual` picks on validation; where a run's model.json records "
+              "its choice (`knn_residual`, runs trained since the residual kNN), the two are checked to agree.", ""]
     ratios = {rule: [seed["rules"][rule] / seed["rules"]["never"] for group in ("tasks", "heldout")
                      for r in run.get(group, {}).values() for side in r["sides"].values()
                      for seed in side["per_seed"] if "rules" in seed] for rule in RULES}

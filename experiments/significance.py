@@ -291,9 +291,11 @@ SHORT = {("contrastive", "knn"): "kNN", ("contrastive", "linear"): "stage-2 head
 
 def _rows_cell(task: dict, side: str, whats: list[str]) -> str:
     """The row a side used: its table label, or the row of each seed where they differ."""
+    name = task["names"][0 if side == "contrastive" else 1]
+    if whats and set(whats) == {"served"}:
+        return f"{name}, as its bundle serves it"
     if len(set(whats)) == 1:
         return E._row_label(task, side, whats[0])
-    name = task["names"][0 if side == "contrastive" else 1]
     return f"{name}: " + ", ".join(f"{SHORT[side, w]} (seed {i})" for i, w in enumerate(whats))
 
 
