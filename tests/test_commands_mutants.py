@@ -274,24 +274,6 @@ def test_predict_json_lists_every_prediction_with_the_digest(loaded, capsys) -> 
     assert code == 1 and out == json.dumps(want, indent=1) + "\n"
 
 
-@pytest.mark.parametrize("unit, suffix", [("years", " years"), ("", "")])
-def test_export_prints_the_residual_heads_parity_in_the_targets_unit(monkeypatch, unit, suffix, tmp_path,
-                                                                     capsys) -> None:
-    def export_run(run, out, **kw):
-        Path(out).mkdir()
-        (Path(out) / "manifest.json").write_text(json.dumps(MANIFEST))
-        return {"onnx": {"parity_max_abs_diff": {"a": 2e-6}, "parity_head_max_abs_diff": 0.0143},
-                "modality": "image", "task": "regression", "embedding_dim": 8, "gallery": {"items": 40},
-                "index": {"kind": "flat"}, "target": {"name": "age", "unit": unit}}
-
-    _fake_module(monkeypatch, "supemb.export.writer", export_run=export_run)
-    out = tmp_path / "b"
-    code, stdout, err = _call(["export", "runs/a", "--out", str(out)], capsys)
-    assert (code, err) == (0, "")
-    assert stdout.splitlines()[0] == (f"wrote {out}: image regression, 8-d, gallery 40 (flat index), "
-                                      f"parity max |ONNX - PyTorch| 2e-06, residual head 0.014{suffix}")
-
-
 @pytest.mark.parametrize("flags, message", [
     (["--k", "0"], "--k must be >= 1, got 0"),
     (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
