@@ -14,7 +14,8 @@ size of 32 px frames is given, as the README's example does), on sets shaped oth
 - EEG: 160 recordings of 60 s at 250 Hz (the issue's TUH-style shape), another seed.
 
 Each set's comparisons are the paired bootstrap of `experiments/significance.py` (each side's
-best row on test, each side's row chosen on validation, kNN against kNN). The unseen-camera
+best row on test, each side's row chosen on validation, kNN against kNN, and what each side's
+bundle serves: plain or residual kNN, as the run chose on validation). The unseen-camera
 set's test frames come from three cameras, so its interval, over frames, is too narrow
 (`CAUTION`). Appends the run to DOCS/heldout.json and writes DOCS/heldout.md.
 """
