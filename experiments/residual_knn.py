@@ -201,8 +201,8 @@ def write_markdown(record: dict, docs: Path) -> Path:
         lines += section(E.TASKS[name]["title"], name, r)
     if run.get("heldout"):
         lines += ["# The held-out sets of docs/heldout.md", "",
-                  f"The runs in `{run['heldout_work']}`, trained with every default before the residual kNN "
-                  "existed (`experiments/heldout.py`); validation and test splits only.", ""]
+                  f"The runs in `{run['heldout_work']}`, trained with every default (`experiments/heldout.py`); "
+                  "validation and test splits only.", ""]
         for name, r in run["heldout"].items():
             lines += section(name, r["kind"], r)
     out = docs / "residual_knn.md"
