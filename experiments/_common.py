@@ -21,7 +21,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +141,7 @@ class LoadedRun:
     trainer: Any  # supemb.train.trainer.Trainer, set up, final encoder weights loaded
     meta: dict[str, Any]  # model.json
     linear: tuple[np.ndarray, np.ndarray] | None  # linear.fc (weight [out, D], bias [out]), if any
+    _clean: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # features(split), embedded once
 
     @property
     def cfg(self):
@@ -169,7 +170,9 @@ class LoadedRun:
     def features(self, split: str, corrupt: Corrupt | None = None) -> np.ndarray:
         """Raw encoder features [N, D] of a split's items, each passed through `corrupt` first
         (on the raw item: a PIL image, or an EEG window [C, W] in model units) and then the
-        evaluation transform."""
+        evaluation transform. Without `corrupt` a split is embedded once (the encoder is final)."""
+        if corrupt is None and split in self._clean:
+            return self._clean[split]
         s = self.split(split)
         xs = []
         for i in range(len(s)):
@@ -177,7 +180,11 @@ class LoadedRun:
             if corrupt is not None:
                 raw = corrupt(raw, i, int(s.groups[i]))
             xs.append(self.data.eval_transform(raw))
-        return self.encode(xs)
+        feats = self.encode(xs)
+        if corrupt is None:
+            feats.setflags(write=False)  # shared by every caller from here on
+            self._clean[split] = feats
+        return feats
 
     def views(self, split: str, seed: int) -> np.ndarray:
         """Raw encoder features of one augmented view per item (the training augmentation),

@@ -285,8 +285,9 @@ def brief(comparisons: dict[str, dict]) -> str:
                        for k, c in comparisons.items()})
 
 
-SHORT = {("contrastive", "knn"): "kNN", ("contrastive", "linear"): "stage-2 head", ("contrastive", "served"): "served",
-         ("plain", "head"): "own head", ("plain", "linear"): "probe", ("plain", "knn"): "kNN", ("plain", "served"): "served"}
+SHORT = {("contrastive", "knn"): "kNN", ("contrastive", "linear"): "stage-2 head", ("plain", "head"): "own head",
+         ("plain", "linear"): "probe", ("plain", "knn"): "kNN", ("contrastive", "served"): "served",
+         ("plain", "served"): "served"}
 
 
 def _rows_cell(task: dict, side: str, whats: list[str]) -> str:

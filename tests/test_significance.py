@@ -139,10 +139,11 @@ def test_evidence_has_no_served_rows_for_classes():
 def test_served_rows_are_compared_as_each_run_chose_them():
     """"served" pairs what each bundle serves; the evidence and validation picks take the served
     rows too where the errors have them, and a tie keeps the familiar row."""
-    e = lambda c, p: {s: {("contrastive", "knn"): np.full(4, 3.0), ("contrastive", "linear"): np.full(4, 2.9),  # noqa: E731
-                          ("contrastive", "served"): np.full(4, c), ("plain", "head"): np.full(4, 3.3),
-                          ("plain", "linear"): np.full(4, 3.1), ("plain", "knn"): np.full(4, 3.2),
-                          ("plain", "served"): np.full(4, p)} for s in ("val", "test")}
+    def e(c, p):  # one seed's errors, the same on val and test
+        maes = {("contrastive", "knn"): 3.0, ("contrastive", "linear"): 2.9, ("contrastive", "served"): c,
+                ("plain", "head"): 3.3, ("plain", "linear"): 3.1, ("plain", "knn"): 3.2, ("plain", "served"): p}
+        return {s: {row: np.full(4, v) for row, v in maes.items()} for s in ("val", "test")}
+
     seeds = [e(2.5, 3.2), e(2.6, 3.2)]  # plain serves its kNN: a tie with the kNN row
     assert significance.choose(seeds, "contrastive", "served", "test") == [("contrastive", "served")] * 2
     assert significance.choose(seeds, "contrastive", "evidence", "test") == [("contrastive", "served")] * 2

@@ -159,10 +159,10 @@ def parity(module: nn.Module, onnx: str | Path | Callable[[np.ndarray], np.ndarr
 
 def head_parity(module: nn.Module, run: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
                 weight: np.ndarray | list[float], tol: float = math.inf) -> float:
-    """Max |head(ONNX) - head(PyTorch)| of a linear head (weight [D], bias) on the embeddings of
-    `x` (the bias cancels): how far the graph moves a value served through that head (a
-    bundle's knn.residual), in target units. A float16 graph's small embedding error is multiplied by the head's
-    weights, which the embedding parity check does not see. Raises UserError above `tol`."""
+    """Max |w . e(ONNX) - w . e(PyTorch)| over the embeddings e of `x`, for a linear head's
+    weight w [D] (its bias cancels): how far the graph moves a value served through that head
+    (a bundle's knn.residual), in target units. A float16 graph's small embedding error is
+    multiplied by the head's weights, which `parity` does not see. Raises UserError above `tol`."""
     w = np.asarray(weight, dtype=np.float64)
     batch = np.ascontiguousarray(x, dtype=np.float32)
     was_training = module.training
