@@ -213,11 +213,12 @@ def predict_parser(p: argparse.ArgumentParser) -> Handler:
 
 def evaluate_bundle(bundle: Any, data: str | Path, *, target: str | None = None, fmt: str = "auto",
                     k: int | None = None, on_error: str = "raise", detect: bool = True) -> dict[str, Any]:
-    """Metrics of a bundle's kNN predictions on labelled `data` (as in training):
-    regression MAE/RMSE/R², mean spread, coverage (the share of errors inside the served ±),
-    embedding ordinality; classification
-    accuracy, balanced accuracy, P@1 and MAP@R against the gallery. EEG
-    metrics are per recording ("rec_" keys, as the trainer names them).
+    """Metrics of a bundle's predictions on labelled `data` (as in training):
+    regression: the served value's MAE/RMSE/R², mean spread and coverage (the share of errors
+    inside the served ±) as "served_*" keys (the trainer's `test_served_mae`: plain or residual
+    kNN, as "served" says; per recording for EEG), and embedding ordinality; classification:
+    kNN accuracy, balanced accuracy, P@1 and MAP@R against the gallery (EEG per recording,
+    "rec_" keys, as the trainer names them).
     Everything compares embeddings in the bundle's metric (cosine or l2)."""
     from supemb.export.gallery import data_gallery
     from supemb.predict import retrieval
@@ -232,7 +233,8 @@ def evaluate_bundle(bundle: Any, data: str | Path, *, target: str | None = None,
     ok = [i for i, p in enumerate(preds) if p.ok]
     if not ok:
         raise UserError(f"{data}: none of the items could be predicted")
-    prefix = "rec_knn" if bundle.plugin.grouped else "knn"  # a grouped input (recording) is scored whole
+    # a grouped input (recording) is scored whole; a value is named for what is served (plain or residual kNN)
+    prefix = "served" if bundle.task == "regression" else "rec_knn" if bundle.plugin.grouped else "knn"
     out: dict[str, Any] = {"items": len(ok), "skipped": [f.message for f in failures] + list(src.skipped),
                            "k": k, "gallery": bundle.index.ntotal}
     if bundle.task == "regression":

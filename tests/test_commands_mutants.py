@@ -291,7 +291,7 @@ def test_predict_rejects_bad_flags_before_loading(loaded, flags, message, capsys
 @pytest.fixture
 def evaluated(loaded, monkeypatch) -> list:
     calls = []
-    metrics = {"items": 3, "skipped": ["x: bad", "y: bad"], "k": 5, "knn_mae": 1.23456}
+    metrics = {"items": 3, "skipped": ["x: bad", "y: bad"], "k": 5, "served_mae": 1.23456}
     monkeypatch.setattr(commands, "evaluate_bundle",
                         lambda bundle, data, **kw: calls.append((bundle.digest, data, kw)) or dict(metrics))
     return calls
@@ -299,7 +299,7 @@ def evaluated(loaded, monkeypatch) -> list:
 
 def test_eval_defaults_and_text_output(evaluated, loaded, capsys) -> None:
     assert _call(["eval", "b", "--data", "d.csv"], capsys) == (
-        0, "items\t3\nskipped: x: bad\nskipped: y: bad\nk\t5\nknn_mae\t1.2346\n",
+        0, "items\t3\nskipped: x: bad\nskipped: y: bad\nk\t5\nserved_mae\t1.2346\n",
         f"supemb eval: bundle b digest {HEX}\n")
     assert loaded.loads == [("b", dict(device="auto", digest=None))]
     assert evaluated == [(HEX, "d.csv", dict(target=None, fmt="auto", k=None, on_error="raise", detect=True))]
@@ -309,7 +309,7 @@ def test_eval_flags_and_json(evaluated, loaded, capsys) -> None:
     argv = ["eval", "b", "--data", "d", "--target", "age", "--format", "csv", "--k", "4", "--on-error", "skip",
             "--device", "cpu", "--no-detect", "--digest", HEX, "--json"]
     code, out, _ = _call(argv, capsys)
-    want = {"items": 3, "skipped": ["x: bad", "y: bad"], "k": 5, "knn_mae": 1.23456, "bundle_digest": HEX}
+    want = {"items": 3, "skipped": ["x: bad", "y: bad"], "k": 5, "served_mae": 1.23456, "bundle_digest": HEX}
     assert code == 0 and out == json.dumps(want, indent=2) + "\n"
     assert loaded.loads == [("b", dict(device="cpu", digest=HEX))]
     assert evaluated == [(HEX, "d", dict(target="age", fmt="csv", k=4, on_error="skip", detect=False))]

@@ -215,7 +215,7 @@ def test_eval_on_face_crops_skips_detection_when_told(tmp_path: Path, capsys) ->
     root = _bundle_with_face_step(tmp_path)
     data = make_face_dataset(tmp_path / "crops", 24, size=32, seed=9)
     assert main(["eval", str(root), "--data", str(data), "--no-detect", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["knn_mae"] > 0
+    assert json.loads(capsys.readouterr().out)["served_mae"] > 0
     assert main(["eval", str(root), "--data", str(data), "--on-error", "skip", "--json"]) in (0, 1)
     out = capsys.readouterr()
     assert "no face found" in out.out + out.err  # the cartoon crops: the detector misses many of them
