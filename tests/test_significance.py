@@ -130,6 +130,26 @@ def test_evidence_tables_show_what_each_bundle_serves_and_pick_the_best_over_it(
     assert (old["best_contrastive"]["what"], old["best_plain"]["what"]) == ("linear", "linear")
 
 
+@pytest.mark.parametrize("task", ["webcam", "eeg"])
+def test_less_data_study_chooses_over_the_served_figure_on_validation(task):
+    """Each side's point of the less-data study is its best predictor on validation, the served
+    one included (per recording for EEG), reported on test; runs from before lack it."""
+    import evidence as E
+
+    t, lvl = E.TASKS[task], "rec_" if task == "eeg" else ""
+    c = {f"val_{lvl}knn_mae": 4.0, f"test_{lvl}knn_mae": 3.0, f"val_{lvl}linear_mae": 4.2, f"test_{lvl}linear_mae": 2.0,
+         "val_served_mae": 3.9, "test_served_mae": 3.5, "served": "residual kNN", "seconds": 1.0}
+    point = E.fraction_point(t, "contrastive", c)
+    assert (point["chosen"], point["chosen_label"]) == ("served", "residual kNN, as served")
+    assert (point["val"], point["test"]) == (3.9, 3.5)  # chosen on val, not the best test figure (2.0)
+    assert point["all_test"] == {"knn": 3.0, "linear": 2.0, "served": 3.5}
+    p = {f"val_{lvl}{w}_mae": v for w, v in (("head", 5.0), ("linear", 4.1), ("knn", 4.1))}
+    p.update({f"test_{lvl}{w}_mae": v for w, v in (("head", 5.5), ("linear", 4.6), ("knn", 4.4))}, seconds=1.0)
+    before = E.fraction_point(t, "plain", p)  # no served figure; a tie keeps the first (the probe)
+    assert (before["chosen"], before["chosen_label"], before["test"]) == ("linear", "probe", 4.6)
+    assert set(before["all_test"]) == {"head", "linear", "knn"}
+
+
 def test_evidence_has_no_served_rows_for_classes():
     import evidence as E
 
