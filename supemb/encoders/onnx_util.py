@@ -120,13 +120,16 @@ def _export_dynamo(
 
 
 def parity(module: nn.Module, onnx: str | Path | Callable[[np.ndarray], np.ndarray], x: np.ndarray | Tensor,
-           tol: float = math.inf) -> dict[str, float]:
+           tol: float = math.inf, head: tuple[np.ndarray | list[float], float] | None = None) -> dict[str, float]:
     """Max |ONNX Runtime - PyTorch| at batch 1 and at batch len(x): {"batch_1": d, "batch_N": d}.
 
     module: run in eval mode (its mode is restored), on the CPU, in float32 out.
     onnx: the .onnx file (run with ONNX Runtime on the CPU), or a function that runs
         the exported graph on a float32 batch (e.g. a bundle encoder's `embed_arrays`).
     x: example inputs `[N, ...]`. A shape mismatch counts as an infinite difference.
+    head: (weight [D], tolerance) of a linear head a value is served through (a bundle's
+        knn.residual): adds "head", the max |w . e(ONNX) - w . e(PyTorch)| at batch N (its bias
+        cancels), from the same two forward passes; see `head_parity`.
     Raises UserError when a difference is above `tol`: the graph does not reproduce the module.
     """
     if not callable(onnx):
@@ -152,9 +155,21 @@ def parity(module: nn.Module, onnx: str | Path | Callable[[np.ndarray], np.ndarr
             if not diff <= tol:
                 raise UserError(f"export parity check failed: max |ONNX Runtime - PyTorch| = {diff:.3g} at batch "
                                 f"{n} (allowed {tol:g}); the ONNX graph does not reproduce the model")
+            if head is not None and n == len(x):
+                out["head"] = _head_difference(got, want, *head)
     finally:
         module.train(was_training)
     return out
+
+
+def _head_difference(got: np.ndarray, want: np.ndarray, weight: np.ndarray | list[float], tol: float) -> float:
+    w = np.asarray(weight, dtype=np.float64)
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    diff = float(np.abs(got @ w - want @ w).max()) if got.shape == want.shape == (len(got), len(w)) else math.inf
+    if not diff <= tol:
+        raise UserError(f"export parity check failed: the ONNX graph moves the linear head's values by up to "
+                        f"{diff:.3g} (allowed {tol:g}); it does not reproduce what the model serves")
+    return diff
 
 
 def head_parity(module: nn.Module, run: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
@@ -162,22 +177,9 @@ def head_parity(module: nn.Module, run: Callable[[np.ndarray], np.ndarray], x: n
     """Max |w . e(ONNX) - w . e(PyTorch)| over the embeddings e of `x`, for a linear head's
     weight w [D] (its bias cancels): how far the graph moves a value served through that head
     (a bundle's knn.residual), in target units. A float16 graph's small embedding error is
-    multiplied by the head's weights, which `parity` does not see. Raises UserError above `tol`."""
-    w = np.asarray(weight, dtype=np.float64)
-    batch = np.ascontiguousarray(x, dtype=np.float32)
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            want = module(torch.from_numpy(batch)).double().numpy()
-    finally:
-        module.train(was_training)
-    got = np.asarray(run(batch), dtype=np.float64)
-    diff = float(np.abs(got @ w - want @ w).max()) if got.shape == want.shape == (len(batch), len(w)) else math.inf
-    if not diff <= tol:
-        raise UserError(f"export parity check failed: the ONNX graph moves the linear head's values by up to "
-                        f"{diff:.3g} (allowed {tol:g}); it does not reproduce what the model serves")
-    return diff
+    multiplied by the head's weights, which `parity` does not see. Raises UserError above `tol`.
+    (`parity(..., head=(w, tol))` gives it from the passes that check the embeddings.)"""
+    return parity(module, run, x, head=(weight, tol))["head"]
 
 
 def parity_scale(module: nn.Module, x: np.ndarray, metric: str) -> float:

@@ -89,7 +89,6 @@ def export_run(
         DEFAULT_OPSET,
         HalfPrecision,
         export_onnx,
-        head_parity,
         parity,
         parity_scale,
         resolve_exporter,
@@ -141,13 +140,11 @@ def export_run(
                     tmp / "encoder.onnx", input_name="input", output_name="embedding", opset=opset)
         encoder = Encoder(tmp / "encoder.onnx", plugin, pipeline, device="cpu")
         tolerance = PARITY_TOL[dtype] * parity_scale(module, examples, metric)
-        diffs = parity(module, encoder.embed_arrays, examples, tolerance)
-        head = {}  # a residual head multiplies the graph's embedding error: check the values it serves too
-        if residual:
-            head_tol = PARITY_TOL[dtype] * float(meta.get("target_std") or 1.0)
-            head = {"parity_head_max_abs_diff": head_parity(module, encoder.embed_arrays, examples,
-                                                            residual["weight"], head_tol),
-                    "parity_head_tolerance": head_tol}
+        # a residual head multiplies the graph's embedding error: check the values it serves too
+        head_tol = PARITY_TOL[dtype] * float(meta.get("target_std") or 1.0)
+        diffs = parity(module, encoder.embed_arrays, examples, tolerance,
+                       head=(residual["weight"], head_tol) if residual else None)
+        head = {"parity_head_max_abs_diff": diffs.pop("head"), "parity_head_tolerance": head_tol} if residual else {}
         labels = list(meta.get("classes") or []) if task == "classification" else []
         gallery_encoder = encoder if device == "cpu" and gallery_pipeline is pipeline else Encoder(
             tmp / "encoder.onnx", plugin, gallery_pipeline, device=device)
