@@ -3,12 +3,15 @@ to the embedding's geometry.
 
     .venv/bin/python experiments/temperature.py [--work DIR] [--epochs N] [--docs-dir DIR] [--quick]
 
-SupCon on the scikit-learn digits at TEMPERATURES["supcon"] and RnC on the
-synthetic webcam frames at TEMPERATURES["rnc"], one training seed (0), the
-same data and fixed splits as experiments/evidence.py, everything else the
-package defaults (epochs too, unless --epochs). For each temperature:
+SupCon on the scikit-learn digits at TEMPERATURES["supcon"], and RnC at
+TEMPERATURES["rnc"] on three of the recipe's tasks: the synthetic webcam
+frames, the synthetic faces and the synthetic resting EEG (`STUDIES`). One
+training seed (0), the same data and fixed splits as experiments/evidence.py
+(faces: FACES, a set of their own), everything else the package defaults
+(epochs too, unless --epochs). For each temperature:
 
-- the validation figure: SupCon val kNN accuracy and MAP@R; RnC val kNN MAE;
+- the validation figure: SupCon val kNN accuracy and MAP@R; RnC val kNN MAE
+  (EEG: per recording);
 - on the validation items' encoder output (the served embedding; the
   measures L2-normalise it, whatever geometry it is served in):
   uniformity (Wang & Isola 2020, `geometry.uniformity`; lower = more uniform),
@@ -18,12 +21,15 @@ package defaults (epochs too, unless --epochs). For each temperature:
   class; for regression, of pairs whose targets differ by at most
   TOLERANCE_UNITS target unit).
 
-The temperature validation picks is the best validation figure (SupCon: kNN
-accuracy, ties by MAP@R; RnC: lowest kNN MAE). Writes DOCS/temperature.md,
-DOCS/temperature.json and DOCS/img/temperature.png (uniformity against
-tolerance, one point per temperature, one panel per loss); DOCS is docs/
-unless --docs-dir says (--quick: WORK/docs). --quick is a smoke test (tiny
-data, 1 epoch, two temperatures per loss); its figures mean nothing.
+Each study's pick is its best validation figure (SupCon: kNN accuracy, ties
+by MAP@R; RnC: lowest kNN MAE). A loss's default is one temperature for every
+task: SupCon's is the digits' pick; RnC's is the temperature whose validation
+MAE, relative to the best of its task, is lowest on average over the RnC
+studies (`loss_choice`). Writes DOCS/temperature.md, DOCS/temperature.json and
+DOCS/img/temperature.png (uniformity against tolerance, one point per
+temperature, one panel per study); DOCS is docs/ unless --docs-dir says
+(--quick: WORK/docs). --quick is a smoke test (tiny data, 1 epoch, two
+temperatures per loss); its figures mean nothing.
 """
 
 from __future__ import annotations
@@ -44,7 +50,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # experiments/_common.
 import _common as C  # noqa: E402
 
 TEMPERATURES = {"supcon": (0.05, 0.1, 0.2, 0.5, 1.0, 2.0), "rnc": (0.5, 1.0, 2.0, 5.0)}
-QUICK = {"webcam_images": 300, "digits": 400, "epochs": 1, "supcon": (0.1, 1.0), "rnc": (1.0, 2.0)}
+QUICK = {"webcam_images": 300, "faces": 200, "eeg_recordings": 40, "digits": 400, "epochs": 1,
+         "supcon": (0.1, 1.0), "rnc": (1.0, 2.0)}
+# study -> (loss, title); "supcon" and "rnc" (the webcam) are the keys of the record before faces and EEG
+STUDIES = {"supcon": ("supcon", "SupCon on handwritten digits"), "rnc": ("rnc", "RnC on the synthetic webcam frames"),
+           "rnc-faces": ("rnc", "RnC on the synthetic faces (age)"),
+           "rnc-eeg": ("rnc", "RnC on the synthetic resting EEG (brain age, per recording)")}
+FACES = {"n_images": 1600, "n_identities": 60, "size": 32, "seed": 0}  # the recipe's faces shape, another seed
+UNITS = {"supcon": "", "rnc": "°C", "rnc-faces": "years", "rnc-eeg": "years"}
 TOLERANCE_UNITS = 1.0  # regression: pairs within this many target units count as "same"
 VIEW_SEEDS = (1, 2)  # the two augmented views' generator seeds
 SEED = 0
@@ -84,11 +97,16 @@ def study(loss: str, work: Path, temps: tuple[float, ...], epochs: int | None, d
         out = work / f"t{tau:g}"
         extra = {} if epochs is None else {"epochs": epochs}
         final, secs = C.timed_train(out, loss=loss, temperature=tau, seed=SEED, **extra, **data_kw)
-        keys = ("val_knn_acc", "val_map_at_r", "test_knn_acc", "test_map_at_r") if discrete else (
-            "val_knn_mae", "val_ordinality", "test_knn_mae")
+        if discrete:
+            figures = {k: final[k] for k in ("val_knn_acc", "val_map_at_r", "test_knn_acc", "test_map_at_r")
+                       if k in final}
+        else:  # an EEG run's figure is per recording (its windows' predictions averaged), as served
+            lvl = "rec_" if "val_rec_knn_mae" in final else ""
+            figures = {"val_knn_mae": final[f"val_{lvl}knn_mae"], "test_knn_mae": final[f"test_{lvl}knn_mae"],
+                       "val_ordinality": final.get("val_ordinality", float("nan"))}
         cfg = json.loads((out / "config.json").read_text())
-        points.append({"temperature": tau, **{k: final[k] for k in keys if k in final},
-                       **geometry(out, discrete), "epochs": cfg["epochs"], "seconds": secs})
+        points.append({"temperature": tau, **figures, **geometry(out, discrete), "epochs": cfg["epochs"],
+                       "seconds": secs})
     if discrete:
         chosen = max(points, key=lambda p: (p["val_knn_acc"], p.get("val_map_at_r", 0.0)))
     else:
@@ -97,13 +115,46 @@ def study(loss: str, work: Path, temps: tuple[float, ...], epochs: int | None, d
             "rule": "highest val kNN accuracy (ties: MAP@R)" if discrete else "lowest val kNN MAE"}
 
 
+# A default moves only for a clear difference: the seed-to-seed relative standard deviation of
+# RnC + kNN on the webcam (docs/evidence.md, 3 seeds: 3.31, 3.48, 3.35 °C), the smallest RnC spread there.
+MOVE_MARGIN = 0.026
+
+
+def loss_choice(results: dict, loss: str, current: float | None = None) -> dict[str, Any] | None:
+    """One default temperature for `loss` over its studies: SupCon (one study) its pick; RnC the
+    temperature whose val MAE over the best val MAE of the same study is lowest on average over
+    the studies that tried it (only temperatures every study tried; ties: the lower temperature),
+    unless that mean is within MOVE_MARGIN of `current`'s (the default today): then `current` stays."""
+    names = [n for n, (l, _) in STUDIES.items() if l == loss and n in results]
+    if not names:
+        return None
+    if loss == "supcon":
+        return {"studies": names, "chosen": results[names[0]]["chosen"], "rule": results[names[0]]["rule"]}
+    rel: dict[float, list[float]] = {}
+    for n in names:
+        best = min(p["val_knn_mae"] for p in results[n]["points"])
+        for p in results[n]["points"]:
+            rel.setdefault(p["temperature"], []).append(p["val_knn_mae"] / best)
+    common = {t: float(np.mean(v)) for t, v in rel.items() if len(v) == len(names)}
+    best = min(sorted(common), key=lambda t: common[t])
+    keep = current in common and common[current] - common[best] <= MOVE_MARGIN
+    return {"studies": names, "relative_val_mae": {f"{t:g}": common[t] for t in sorted(common)}, "best": best,
+            "current": current, "chosen": current if keep else best,
+            "rule": "lowest mean over the studies of val kNN MAE / that study's best, unless today's default is "
+                    f"within {MOVE_MARGIN:g} of it"}
+
+
 def plot(results: dict, out_png: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    losses = [l for l in ("supcon", "rnc") if l in results]
-    fig, axes = plt.subplots(1, len(losses), figsize=(5.2 * len(losses), 4.4), squeeze=False)
-    for ax, loss in zip(axes[0], losses):
-        r = results[loss]
+    names = [n for n in STUDIES if n in results]
+    cols = min(2, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names):
+        r, loss = results[name], STUDIES[name][0]
         xs = [p["uniformity"] for p in r["points"]]
         ys = [p["tolerance"] for p in r["points"]]
         ax.plot(xs, ys, "-", color="lightgrey", zorder=1)
@@ -113,15 +164,65 @@ def plot(results: dict, out_png: Path) -> Path:
             ax.annotate(f"τ={p['temperature']:g}" + (" (val)" if chosen else ""), (x, y),
                         textcoords="offset points", xytext=(5, 4), fontsize=8,
                         fontweight="bold" if chosen else "normal")
-        data = "digits" if loss == "supcon" else "webcam"
         what = "same class" if loss == "supcon" else f"|Δy| ≤ {TOLERANCE_UNITS:g}"
-        ax.set(title=f"{'SupCon' if loss == 'supcon' else 'RnC'} ({data}, validation)",
-               xlabel="uniformity (lower = more uniform)", ylabel=f"tolerance (mean cosine, {what})")
+        ax.set(title=STUDIES[name][1].split(" (")[0].replace(" on the synthetic", ",").replace(" on ", ", ")
+               + ", validation", xlabel="uniformity (lower = more uniform)",
+               ylabel=f"tolerance (mean cosine, {what})")
+        ax.title.set_fontsize(10)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return out_png
+
+
+def _study_markdown(name: str, r: dict) -> list[str]:
+    loss, title = STUDIES[name]
+    lines = [f"## {title}", ""]
+    if loss == "supcon":
+        lines += ["| τ | val kNN acc | val MAP@R | uniformity | alignment | tolerance | test kNN acc | epochs "
+                  "| seconds |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    else:
+        lines += [f"| τ | val kNN MAE ({UNITS[name]}) | val ordinality | uniformity | alignment | tolerance | "
+                  "test kNN MAE | served metric | epochs | seconds |", "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+    for p in r["points"]:
+        mark = " **(val)**" if p["temperature"] == r["chosen"] else ""
+        geo = f"| {p['uniformity']:.3f} | {p['alignment']:.3f} | {p['tolerance']:.3f} |"
+        if loss == "supcon":
+            lines.append(f"| {p['temperature']:g}{mark} | {p['val_knn_acc']:.3f} | "
+                         f"{p.get('val_map_at_r', float('nan')):.3f} {geo} "
+                         f"{p.get('test_knn_acc', float('nan')):.3f} | {p['epochs']} | {p['seconds']:.0f} |")
+        else:
+            lines.append(f"| {p['temperature']:g}{mark} | {p['val_knn_mae']:.2f} | "
+                         f"{p.get('val_ordinality', float('nan')):.3f} {geo} "
+                         f"{p.get('test_knn_mae', float('nan')):.2f} | {p['served_metric']} | {p['epochs']} | "
+                         f"{p['seconds']:.0f} |")
+    lines += ["", f"Validation picks **τ = {r['chosen']:g}** ({r['rule']}).", ""]
+    return lines
+
+
+def _choice_markdown(results: dict) -> list[str]:
+    lines = ["## The defaults", ""]
+    d = results.get("defaults") or {loss: loss_choice(results, loss) for loss in ("supcon", "rnc")}
+    sup, rnc = d.get("supcon"), d.get("rnc")
+    if sup:
+        lines += [f"SupCon: **τ = {sup['chosen']:g}**, the digits' pick.", ""]
+    if rnc:
+        names = rnc["studies"]
+        temps = list(rnc["relative_val_mae"])
+        lines += [f"RnC: one temperature for every task, {rnc['rule']} (1 = that study's best):", "",
+                  "| study | " + " | ".join(f"τ = {t}" for t in temps) + " |",
+                  "|---|" + "---:|" * len(temps)]
+        for n in names:
+            best = min(p["val_knn_mae"] for p in results[n]["points"])
+            by_t = {f"{p['temperature']:g}": p["val_knn_mae"] / best for p in results[n]["points"]}
+            lines.append(f"| {STUDIES[n][1].split(' (')[0]} | " + " | ".join(f"{by_t[t]:.3f}" for t in temps) + " |")
+        lines += ["| **mean** | " + " | ".join(
+            f"**{v:.3f}**" if float(t) == rnc["chosen"] else f"{v:.3f}" for t, v in rnc["relative_val_mae"].items())
+            + " |", "", f"Lowest mean: τ = {rnc['best']:g}. RnC's default: **τ = {rnc['chosen']:g}**"
+            + (f" (today's default, kept: within {MOVE_MARGIN:g} of the lowest, the webcam's seed-to-seed spread)"
+               if rnc["chosen"] == rnc.get("current") != rnc["best"] else "") + ".", ""]
+    return lines
 
 
 def write_markdown(results: dict, docs: Path) -> Path:
@@ -130,43 +231,23 @@ def write_markdown(results: dict, docs: Path) -> Path:
              f"Reproduce with `{m['command']}` (figures below from that one run).", C.machine_line(m), ""]
     if results.get("quick"):
         lines += ["**SMOKE RUN (--quick): tiny data, 1 epoch; these figures mean nothing.**", ""]
-    lines += ["One training seed (0) per temperature, the data and fixed splits of `experiments/evidence.py`, "
+    lines += ["One training seed (0) per temperature, the data and fixed splits of `experiments/evidence.py` "
+              f"(the faces: {FACES['n_images']} synthetic faces of {FACES['n_identities']} people, "
+              f"{FACES['size']} px, generator seed {FACES['seed']}), "
               "everything but the temperature the package defaults. Geometry on the validation items' encoder "
               "output (the served embedding), L2-normalised for these measures: uniformity (Wang & Isola 2020, "
               "t = 2; lower = more uniform), alignment of two augmented views of each item (the run's training "
               f"augmentation, seeds {VIEW_SEEDS[0]} and {VIEW_SEEDS[1]}; alpha = 2, lower = closer), tolerance "
               "(Wang & Liu 2021: mean cosine similarity of same-class pairs; for regression, of pairs whose "
-              f"targets differ by at most {TOLERANCE_UNITS:g} unit). The test column is reported, never used "
-              "to choose.", ""]
-    if "supcon" in results:
-        r = results["supcon"]
-        lines += ["## SupCon on handwritten digits", "",
-                  "| τ | val kNN acc | val MAP@R | uniformity | alignment | tolerance | test kNN acc | epochs "
-                  "| seconds |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for p in r["points"]:
-            mark = " **(val)**" if p["temperature"] == r["chosen"] else ""
-            lines.append(f"| {p['temperature']:g}{mark} | {p['val_knn_acc']:.3f} | "
-                         f"{p.get('val_map_at_r', float('nan')):.3f} "
-                         f"| {p['uniformity']:.3f} | {p['alignment']:.3f} | {p['tolerance']:.3f} | "
-                         f"{p.get('test_knn_acc', float('nan')):.3f} | {p['epochs']} | {p['seconds']:.0f} |")
-        lines += ["", f"Validation picks **τ = {r['chosen']:g}** ({r['rule']}).", ""]
-    if "rnc" in results:
-        r = results["rnc"]
-        lines += ["## RnC on the synthetic webcam frames", "",
-                  "| τ | val kNN MAE (°C) | val ordinality | uniformity | alignment | tolerance | test kNN MAE | "
-                  "served metric | epochs | seconds |", "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
-        for p in r["points"]:
-            mark = " **(val)**" if p["temperature"] == r["chosen"] else ""
-            lines.append(f"| {p['temperature']:g}{mark} | {p['val_knn_mae']:.2f} | "
-                         f"{p.get('val_ordinality', float('nan')):.3f} "
-                         f"| {p['uniformity']:.3f} | {p['alignment']:.3f} | {p['tolerance']:.3f} | "
-                         f"{p.get('test_knn_mae', float('nan')):.2f} | {p['served_metric']} | {p['epochs']} | "
-                         f"{p['seconds']:.0f} |")
-        lines += ["", f"Validation picks **τ = {r['chosen']:g}** ({r['rule']}). RnC serves its raw encoder output "
-                  "(l2) by default; uniformity, alignment and tolerance are measured on the L2-normalised "
-                  "output all the same, as the measures are defined on the hypersphere.", ""]
-    lines += ["One training seed per temperature: a difference in the validation figure smaller than the seed "
+              f"targets differ by at most {TOLERANCE_UNITS:g} unit; EEG: of windows). The test column is "
+              "reported, never used to choose.", ""]
+    for name in STUDIES:
+        if name in results:
+            lines += _study_markdown(name, results[name])
+    lines += _choice_markdown(results)
+    lines += ["RnC serves its raw encoder output (l2) by default; uniformity, alignment and tolerance are "
+              "measured on the L2-normalised output all the same, as the measures are defined on the hypersphere. "
+              "One training seed per temperature: a difference in the validation figure smaller than the seed "
               "spread of the same setting in docs/evidence.md is not a reason to prefer one temperature.", "",
               "![uniformity against tolerance per temperature](img/temperature.png)", ""]
     out = docs / "temperature.md"
@@ -187,19 +268,37 @@ def main() -> None:
     (docs / "img").mkdir(parents=True, exist_ok=True)
     epochs = args.epochs or (QUICK["epochs"] if args.quick else None)
     results: dict[str, Any] = {"machine": C.machine(), "quick": args.quick, "seed": SEED}
-
-    digits = C.digits_data(work / "digits-data", QUICK["digits"] if args.quick else None)
-    webcam = C.webcam_data(work / "webcam-data", QUICK["webcam_images"] if args.quick else C.WEBCAM["n_images"])
-    setups = {"supcon": {"data": str(digits), "target": "class", "image_size": C.DIGITS_SIZE, "viz": False},
-              "rnc": {"data": str(webcam), "target": "temperature", "image_size": C.WEBCAM["size"], "viz": False}}
-    for loss, data_kw in setups.items():
+    for name, (loss, _) in STUDIES.items():
         temps = QUICK[loss] if args.quick else TEMPERATURES[loss]
-        print(f"== {loss}: temperatures {temps}", flush=True)
-        results[loss] = study(loss, work / loss, temps, epochs, data_kw)
+        print(f"== {name}: temperatures {temps}", flush=True)
+        results[name] = study(loss, work / name, temps, epochs, _data(name, work, args.quick))
         (docs / "temperature.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-        print(f"{loss}: validation picks temperature {results[loss]['chosen']:g}", flush=True)
+        print(f"{name}: validation picks temperature {results[name]['chosen']:g}", flush=True)
+    from supemb.losses.registry import LOSSES
+
+    results["defaults"] = {loss: loss_choice(results, loss, LOSSES[loss].temperature) for loss in ("supcon", "rnc")}
+    (docs / "temperature.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     plot(results, docs / "img" / "temperature.png")
+    print(f"defaults: {json.dumps({k: v['chosen'] for k, v in results['defaults'].items()})}")
     print(f"wrote {write_markdown(results, docs)}, {docs / 'temperature.json'}")
+
+
+def _data(name: str, work: Path, quick: bool) -> dict[str, Any]:
+    """The train() keyword arguments of a study's data (made under work/)."""
+    if name == "supcon":
+        digits = C.digits_data(work / "digits-data", QUICK["digits"] if quick else None)
+        return {"data": str(digits), "target": "class", "image_size": C.DIGITS_SIZE, "viz": False}
+    if name == "rnc":
+        webcam = C.webcam_data(work / "webcam-data", QUICK["webcam_images"] if quick else C.WEBCAM["n_images"])
+        return {"data": str(webcam), "target": "temperature", "image_size": C.WEBCAM["size"], "viz": False}
+    if name == "rnc-faces":
+        from supemb.data.synthetic_faces import make_face_dataset
+
+        faces = make_face_dataset(work / "faces-data", QUICK["faces"] if quick else FACES["n_images"],
+                                  n_identities=FACES["n_identities"], size=FACES["size"], seed=FACES["seed"])
+        return {"data": str(faces), "target": "age", "image_size": FACES["size"], "viz": False}
+    eeg = C.eeg_data(work / "eeg-data", QUICK["eeg_recordings"] if quick else C.EEG_RECORDINGS)
+    return {"data": str(eeg), "target": "age", "eeg": dict(C.EEG_SPEC), "viz": False}
 
 
 if __name__ == "__main__":

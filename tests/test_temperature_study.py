@@ -1,0 +1,38 @@
+"""experiments/temperature.py: how the study turns its validation figures into each loss's default."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+temperature = pytest.importorskip("temperature")
+
+
+def _study(maes: dict[float, float]) -> dict:
+    points = [{"temperature": t, "val_knn_mae": v} for t, v in maes.items()]
+    return {"points": points, "chosen": min(maes, key=maes.get), "rule": "lowest val kNN MAE"}
+
+
+def test_rnc_default_is_the_lowest_mean_relative_figure_over_its_studies():
+    """Each study's MAE is divided by that study's best before averaging: a task with large errors
+    (EEG, in years) does not outvote one with small ones; only temperatures every study tried count."""
+    results = {"rnc": _study({1.0: 3.0, 2.0: 3.6, 5.0: 3.1}),
+               "rnc-eeg": _study({1.0: 10.0, 2.0: 9.0}),  # 5 not tried here: not a candidate
+               "supcon": _study({0.5: 0.0})}  # another loss: not counted
+    got = temperature.loss_choice(results, "rnc")
+    assert got["studies"] == ["rnc", "rnc-eeg"]
+    assert got["relative_val_mae"] == pytest.approx({"1": (1.0 + 10 / 9) / 2, "2": (1.2 + 1.0) / 2})
+    assert got["best"] == got["chosen"] == 1.0  # the mean raw MAE would pick 2 (6.3 against 6.5 years/°C)
+
+
+def test_todays_default_stays_unless_clearly_beaten():
+    """Within MOVE_MARGIN (a seed's spread) of the lowest mean, the current default is kept."""
+    m = temperature.MOVE_MARGIN
+    close = {"rnc": _study({1.0: 3.0 * (1 + m / 2), 2.0: 3.0}), "rnc-faces": _study({1.0: 5.0, 2.0: 5.0})}
+    got = temperature.loss_choice(close, "rnc", current=1.0)
+    assert (got["best"], got["chosen"]) == (2.0, 1.0)
+    clear = {"rnc": _study({1.0: 3.0 * (1 + 3 * m), 2.0: 3.0}), "rnc-faces": _study({1.0: 5.0, 2.0: 5.0})}
+    assert temperature.loss_choice(clear, "rnc", current=1.0)["chosen"] == 2.0
+    assert temperature.loss_choice(close, "rnc", current=5.0)["chosen"] == 2.0  # not tried: nothing to keep
+    assert temperature.loss_choice({}, "rnc") is None
