@@ -184,7 +184,8 @@ def _study_markdown(name: str, r: dict) -> list[str]:
                   "| seconds |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     else:
         lines += [f"| τ | val kNN MAE ({UNITS[name]}) | val ordinality | uniformity | alignment | tolerance | "
-                  "test kNN MAE | served metric | epochs | seconds |", "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+                  "test kNN MAE | served metric | epochs | seconds |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     for p in r["points"]:
         mark = " **(val)**" if p["temperature"] == r["chosen"] else ""
         geo = f"| {p['uniformity']:.3f} | {p['alignment']:.3f} | {p['tolerance']:.3f} |"
