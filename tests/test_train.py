@@ -361,3 +361,51 @@ def test_images_smaller_than_the_input_size_get_one_notice(tmp_path: Path, capsy
         err = capsys.readouterr().err
         assert ("at most 20x20 px and --image-size 32 upsamples" in err) is noticed
         assert t.data.notices == ([err.strip()] if noticed else [])
+
+
+def test_epoch_score_breaks_accuracy_ties_by_map_at_r() -> None:
+    from supemb.train.evaluate import epoch_score, score_pair
+
+    early = {"val_knn_acc": 1.0, "val_map_at_r": 0.91, "val_head_acc": 0.5}
+    late = {"val_knn_acc": 1.0, "val_map_at_r": 0.99, "val_head_acc": 0.4}
+    assert epoch_score(late, "classification", True) > epoch_score(early, "classification", True)
+    # accuracy first: a tighter embedding does not buy back a lost item
+    assert epoch_score({**late, "val_knn_acc": 0.99}, "classification", True) < epoch_score(
+        early, "classification", True)
+    # a baseline is picked by its head, ties by the same MAP@R
+    assert epoch_score(early, "classification", False) > epoch_score(late, "classification", False)
+    assert epoch_score({**late, "val_head_acc": 0.5}, "classification", False) > epoch_score(
+        early, "classification", False)
+    # no MAP@R (NaN: no query has a relevant item) ranks below any
+    nan = epoch_score({**late, "val_map_at_r": float("nan")}, "classification", True)
+    assert nan == (1.0, float("-inf")) and nan < epoch_score(early, "classification", True)
+    # regression: EEG per recording over per window
+    assert epoch_score({"val_knn_mae": 2.0, "val_rec_knn_mae": 3.0}, "regression", True) == (-3.0, 0.0)
+    assert epoch_score({"val_head_mae": 2.0, "val_knn_mae": 1.0}, "regression", False) == (-2.0, 0.0)
+    # checkpoints: a saved pair, and one float from before the tie-break
+    assert score_pair([1.0, 0.5]) == (1.0, 0.5)
+    assert score_pair(0.75) == (0.75, float("-inf"))
+
+
+def test_saturated_accuracy_keeps_the_epoch_with_the_best_map_at_r(image_classes: Path, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    # scripted validation figures for the 4 epochs: accuracy saturated from epoch 1, MAP@R best at epoch 3
+    scripted = [(0.9, 0.95), (1.0, 0.6), (1.0, 0.8), (1.0, 0.7)]
+    real = Trainer._evaluate_epoch
+    calls = []
+
+    def evaluate(self, split="val"):
+        metrics = real(self, split)
+        if len(calls) < len(scripted):
+            acc, map_r = scripted[len(calls)]
+            calls.append(split)
+            metrics.update(val_knn_acc=acc, val_map_at_r=map_r)
+        return metrics
+
+    monkeypatch.setattr(Trainer, "_evaluate_epoch", evaluate)
+    out = tmp_path / "run"
+    train(_cfg(image_classes, out, target="class", loss="supcon", epochs=4))
+    assert calls == ["val"] * 4
+    state = torch.load(out / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
+    assert state["position"][:2] == [1, 3]  # saved after epoch 3, not epoch 2 (the first at accuracy 1)
+    assert state["best_score"] == [1.0, 0.8]

@@ -8,6 +8,9 @@ predictions averaged per recording, as serving does.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 
 from supemb.predict import retrieval
@@ -45,3 +48,28 @@ def head_metrics(
         out[f"{prefix}_acc"] = retrieval.accuracy(pred, targets)
         out[f"{prefix}_bacc"] = retrieval.balanced_accuracy(pred, targets)
     return {k: float(v) for k, v in out.items() if np.isfinite(v)}
+
+
+def epoch_score(metrics: dict[str, Any], task: str, contrastive: bool) -> tuple[float, float]:
+    """Higher is better: the (figure, tie-break) pair of an epoch's val metrics that picks the best epoch.
+
+    Classification: validation accuracy (the model's head for a baseline, kNN
+    for a contrastive run), ties, frequent once a small split is saturated,
+    by the validation MAP@R of the embedding, the same for both sides (a later
+    epoch that clusters the classes more tightly wins over the first one to
+    reach the accuracy). Regression: the MAE, EEG per recording (the level it
+    is evaluated and served at), images per item; no tie-break.
+    """
+    key = "knn" if contrastive else "head"
+    if task == "classification":
+        tie = float(metrics.get("val_map_at_r", math.nan))
+        return float(metrics[f"val_{key}_acc"]), tie if math.isfinite(tie) else -math.inf
+    rec = f"val_rec_{key}_mae"
+    return -float(metrics[rec] if rec in metrics else metrics[f"val_{key}_mae"]), 0.0
+
+
+def score_pair(saved: Any) -> tuple[float, float]:
+    """A checkpoint's best score as (figure, tie-break); one float (written before ties) has none."""
+    if isinstance(saved, (list, tuple)):
+        return float(saved[0]), float(saved[1])
+    return float(saved), -math.inf

@@ -147,7 +147,7 @@ class Trainer:
         self.warmup_steps = int(cfg.warmup_epochs * self.steps_per_epoch)
         for notice in self.data.notices:  # once the setup has succeeded: an error stays one line
             self._say(notice)
-        self.best_score = -math.inf
+        self.best_score: tuple[float, float] = (-math.inf, -math.inf)
         self.position = Position()
 
     def lr_at(self, step: int) -> float:
@@ -168,7 +168,7 @@ class Trainer:
             "ema": self.ema,
             "position": [self.position.stage, self.position.epoch, self.position.step],
             "global_step": self.global_step,
-            "best_score": self.best_score,
+            "best_score": list(self.best_score),
             "rng": rng_state(),
             "world_size": self.world.size, "pretrained": self.pretrained,
         }
@@ -189,7 +189,7 @@ class Trainer:
                     else None)
         self.position = Position(*state["position"])
         self.global_step = int(state["global_step"])
-        self.best_score = float(state["best_score"])
+        self.best_score = evaluate.score_pair(state["best_score"])  # checkpoints from before ties held one float
         set_rng_state(state["rng"])
         self.pretrained = state.get("pretrained")  # checkpoints from before --pretrained have none
         was = int(state.get("world_size", 1))
@@ -358,17 +358,8 @@ class Trainer:
             return float(self.loss_fn.temperature)
         return None
 
-    def _score(self, metrics: dict[str, Any]) -> float:
-        """Higher is better: the metric that picks the best epoch.
-
-        EEG is scored per recording (window predictions averaged), the level it
-        is evaluated and served at; images per item.
-        """
-        key = "head" if not self.cfg.contrastive else "knn"
-        if self.cfg.task == "classification":
-            return float(metrics[f"val_{key}_acc"])
-        rec = f"val_rec_{key}_mae"
-        return -float(metrics[rec] if rec in metrics else metrics[f"val_{key}_mae"])
+    def _score(self, metrics: dict[str, Any]) -> tuple[float, float]:
+        return evaluate.epoch_score(metrics, self.cfg.task, self.cfg.contrastive)
 
     def _load_best(self) -> None:
         if self.run_dir.best.is_file():
@@ -398,3 +389,4 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 def resume_run(out: str | Path) -> dict[str, Any]:
     """Continue the run in `out` with the settings it started with."""
     return Trainer(load_run_config(out), resume=True).run()
+
