@@ -381,7 +381,7 @@ def test_registry_has_every_loss_with_its_task_head_and_temperature() -> None:
 
     # (task, contrastive, projection head, default temperature, geometry) as the papers and
     # the temperature study (docs/temperature.md) set them
-    want = {"supcon": ("classification", True, "mlp", 0.5, "cosine"),
+    want = {"supcon": ("classification", True, "mlp", 1.0, "cosine"),
             "rnc": ("regression", True, "none", 1.0, "l2"),
             "tsc": ("classification", True, "mlp", 0.1, "cosine"),
             "ce": ("classification", False, "none", None, None),

@@ -36,3 +36,17 @@ def test_todays_default_stays_unless_clearly_beaten():
     assert temperature.loss_choice(clear, "rnc", current=1.0)["chosen"] == 2.0
     assert temperature.loss_choice(close, "rnc", current=5.0)["chosen"] == 2.0  # not tried: nothing to keep
     assert temperature.loss_choice({}, "rnc") is None
+
+
+def test_the_registry_defaults_are_the_ones_the_recorded_study_chose():
+    """docs/temperature.json's choice is the package's: a study rerun that moves a default fails here
+    until LOSSES (and the figures made with the old one) follow."""
+    import json
+
+    from supemb.losses.registry import LOSSES
+
+    record = json.loads((Path(__file__).resolve().parents[1] / "docs" / "temperature.json").read_text())
+    assert set(record["defaults"]) == {"supcon", "rnc"}
+    for loss, choice in record["defaults"].items():
+        assert LOSSES[loss].temperature == choice["chosen"], loss
+        assert choice["chosen"] in [p["temperature"] for name in choice["studies"] for p in record[name]["points"]]

@@ -94,7 +94,7 @@ def _l1(p: LossParams, n_classes: int, temperature: float | None) -> nn.Module:
 # The default temperatures are the ones validation picked in the temperature study
 # (docs/temperature.md, experiments/temperature.py); TSC's was not studied: its paper's.
 LOSSES: dict[str, LossSpec] = {
-    "supcon": LossSpec(_supcon, task="classification", contrastive=True, projection="mlp", temperature=0.5,
+    "supcon": LossSpec(_supcon, task="classification", contrastive=True, projection="mlp", temperature=1.0,
                        metric="cosine", summary="supervised contrastive (classes; Khosla et al. 2020)"),
     "rnc": LossSpec(_rnc, task="regression", contrastive=True, projection="none", temperature=1.0,
                     metric="l2", summary="Rank-N-Contrast / SupCR (values; Zha et al. 2023)"),
