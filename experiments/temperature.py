@@ -90,13 +90,14 @@ def geometry(run_dir: Path, discrete: bool) -> dict[str, Any]:
             "knn_k": run.meta.get("knn_k"), "knn_temperature": run.meta.get("knn_temperature")}
 
 
-def study(loss: str, work: Path, temps: tuple[float, ...], epochs: int | None, data_kw: dict) -> dict[str, Any]:
+def study(loss: str, work: Path, temps: tuple[float, ...], epochs: int | None, data_kw: dict,
+          seed: int = SEED) -> dict[str, Any]:
     discrete = loss == "supcon"
     points = []
     for tau in temps:
         out = work / f"t{tau:g}"
         extra = {} if epochs is None else {"epochs": epochs}
-        final, secs = C.timed_train(out, loss=loss, temperature=tau, seed=SEED, **extra, **data_kw)
+        final, secs = C.timed_train(out, loss=loss, temperature=tau, seed=seed, **extra, **data_kw)
         if discrete:
             figures = {k: final[k] for k in ("val_knn_acc", "val_map_at_r", "test_knn_acc", "test_map_at_r")
                        if k in final}

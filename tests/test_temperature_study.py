@@ -50,3 +50,16 @@ def test_the_registry_defaults_are_the_ones_the_recorded_study_chose():
     for loss, choice in record["defaults"].items():
         assert LOSSES[loss].temperature == choice["chosen"], loss
         assert choice["chosen"] in [p["temperature"] for name in choice["studies"] for p in record[name]["points"]]
+
+
+def test_seed_check_table_sets_each_temperature_over_its_seeds(tmp_path):
+    seeds_mod = pytest.importorskip("temperature_seeds")
+    machine = {"command": "x", "cpu": "c", "cpu_count": 2, "torch_threads": 2, "torch": "t", "python": "p",
+               "platform": "l", "date": "d"}
+    run = {"machine": machine, "study": "rnc-eeg", "seeds": ["0", "1", "2"],
+           "rows": {"1": {"0": {"val": 8.0, "test": 7.0}, "1": {"val": 9.0, "test": 8.0},
+                          "2": {"val": 10.0, "test": 9.0}},
+                    "5": {"1": {"val": 7.0, "test": 6.0}, "2": {"val": 7.5, "test": 6.5}}}}  # no seed 0 here
+    text = seeds_mod.write_markdown({"runs": [{"study": "old"}, run]}, tmp_path).read_text()
+    assert "| 1 | 8.000 | 9.000 | 10.000 | 9.000 (8.000–10.000) | 8.000 |" in text
+    assert "| 5 | – | 7.000 | 7.500 | 7.250 (7.000–7.500) | 6.250 |" in text

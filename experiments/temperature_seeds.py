@@ -1,0 +1,88 @@
+"""Is a temperature study's pick more than one seed's luck? The same study, more training seeds.
+
+    .venv/bin/python experiments/temperature_seeds.py --study rnc-eeg --temps 1 5 --seeds 1 2 [--work DIR]
+
+experiments/temperature.py trains one seed (0) per temperature. This trains
+the temperatures `--temps` of one of its studies (`temperature.STUDIES`: the
+same data, split and package defaults) at the training seeds `--seeds`, and
+sets them beside seed 0 from DOCS/temperature.json: per temperature, the
+validation figure per seed and its mean (min–max). The test figure is
+reported, never used to choose. Appends the run to DOCS/temperature-seeds.json
+and rewrites DOCS/temperature-seeds.md (DOCS: docs/ unless --docs-dir).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+import temperature as T  # noqa: E402
+
+
+def seed_rows(study: str, temps: list[float], seeds: list[int], work: Path, seed0: dict) -> dict[str, Any]:
+    """{temperature: {seed: {val, test}}} for `seeds` (trained here) and seed 0 (from `seed0`, the record)."""
+    loss = T.STUDIES[study][0]
+    key = "val_knn_acc" if loss == "supcon" else "val_knn_mae"
+    rows: dict[str, dict[str, dict[str, float]]] = {f"{t:g}": {} for t in temps}
+    for p in seed0.get(study, {}).get("points", []):
+        if f"{p['temperature']:g}" in rows:
+            rows[f"{p['temperature']:g}"]["0"] = {"val": p[key], "test": p[key.replace("val", "test")]}
+    data_kw = T._data(study, work, quick=False)
+    for seed in seeds:
+        r = T.study(loss, work / f"seed{seed}", tuple(temps), None, data_kw, seed=seed)
+        for p in r["points"]:
+            rows[f"{p['temperature']:g}"][str(seed)] = {"val": p[key], "test": p[key.replace("val", "test")]}
+    return rows
+
+
+def write_markdown(record: dict, docs: Path) -> Path:
+    run = record["runs"][-1]
+    unit = T.UNITS[run["study"]]
+    figure = "val kNN accuracy" if run["study"] == "supcon" else f"val kNN MAE ({unit})"
+    lines = ["# Temperature: the study's pick over more training seeds", "",
+             f"Reproduce with `{run['machine']['command']}` (figures below from that run; seed 0 from "
+             "docs/temperature.json, the study's own run). Every run is appended to docs/temperature-seeds.json.",
+             C.machine_line(run["machine"]), "",
+             f"## {T.STUDIES[run['study']][1]}", "",
+             f"Same data, split and defaults as docs/temperature.md; only the training seed changes. {figure}; "
+             "the test column is reported, never used to choose.", "",
+             "| τ | " + " | ".join(f"val, seed {s}" for s in run["seeds"]) + " | val mean (min–max) | test mean |",
+             "|---:|" + "---:|" * (len(run["seeds"]) + 2)]
+    for t, per_seed in run["rows"].items():
+        vals = [per_seed[s]["val"] for s in run["seeds"] if s in per_seed]
+        tests = [per_seed[s]["test"] for s in run["seeds"] if s in per_seed]
+        cells = [f"{per_seed[s]['val']:.3f}" if s in per_seed else "–" for s in run["seeds"]]
+        lines.append(f"| {t} | " + " | ".join(cells)
+                     + f" | {np.mean(vals):.3f} ({min(vals):.3f}–{max(vals):.3f}) | {np.mean(tests):.3f} |")
+    lines += ["", "A temperature is clearly ahead only where its validation range does not overlap the "
+              "other's; otherwise the difference is within the seed spread.", ""]
+    out = docs / "temperature-seeds.md"
+    out.write_text("\n".join(lines))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--study", choices=list(T.STUDIES), required=True)
+    ap.add_argument("--temps", type=float, nargs="+", required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", required=True, help="training seeds besides 0")
+    ap.add_argument("--work", default="runs/temperature-seeds", help="where data and runs go (must be empty or new)")
+    ap.add_argument("--docs-dir", default=str(C.ROOT / "docs"))
+    args = ap.parse_args()
+    docs = Path(args.docs_dir)
+    seed0 = C.load_json(docs / "temperature.json")
+    machine = C.machine()  # at the start: its load average is the other jobs'
+    rows = seed_rows(args.study, args.temps, args.seeds, C.fresh_work(Path(args.work)), seed0)
+    seeds = [str(s) for s in sorted({0, *args.seeds})]
+    C.append_run(docs / "temperature-seeds.json",
+                 {"machine": machine, "study": args.study, "seeds": seeds, "rows": rows}, write_markdown)
+
+
+if __name__ == "__main__":
+    main()
