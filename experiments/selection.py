@@ -1,6 +1,6 @@
 """Which rule should choose the kNN size and temperature: a split-half study inside validation.
 
-    .venv/bin/python experiments/selection.py --runs runs/evidence-cal [--halves 200] [--docs-dir DIR]
+    .venv/bin/python experiments/selection.py --runs runs/evidence-cal [--halves 200] [--docs-dir DIR] [--only TASK]
 
 For every main-table run of an experiments/evidence.py work folder (webcam, EEG, digits;
 contrastive and plain; each seed), every kNN setting of the grid `supemb.train.selection`
@@ -78,7 +78,7 @@ def study(run_dir: Path, halves: int) -> dict[str, Any]:
 def write_markdown(record: dict, docs: Path) -> Path:
     last = record["runs"][-1]
     lines = C.record_header("Selection: which rule chooses the kNN size and temperature", "selection", record) + [
-        f"Runs: `{last['runs']}` (experiments/evidence.py's main tables). Each rule chooses on one random half "
+        f"Runs: {_runs_line(last)} (experiments/evidence.py's main tables). Each rule chooses on one random half "
         f"of a run's validation inputs and is scored on the other half, over {last['halves']} halvings; no test "
         "split is read. Scores: minus the mean absolute error (values; EEG per recording) or accuracy (classes); "
         "higher is better. *today*: the best k, then the broadest temperature within one standard error "
@@ -111,15 +111,39 @@ def write_markdown(record: dict, docs: Path) -> Path:
     return out
 
 
+def _runs_line(run: dict) -> str:
+    """Which evidence work folder each task's runs came from (records before --only have one for all)."""
+    where = run.get("task_runs") or {task: run["runs"] for task in run["tasks"]}
+    folders = sorted(set(where.values()))
+    if len(folders) == 1:
+        return f"`{folders[0]}`"
+    kept = run.get("kept", {})
+    return "; ".join(f"`{f}` ({', '.join(t for t in where if where[t] == f)})" for f in folders) + "".join(
+        f"; the {t} rows are kept from the run of {d}" for t, d in kept.items())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", required=True, help="an experiments/evidence.py --work folder")
     ap.add_argument("--halves", type=int, default=200)
     ap.add_argument("--docs-dir", default=str(C.ROOT / "docs"))
+    ap.add_argument("--only", choices=TASKS, action="append",
+                    help="study only these tasks' runs (repeatable); the others are kept from the latest recorded run")
     args = ap.parse_args()
     root = Path(args.runs)
-    run: dict[str, Any] = {"machine": C.machine(), "runs": str(root), "halves": args.halves, "tasks": {}}
+    run: dict[str, Any] = {"machine": C.machine(), "runs": str(root), "halves": args.halves, "tasks": {},
+                           "task_runs": {}}
+    if args.only:  # the other tasks' rows (and where they came from) stay those of the latest run
+        prev = (C.load_json(Path(args.docs_dir) / "selection.json").get("runs") or [{}])[-1]
+        for task, rows in prev.get("tasks", {}).items():
+            if task not in args.only:
+                run["tasks"][task] = rows
+                run["task_runs"][task] = prev.get("task_runs", {}).get(task, prev["runs"])
+                run.setdefault("kept", {})[task] = prev.get("kept", {}).get(task, prev["machine"]["date"])
     for task in TASKS:
+        if args.only and task not in args.only:
+            continue
+        run["task_runs"][task] = str(root)
         for run_dir in sorted((root / task).glob("*-s[0-9]*")):
             if run_dir.is_dir() and "-f0" not in run_dir.name:  # the main table's runs, not the data fractions
                 r = run["tasks"].setdefault(task, {})[run_dir.name] = study(run_dir, args.halves)
