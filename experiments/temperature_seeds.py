@@ -41,23 +41,38 @@ def seed_rows(study: str, temps: list[float], seeds: list[int], work: Path, seed
     return rows
 
 
+def merged(record: dict) -> tuple[dict, list[str], dict]:
+    """The latest run's study over every recorded run of it: ({temperature: {seed: figures}}, the seeds
+    in order, those runs); a seed trained again is the later run's."""
+    study = record["runs"][-1]["study"]
+    runs = [r for r in record["runs"] if r["study"] == study]
+    rows: dict[str, dict[str, dict[str, float]]] = {}
+    for r in runs:
+        for t, per_seed in r["rows"].items():
+            rows.setdefault(t, {}).update(per_seed)
+    seeds = sorted({s for per_seed in rows.values() for s in per_seed}, key=int)
+    return rows, seeds, {"study": study, "runs": runs}
+
+
 def write_markdown(record: dict, docs: Path) -> Path:
-    run = record["runs"][-1]
+    rows, seeds, what = merged(record)
+    run = what["runs"][-1]
     unit = T.UNITS[run["study"]]
     figure = "val kNN accuracy" if run["study"] == "supcon" else f"val kNN MAE ({unit})"
+    commands = "; ".join(f"`{r['machine']['command']}`" for r in what["runs"])
     lines = ["# Temperature: the study's pick over more training seeds", "",
-             f"Reproduce with `{run['machine']['command']}` (figures below from that run; seed 0 from "
+             f"Reproduce with {commands} (figures below from those runs; seed 0 from "
              "docs/temperature.json, the study's own run). Every run is appended to docs/temperature-seeds.json.",
-             C.machine_line(run["machine"]), "",
+             *(C.machine_line(r["machine"]) for r in what["runs"]), "",
              f"## {T.STUDIES[run['study']][1]}", "",
              f"Same data, split and defaults as docs/temperature.md; only the training seed changes. {figure}; "
              "the test column is reported, never used to choose.", "",
-             "| τ | " + " | ".join(f"val, seed {s}" for s in run["seeds"]) + " | val mean (min–max) | test mean |",
-             "|---:|" + "---:|" * (len(run["seeds"]) + 2)]
-    for t, per_seed in run["rows"].items():
-        vals = [per_seed[s]["val"] for s in run["seeds"] if s in per_seed]
-        tests = [per_seed[s]["test"] for s in run["seeds"] if s in per_seed]
-        cells = [f"{per_seed[s]['val']:.3f}" if s in per_seed else "–" for s in run["seeds"]]
+             "| τ | " + " | ".join(f"val, seed {s}" for s in seeds) + " | val mean (min–max) | test mean |",
+             "|---:|" + "---:|" * (len(seeds) + 2)]
+    for t, per_seed in rows.items():
+        vals = [per_seed[s]["val"] for s in seeds if s in per_seed]
+        tests = [per_seed[s]["test"] for s in seeds if s in per_seed]
+        cells = [f"{per_seed[s]['val']:.3f}" if s in per_seed else "–" for s in seeds]
         lines.append(f"| {t} | " + " | ".join(cells)
                      + f" | {np.mean(vals):.3f} ({min(vals):.3f}–{max(vals):.3f}) | {np.mean(tests):.3f} |")
     lines += ["", "A temperature is clearly ahead only where its validation range does not overlap the "

@@ -63,3 +63,17 @@ def test_seed_check_table_sets_each_temperature_over_its_seeds(tmp_path):
     text = seeds_mod.write_markdown({"runs": [{"study": "old"}, run]}, tmp_path).read_text()
     assert "| 1 | 8.000 | 9.000 | 10.000 | 9.000 (8.000–10.000) | 8.000 |" in text
     assert "| 5 | – | 7.000 | 7.500 | 7.250 (7.000–7.500) | 6.250 |" in text
+
+
+def test_seed_check_sets_every_recorded_run_of_the_study_together(tmp_path):
+    seeds_mod = pytest.importorskip("temperature_seeds")
+    machine = {"command": "cmd", "cpu": "c", "cpu_count": 2, "torch_threads": 2, "torch": "t", "python": "p",
+               "platform": "l", "date": "d"}
+    first = {"machine": machine, "study": "rnc-eeg", "seeds": ["0", "1"],
+             "rows": {"1": {"0": {"val": 8.0, "test": 7.0}, "1": {"val": 9.0, "test": 8.0}}}}
+    other = {"machine": machine, "study": "rnc", "seeds": ["0", "5"], "rows": {"1": {"5": {"val": 1.0, "test": 1.0}}}}
+    later = {"machine": {**machine, "command": "cmd2"}, "study": "rnc-eeg", "seeds": ["0", "3"],
+             "rows": {"1": {"0": {"val": 8.0, "test": 7.0}, "3": {"val": 10.0, "test": 9.0}}}}
+    text = seeds_mod.write_markdown({"runs": [first, other, later]}, tmp_path).read_text()
+    assert "| 1 | 8.000 | 9.000 | 10.000 | 9.000 (8.000–10.000) | 8.000 |" in text  # seeds 0, 1, 3; not seed 5
+    assert "`cmd`; `cmd2`" in text
