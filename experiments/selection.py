@@ -111,6 +111,18 @@ def write_markdown(record: dict, docs: Path) -> Path:
     return out
 
 
+def kept_rows(prev: dict, only: list[str]) -> dict[str, Any]:
+    """The rows of the tasks not in `only` from the recorded run `prev`: {"tasks", "task_runs", "kept"}
+    (where each task's runs were, and the date of the run that studied them, carried across later --only runs)."""
+    out: dict[str, Any] = {"tasks": {}, "task_runs": {}, "kept": {}}
+    for task, rows in prev.get("tasks", {}).items():
+        if task not in only:
+            out["tasks"][task] = rows
+            out["task_runs"][task] = prev.get("task_runs", {}).get(task, prev["runs"])
+            out["kept"][task] = prev.get("kept", {}).get(task, prev["machine"]["date"])
+    return out
+
+
 def _runs_line(run: dict) -> str:
     """Which evidence work folder each task's runs came from (records before --only have one for all)."""
     where = run.get("task_runs") or {task: run["runs"] for task in run["tasks"]}
@@ -131,24 +143,26 @@ def main() -> None:
                     help="study only these tasks' runs (repeatable); the others are kept from the latest recorded run")
     args = ap.parse_args()
     root = Path(args.runs)
+    Path(args.docs_dir).mkdir(parents=True, exist_ok=True)
     run: dict[str, Any] = {"machine": C.machine(), "runs": str(root), "halves": args.halves, "tasks": {},
                            "task_runs": {}}
     if args.only:  # the other tasks' rows (and where they came from) stay those of the latest run
         prev = (C.load_json(Path(args.docs_dir) / "selection.json").get("runs") or [{}])[-1]
-        for task, rows in prev.get("tasks", {}).items():
-            if task not in args.only:
-                run["tasks"][task] = rows
-                run["task_runs"][task] = prev.get("task_runs", {}).get(task, prev["runs"])
-                run.setdefault("kept", {})[task] = prev.get("kept", {}).get(task, prev["machine"]["date"])
+        run.update(kept_rows(prev, args.only))
     for task in TASKS:
         if args.only and task not in args.only:
             continue
-        run["task_runs"][task] = str(root)
         for run_dir in sorted((root / task).glob("*-s[0-9]*")):
             if run_dir.is_dir() and "-f0" not in run_dir.name:  # the main table's runs, not the data fractions
                 r = run["tasks"].setdefault(task, {})[run_dir.name] = study(run_dir, args.halves)
                 print(f"{task:7s} {run_dir.name:10s} today {r['today']:.4f}  k by one SE {r['k by one SE']:.4f}",
                       flush=True)
+        if task in run["tasks"]:
+            run["task_runs"][task] = str(root)
+        elif args.only:
+            sys.exit(f"{root / task}: no evidence runs (<loss>-s<seed> folders) to study")
+    if not run["tasks"]:
+        sys.exit(f"{root}: no evidence runs (<task>/<loss>-s<seed> folders) to study")
     C.append_run(Path(args.docs_dir) / "selection.json", run, write_markdown)
 
 

@@ -91,6 +91,7 @@ def main() -> None:
     ap.add_argument("--docs-dir", default=str(C.ROOT / "docs"))
     args = ap.parse_args()
     docs = Path(args.docs_dir)
+    docs.mkdir(parents=True, exist_ok=True)
     seed0 = C.load_json(docs / "temperature.json")
     machine = C.machine()  # at the start: its load average is the other jobs'
     rows = seed_rows(args.study, args.temps, args.seeds, C.fresh_work(Path(args.work)), seed0)

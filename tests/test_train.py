@@ -389,7 +389,7 @@ def test_epoch_score_breaks_accuracy_ties_by_map_at_r() -> None:
 
 def test_saturated_accuracy_keeps_the_epoch_with_the_best_map_at_r(image_classes: Path, tmp_path: Path,
                                                                   monkeypatch) -> None:
-    # scripted validation figures for the 4 epochs: accuracy saturated from epoch 1, MAP@R best at epoch 3
+    # scripted validation figures for the 4 epochs: accuracy saturated from epoch 2, MAP@R best at epoch 3
     scripted = [(0.9, 0.95), (1.0, 0.6), (1.0, 0.8), (1.0, 0.7)]
     real = Trainer._evaluate_epoch
     calls = []
@@ -409,3 +409,27 @@ def test_saturated_accuracy_keeps_the_epoch_with_the_best_map_at_r(image_classes
     state = torch.load(out / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
     assert state["position"][:2] == [1, 3]  # saved after epoch 3, not epoch 2 (the first at accuracy 1)
     assert state["best_score"] == [1.0, 0.8]
+
+
+def test_a_resumed_run_keeps_the_tie_break_of_its_best_epoch(image_classes: Path, tmp_path: Path,
+                                                              monkeypatch) -> None:
+    # epoch 3 holds the best pair (1.0, 0.8); epoch 4 ties on accuracy with a worse MAP@R and runs after a resume
+    scripted = {1: (0.9, 0.95), 2: (1.0, 0.6), 3: (1.0, 0.8), 4: (1.0, 0.7)}
+    real = Trainer._evaluate_epoch
+
+    def evaluate(self, split="val"):
+        metrics = real(self, split)
+        if self.position.stage == 1 and self.position.epoch < 4:  # stage 1's per-epoch call (position not yet moved)
+            metrics.update(zip(("val_knn_acc", "val_map_at_r"), scripted[self.position.epoch + 1]))
+        return metrics
+
+    monkeypatch.setattr(Trainer, "_evaluate_epoch", evaluate)
+    cfg = _cfg(image_classes, tmp_path / "run", target="class", loss="supcon", epochs=4)
+    probe = Trainer(_cfg(image_classes, tmp_path / "probe", target="class", loss="supcon", epochs=4))
+    probe._setup()
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, interrupt_at_step=3 * probe.steps_per_epoch + 1).run()  # inside epoch 4
+    resume_run(tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
+    assert state["position"][:2] == [1, 3] and state["best_score"] == [1.0, 0.8]
+    assert [m["val_knn_acc"] for m in _read_metrics(tmp_path / "run") if m["stage"] == 1] == [0.9, 1.0, 1.0, 1.0]

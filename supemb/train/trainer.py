@@ -389,4 +389,3 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 def resume_run(out: str | Path) -> dict[str, Any]:
     """Continue the run in `out` with the settings it started with."""
     return Trainer(load_run_config(out), resume=True).run()
-
