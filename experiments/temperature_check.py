@@ -58,9 +58,13 @@ def write_markdown(record: dict, docs: Path) -> Path:
     run = record["runs"][-1]
     d, rows = run["decision"], run["rows"]
     seeds = sorted({s for per in rows.values() for s in per}, key=int)
-    lines = C.record_header("Temperature: RnC on EEG it was not chosen on", "temperature_check", record)
+    lines = ["# Temperature: RnC on EEG it was not chosen on", "",
+             "Made by `.venv/bin/python experiments/temperature_check.py`; every run is appended to "
+             "`docs/temperature-check.json`. The figures are from the latest run.",
+             C.machine_line(run["machine"]), ""]
     lines += [f"Fresh set: {run['data']}. Every setting at the package's default but the temperature; "
-              "per-recording kNN MAE (years). The rule, fixed before the run: " + RULE, "",
+              "per-recording kNN MAE (years); the test column is reported, never used to choose. "
+              "The rule, fixed before the run: " + RULE, "",
               "| τ | " + " | ".join(f"val, seed {s}" for s in seeds) + " | val mean | test mean |",
               "|---:|" + "---:|" * (len(seeds) + 2)]
     for t, per in rows.items():
@@ -69,9 +73,13 @@ def write_markdown(record: dict, docs: Path) -> Path:
                      + f" | {np.mean(vals):.3f} | {np.mean(tests):.3f} |")
     verdict = (f"moves to {d['high']}" if d["move"] else f"stays {d['low']}")
     lower = "yes" if d["fresh_lower_mean"] else "no"
+    tests = {t: float(np.mean([per[s]["test"] for s in seeds])) for t, per in rows.items()}
+    side = "lower" if tests[d["high"]] < tests[d["low"]] else "higher"
     lines += ["", f"(a) fresh set, τ={d['high']} lower on the validation mean: {lower}. "
               f"(b) τ={d['high']} lower on {d['wins']} of {d['pairs']} paired seeds over both sets "
-              f"(one-sided sign test p = {d['sign_p']:.3f}). By the rule, EEG's RnC temperature **{verdict}**.", ""]
+              f"(one-sided sign test p = {d['sign_p']:.3f}). By the rule, EEG's RnC temperature **{verdict}**. "
+              f"On this set's test split (reported only) τ={d['high']} is {side} ({tests[d['high']]:.3f} against "
+              f"{tests[d['low']]:.3f}).", ""]
     out = docs / "temperature-check.md"
     out.write_text("\n".join(lines))
     return out

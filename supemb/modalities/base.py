@@ -55,7 +55,7 @@ class Modality:
     formats: tuple[str, ...] = ()  # --format values that mean this modality
     augment_from: str = ""  # the op where training's augmentation replaces the recorded steps
     ops: Mapping[str, Op] = {}
-    recipe: Mapping[str, Any] = {}  # encoder, encoder_kwargs, batch_size, lr
+    recipe: Mapping[str, Any] = {}  # encoder, encoder_kwargs, batch_size, lr; temperatures: {loss: tau}, optional
     default_augment: Mapping[str, str] = {}  # task -> augmentation preset
     contrastive_augment: Mapping[str, str] = {}  # task -> preset for contrastive losses, where it differs
     legacy_augment: str | None = None  # what runs from before the presets used (None: today's default)

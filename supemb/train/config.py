@@ -183,13 +183,15 @@ class TrainConfig:
 
 def resolve_defaults(cfg: TrainConfig, recipe: Mapping[str, Any], augment: dict[str, Any] | None) -> TrainConfig:
     """`cfg` with what its unset values become: the modality plug-in's `recipe` (encoder and its
-    settings, batch size, lr; chosen on validation, docs/recipe.md), the loss's temperature, and
-    `augment` (the data's resolved augmentation). config.json records the result."""
+    settings, batch size, lr; chosen on validation, docs/recipe.md), the loss's temperature (the recipe's
+    `temperatures` entry for the loss where it has one, else LOSSES'), and `augment` (the data's resolved
+    augmentation). config.json records the result."""
+    temperature = recipe.get("temperatures", {}).get(cfg.loss, LOSSES[cfg.loss].temperature)
     kwargs = {**(recipe["encoder_kwargs"] if cfg.encoder is None else {}), **cfg.encoder_kwargs}
     return dataclasses.replace(
         cfg, encoder=cfg.encoder or recipe["encoder"], encoder_kwargs=kwargs, augment=augment or cfg.augment,
         batch_size=cfg.batch_size or recipe["batch_size"], lr=cfg.lr or recipe["lr"],
-        temperature=cfg.temperature if cfg.temperature is not None else LOSSES[cfg.loss].temperature)
+        temperature=cfg.temperature if cfg.temperature is not None else temperature)
 
 
 # ------------------------------------------------------------------ CLI flags
@@ -255,7 +257,7 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
          "(default: 128 for images, 64 for EEG)", int),
     Flag("lr", "peak learning rate, AdamW with warm-up + cosine (default: 3e-3 for images, 1e-3 for EEG)",
          float),
-    Flag("temperature", "loss temperature (default: the loss's own)", float),
+    Flag("temperature", "loss temperature (default: the loss's own; RnC on EEG: 5)", float),
     Flag("image_size", "square input size for images (default 64)", int),
     Flag("faces", "images: find the face in every photo (YuNet) and train on its crop; the step is "
          "recorded, so export and serving crop the same way", on="--faces"),
