@@ -20,7 +20,7 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,6 +274,23 @@ def record_header(title: str, study: str, record: dict) -> list[str]:
     return [f"# {title}", "", f"Made by `.venv/bin/python experiments/{study}.py`; every run is appended to "
             f"`docs/{study}.json`. The figures are from the latest run.", machine_line(record["runs"][-1]["machine"]),
             ""]
+
+
+def keep_earlier(path: Path, key: str, fresh: dict[str, dict], order: Iterable[str]) -> dict[str, dict]:
+    """`fresh` ({name: result}, this run's) with the entries under `key` of the latest run recorded in
+    `path` that it lacks, each marked `kept_from` (the machine record of the run that made it), in `order`:
+    a rerun of some sets or tasks keeps the others' figures and says where they come from."""
+    runs = load_json(path).get("runs", [])
+    last = runs[-1] if runs else {}
+    kept = {n: {**r, "kept_from": r.get("kept_from", last.get("machine"))} for n, r in last.get(key, {}).items()}
+    merged = {**kept, **fresh}
+    return {n: merged[n] for n in order if n in merged}
+
+
+def kept_line(result: dict) -> list[str]:
+    """The line that says a kept result's run (empty for this run's own)."""
+    m = result.get("kept_from")
+    return [f"Kept from an earlier run (`{m['command']}`). {machine_line(m)}", ""] if m else []
 
 
 def append_run(path: Path, run: dict, write_markdown: Callable[[dict, Path], Path]) -> None:

@@ -91,7 +91,7 @@ def write_markdown(record: dict, docs: Path) -> Path:
         task = E.TASKS[r["kind"]]
         unit = "recordings" if task["level"] else "images"
         secs = ", ".join(f"{loss} {sum(v) / len(v):.0f} s" for loss, v in r["seconds"].items())
-        lines += [f"## {name}", "", f"{r['data']}. Mean training time per run: {secs}.", ""]
+        lines += [f"## {name}", "", *C.kept_line(r), f"{r['data']}. Mean training time per run: {secs}.", ""]
         lines += [CAUTION[name], ""] if name in CAUTION else []
         lines += S.table(task, r["test"], unit)
     out = docs / "heldout.md"
@@ -114,6 +114,8 @@ def main() -> None:
         sets[name] = run_set(name, work, args.seeds)
         print(name, S.brief(sets[name]["test"]), flush=True)
     docs.mkdir(parents=True, exist_ok=True)
+    if args.only:  # the other sets' figures stay, marked with the run they come from
+        sets = C.keep_earlier(docs / "heldout.json", "sets", sets, SETS)
     C.append_run(docs / "heldout.json", {"machine": C.machine(), "work": str(work), "seeds": args.seeds,
                                          "sets": sets}, write_markdown)
 

@@ -2,7 +2,7 @@
 of the ratios in docs/evidence.md, over the test inputs.
 
     .venv/bin/python experiments/significance.py [--work runs/evidence-cal] [--draws 10000] [--no-fresh]
-        [--no-reference] [--docs-dir DIR]
+        [--no-reference] [--keep-others] [--docs-dir DIR]
 
 Nothing of supemb's is trained: the finished main-table runs of `experiments/evidence.py` (WORK/TASK/LOSS-sSEED,
 every seed found) are loaded, and each table row's prediction (`evidence.predictors`: kNN, the
@@ -363,7 +363,8 @@ def write_markdown(record: dict, docs: Path) -> Path:
             continue
         task, r = E.TASKS[name], run["tasks"][name]
         unit = "recordings" if task["level"] else "images"
-        lines += [f"## {task['title']}", "", f"Seeds {', '.join(map(str, r['seeds']))}; the recomputed test MAEs "
+        lines += [f"## {task['title']}", "", *C.kept_line(r),
+                  f"Seeds {', '.join(map(str, r['seeds']))}; the recomputed test MAEs "
                   f"match the trainer's to {r['check_max_abs_diff']:.1g} {task['unit']}.", "",
                   f"**The evidence's test split** ({next(iter(r['test'].values()))['n_inputs']} {unit}):", ""]
         lines += table(task, r["test"], unit)
@@ -388,6 +389,8 @@ def main() -> None:
     ap.add_argument("--no-reference", action="store_true",
                     help="skip supemb against the plain reference script (which trains it: 6 runs)")
     ap.add_argument("--docs-dir", default=str(C.ROOT / "docs"))
+    ap.add_argument("--keep-others", action="store_true",
+                    help="keep the latest recorded figures of the tasks --work has no runs of (evidence.py --only)")
     args = ap.parse_args()
     work, docs = Path(args.work), Path(args.docs_dir)
     tasks = {name: analyse(name, work, args.draws, 0 if args.no_fresh else FRESH[name],
@@ -401,6 +404,8 @@ def main() -> None:
         for loss, comparisons in r.get("reference", {}).items():
             print(name, f"fresh, supemb {loss} / reference {loss}", brief(comparisons), flush=True)
     docs.mkdir(parents=True, exist_ok=True)
+    if args.keep_others:  # the tasks this work folder lacks stay, marked with the run they come from
+        tasks = C.keep_earlier(docs / "significance.json", "tasks", tasks, TASK_NAMES)
     C.append_run(docs / "significance.json", {"machine": C.machine(), "work": str(work), "draws": args.draws,
                                               "tasks": tasks}, write_markdown)
 

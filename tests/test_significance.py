@@ -198,3 +198,23 @@ def test_served_predictor_is_the_residual_knn_model_json_records_else_plain_knn(
     r = {"k": 5, "temperature": 0.5, "weight": [1.0, -2.0, 0.5, 0.0], "bias": 0.3}
     np.testing.assert_array_equal(significance.served_predictor(Run(r))(q), residual_predict(r, train, y, q, "l2"))
     assert significance.served_predictor(Run(None))(q).tolist() == [42.0] * 6
+
+
+def test_a_partial_rerun_keeps_the_other_entries_and_says_where_they_come_from(tmp_path):
+    """heldout.py --only / significance.py --keep-others: the sets or tasks not rerun stay from the latest
+    recorded run, marked with its machine record; a second partial rerun keeps the first mark."""
+    import _common as C
+
+    path = tmp_path / "study.json"
+    old = {"machine": {"date": "d1", "command": "first"}, "sets": {"a": {"x": 1}, "b": {"x": 2}}}
+    path.write_text(__import__("json").dumps({"runs": [old]}))
+    merged = C.keep_earlier(path, "sets", {"b": {"x": 3}}, ["a", "b", "c"])
+    assert list(merged) == ["a", "b"] and merged["b"] == {"x": 3}
+    assert merged["a"] == {"x": 1, "kept_from": old["machine"]}
+    path.write_text(__import__("json").dumps({"runs": [old, {"machine": {"date": "d2"}, "sets": merged}]}))
+    again = C.keep_earlier(path, "sets", {"b": {"x": 4}}, ["b", "a"])
+    assert list(again) == ["b", "a"] and again["a"]["kept_from"] == old["machine"]  # still the run that made it
+    assert C.keep_earlier(tmp_path / "none.json", "sets", {"b": {}}, ["a", "b"]) == {"b": {}}
+    machine = {"command": "cmd", "cpu": "c", "cpu_count": 2, "torch_threads": 2, "torch": "t", "python": "p",
+               "platform": "l", "date": "d"}
+    assert "`cmd`" in C.kept_line({"kept_from": machine})[0] and C.kept_line({"x": 1}) == []
