@@ -223,8 +223,20 @@ def _choice_markdown(results: dict) -> list[str]:
             f"**{v:.3f}**" if float(t) == rnc["chosen"] else f"{v:.3f}" for t, v in rnc["relative_val_mae"].items())
             + " |", "", f"Lowest mean: τ = {rnc['best']:g}. RnC's default: **τ = {rnc['chosen']:g}**"
             + (f" (today's default, kept: within {MOVE_MARGIN:g} of the lowest, the webcam's seed-to-seed spread)"
-               if rnc["chosen"] == rnc.get("current") != rnc["best"] else "") + ".", ""]
+               if rnc["chosen"] == rnc.get("current") != rnc["best"] else "") + ".",
+                  "", *_overrides()]
     return lines
+
+
+def _overrides() -> list[str]:
+    """The lines naming the modality recipes that override a loss's temperature (`recipe["temperatures"]`)."""
+    from supemb import modalities
+
+    found = [f"{loss} at {t:g} on {name}" for name in modalities.names()
+             for loss, t in modalities.get(name).recipe.get("temperatures", {}).items()]
+    return [f"Modality recipes that train a loss at another temperature: {', '.join(found)} (adopted on a check "
+            "on data this study did not see: docs/temperature-seeds.md, docs/temperature-check.md).", ""
+            ] if found else []
 
 
 def write_markdown(results: dict, docs: Path) -> Path:
