@@ -182,8 +182,8 @@ def main_table(name: str, work: Path, epochs: int, seeds: int, data_kw: dict) ->
         entry: dict[str, Any] = {"seed": seed}
         for loss in task["losses"]:
             final, secs = C.timed_train(work / f"{loss}-s{seed}", loss=loss, seed=seed, epochs=epochs, **data_kw)
-            cfg = json.loads((work / f"{loss}-s{seed}" / "config.json").read_text())
-            entry[loss] = {**_run_record(final, secs), "loss_temperature": cfg["temperature"]}
+            cfg = C.load_json(work / f"{loss}-s{seed}" / "config.json")  # what the defaults resolved to
+            entry[loss] = {**_run_record(final, secs), "loss_temperature": cfg.get("temperature")}
         runs.append(entry)
     loss_of = dict(zip(("contrastive", "plain"), task["losses"]))
     rows = []
@@ -665,7 +665,8 @@ def write_markdown(results: dict, docs: Path) -> Path:
               "splits for both; the augmentation is each side's own where validation chose differently for "
               "it: on EEG RnC trains with eeg-light and L1 with eeg, docs/recipe.md; the contrastive loss at its "
               "default temperature: SupCon 1, RnC 1 on images and 5 on EEG, docs/temperature.md, "
-              "docs/temperature-check.md); the figures are on the test splits. Each main table trains both with several "
+              "docs/temperature-check.md); the figures are on the test splits. Each main table trains both "
+              "with several "
               "training seeds on one fixed data set and split and gives seed 0 and the mean (min–max) over the "
               "seeds. A method is called better only against the best plain figure (the best of the plain "
               "model's own head, a converged linear probe on its frozen encoder and kNN on it).",

@@ -79,3 +79,17 @@ def test_recipe_temperature_fills_only_an_unset_temperature_of_its_loss():
     assert resolved(eeg, loss="l1", target="age") is None  # baselines have none
     assert resolved(image, loss="rnc", target="age") == LOSSES["rnc"].temperature
     assert resolved(image, loss="supcon", target="class") == LOSSES["supcon"].temperature
+
+
+def test_train_help_names_each_recipe_temperature():
+    """`supemb train --help` spells the overrides out (it imports no plug-in): kept in step here."""
+    from supemb import modalities
+    from supemb.train.config import TRAIN_FLAGS
+
+    help_text = next(f.help for f in TRAIN_FLAGS if f.name == "temperature")
+    shown = {"rnc": "RnC", "supcon": "SupCon", "tsc": "TSC"}
+    overrides = [(name, loss, t) for name in modalities.names()
+                 for loss, t in modalities.get(name).recipe.get("temperatures", {}).items()]
+    assert overrides  # EEG's, today
+    for name, loss, t in overrides:
+        assert f"{shown[loss]} on {name.upper()}: {t:g}" in help_text
