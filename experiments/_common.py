@@ -276,6 +276,21 @@ def record_header(title: str, study: str, record: dict) -> list[str]:
             ""]
 
 
+def temperature_overrides() -> list[str]:
+    """The modality recipes that train a loss at another temperature than its LOSSES default
+    (`recipe["temperatures"]`), as "rnc at 5 on eeg"."""
+    from supemb import modalities
+
+    return [f"{loss} at {t:g} on {name}" for name in modalities.names()
+            for loss, t in modalities.get(name).recipe.get("temperatures", {}).items()]
+
+
+def write_doc(path: Path, lines: list[str]) -> Path:
+    """Write a study's markdown `lines` to `path`; returns the path."""
+    path.write_text("\n".join(lines))
+    return path
+
+
 def keep_earlier(path: Path, key: str, fresh: dict[str, dict], order: Iterable[str]) -> dict[str, dict]:
     """`fresh` ({name: result}, this run's) with the entries under `key` of the latest run recorded in
     `path` that it lacks, each marked `kept_from` (the machine record of the run that made it), in `order`:

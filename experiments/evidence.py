@@ -655,6 +655,10 @@ def write_markdown(results: dict, docs: Path) -> Path:
     earlier = [f"The {name} figures come from an earlier run: `{results[name]['machine']['command']}` "
                f"({results[name]['machine']['date']})." for name in TASKS  # kept by --only
                if name in results and results[name].get("machine", m) != m]
+    from supemb.losses.registry import LOSSES
+
+    temperatures = ", ".join([*(f"{k} {LOSSES[k].temperature:g}" for k in ("supcon", "rnc")),
+                              *(f"except {o}" for o in C.temperature_overrides())])
     lines = ["# Evidence: contrastive against plain training", ""]
     if results.get("quick"):
         lines += ["**SMOKE RUN (--quick): tiny data, 1 epoch; these figures mean nothing.**", ""]
@@ -664,9 +668,8 @@ def write_markdown(results: dict, docs: Path) -> Path:
               "package's default recipe (batch size, learning rate, augmentation, stage 2: chosen on validation "
               "splits for both; the augmentation is each side's own where validation chose differently for "
               "it: on EEG RnC trains with eeg-light and L1 with eeg, docs/recipe.md; the contrastive loss at its "
-              "default temperature: SupCon 1, RnC 1 on images and 5 on EEG, docs/temperature.md, "
-              "docs/temperature-check.md); the figures are on the test splits. Each main table trains both "
-              "with several "
+              f"default temperature: {temperatures}, docs/temperature.md, docs/temperature-check.md); the figures "
+              "are on the test splits. Each main table trains both with several "
               "training seeds on one fixed data set and split and gives seed 0 and the mean (min–max) over the "
               "seeds. A method is called better only against the best plain figure (the best of the plain "
               "model's own head, a converged linear probe on its frozen encoder and kNN on it).",
@@ -677,9 +680,7 @@ def write_markdown(results: dict, docs: Path) -> Path:
         if name in results:
             lines += _task_markdown(name, results[name])
     lines += _fraction_markdown(results) + _corruption_markdown(results)
-    out = docs / "evidence.md"
-    out.write_text("\n".join(lines))
-    return out
+    return C.write_doc(docs / "evidence.md", lines)
 
 
 # -------------------------------------------------------------------- main

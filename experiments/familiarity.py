@@ -153,9 +153,7 @@ def write_markdown(record: dict, docs: Path) -> Path:
             lines.append(f"| {what} | {r['n']} | {r['median_familiarity'] * 100:.1f} % | {rates} | "
                          f"{r['flagged_by_bundle'] * 100:.1f} % | {r.get('median_prediction', float('nan')):.1f} |")
         lines.append("")
-    out = docs / "familiarity.md"
-    out.write_text("\n".join(lines))
-    return out
+    return C.write_doc(docs / "familiarity.md", lines)
 
 
 def main() -> None:

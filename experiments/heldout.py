@@ -94,9 +94,7 @@ def write_markdown(record: dict, docs: Path) -> Path:
         lines += [f"## {name}", "", *C.kept_line(r), f"{r['data']}. Mean training time per run: {secs}.", ""]
         lines += [CAUTION[name], ""] if name in CAUTION else []
         lines += S.table(task, r["test"], unit)
-    out = docs / "heldout.md"
-    out.write_text("\n".join(lines))
-    return out
+    return C.write_doc(docs / "heldout.md", lines)
 
 
 def main() -> None:

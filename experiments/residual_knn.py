@@ -205,9 +205,7 @@ def write_markdown(record: dict, docs: Path) -> Path:
                   "validation and test splits only.", ""]
         for name, r in run["heldout"].items():
             lines += section(name, r["kind"], r)
-    out = docs / "residual_knn.md"
-    out.write_text("\n".join(lines))
-    return out
+    return C.write_doc(docs / "residual_knn.md", lines)
 
 
 def main() -> None:

@@ -376,9 +376,7 @@ def write_markdown(record: dict, docs: Path) -> Path:
             lines += table(task, r["fresh"], unit)
         if "reference" in r:
             lines += reference_table(r["reference"], f"{fresh:,} fresh test {unit}")
-    out = docs / "significance.md"
-    out.write_text("\n".join(lines))
-    return out
+    return C.write_doc(docs / "significance.md", lines)
 
 
 def main() -> None:

@@ -230,10 +230,7 @@ def _choice_markdown(results: dict) -> list[str]:
 
 def _overrides() -> list[str]:
     """The lines naming the modality recipes that override a loss's temperature (`recipe["temperatures"]`)."""
-    from supemb import modalities
-
-    found = [f"{loss} at {t:g} on {name}" for name in modalities.names()
-             for loss, t in modalities.get(name).recipe.get("temperatures", {}).items()]
+    found = C.temperature_overrides()
     return [f"Modality recipes that train a loss at another temperature: {', '.join(found)} (adopted on a check "
             "on data this study did not see: docs/temperature-seeds.md, docs/temperature-check.md).", ""
             ] if found else []
@@ -264,9 +261,7 @@ def write_markdown(results: dict, docs: Path) -> Path:
               "One training seed per temperature: a difference in the validation figure smaller than the seed "
               "spread of the same setting in docs/evidence.md is not a reason to prefer one temperature.", "",
               "![uniformity against tolerance per temperature](img/temperature.png)", ""]
-    out = docs / "temperature.md"
-    out.write_text("\n".join(lines))
-    return out
+    return C.write_doc(docs / "temperature.md", lines)
 
 
 def main() -> None:

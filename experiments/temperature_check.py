@@ -80,9 +80,7 @@ def write_markdown(record: dict, docs: Path) -> Path:
               f"(one-sided sign test p = {d['sign_p']:.3f}). By the rule, EEG's RnC temperature **{verdict}**. "
               f"On this set's test split (reported only) τ={d['high']} is {side} ({tests[d['high']]:.3f} against "
               f"{tests[d['low']]:.3f}).", ""]
-    out = docs / "temperature-check.md"
-    out.write_text("\n".join(lines))
-    return out
+    return C.write_doc(docs / "temperature-check.md", lines)
 
 
 def main() -> None:

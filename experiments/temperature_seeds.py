@@ -77,9 +77,7 @@ def write_markdown(record: dict, docs: Path) -> Path:
                      + f" | {np.mean(vals):.3f} ({min(vals):.3f}–{max(vals):.3f}) | {np.mean(tests):.3f} |")
     lines += ["", "A temperature is clearly ahead only where its validation range does not overlap the "
               "other's; otherwise the difference is within the seed spread.", ""]
-    out = docs / "temperature-seeds.md"
-    out.write_text("\n".join(lines))
-    return out
+    return C.write_doc(docs / "temperature-seeds.md", lines)
 
 
 def main() -> None:

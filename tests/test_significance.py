@@ -203,15 +203,17 @@ def test_served_predictor_is_the_residual_knn_model_json_records_else_plain_knn(
 def test_a_partial_rerun_keeps_the_other_entries_and_says_where_they_come_from(tmp_path):
     """heldout.py --only / significance.py --keep-others: the sets or tasks not rerun stay from the latest
     recorded run, marked with its machine record; a second partial rerun keeps the first mark."""
+    import json
+
     import _common as C
 
     path = tmp_path / "study.json"
     old = {"machine": {"date": "d1", "command": "first"}, "sets": {"a": {"x": 1}, "b": {"x": 2}}}
-    path.write_text(__import__("json").dumps({"runs": [old]}))
+    path.write_text(json.dumps({"runs": [old]}))
     merged = C.keep_earlier(path, "sets", {"b": {"x": 3}}, ["a", "b", "c"])
     assert list(merged) == ["a", "b"] and merged["b"] == {"x": 3}
     assert merged["a"] == {"x": 1, "kept_from": old["machine"]}
-    path.write_text(__import__("json").dumps({"runs": [old, {"machine": {"date": "d2"}, "sets": merged}]}))
+    path.write_text(json.dumps({"runs": [old, {"machine": {"date": "d2"}, "sets": merged}]}))
     again = C.keep_earlier(path, "sets", {"b": {"x": 4}}, ["b", "a"])
     assert list(again) == ["b", "a"] and again["a"]["kept_from"] == old["machine"]  # still the run that made it
     assert C.keep_earlier(tmp_path / "none.json", "sets", {"b": {}}, ["a", "b"]) == {"b": {}}

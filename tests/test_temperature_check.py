@@ -69,16 +69,17 @@ def test_recipe_temperature_fills_only_an_unset_temperature_of_its_loss():
     from supemb.losses.registry import LOSSES
     from supemb.train.config import TrainConfig, resolve_defaults
 
-    eeg, image = modalities.get("eeg").recipe, modalities.get("image").recipe
+    plain = {k: v for k, v in modalities.get("image").recipe.items() if k != "temperatures"}
+    other = {**plain, "temperatures": {"rnc": LOSSES["rnc"].temperature + 2.5}}
 
     def resolved(recipe, **kw):
         return resolve_defaults(TrainConfig(data="d", out="o", **kw), recipe, None).temperature
 
-    assert resolved(eeg, loss="rnc", target="age") == eeg["temperatures"]["rnc"] != LOSSES["rnc"].temperature
-    assert resolved(eeg, loss="rnc", target="age", temperature=2.0) == 2.0  # the user's wins
-    assert resolved(eeg, loss="l1", target="age") is None  # baselines have none
-    assert resolved(image, loss="rnc", target="age") == LOSSES["rnc"].temperature
-    assert resolved(image, loss="supcon", target="class") == LOSSES["supcon"].temperature
+    assert resolved(other, loss="rnc", target="age") == LOSSES["rnc"].temperature + 2.5
+    assert resolved(other, loss="rnc", target="age", temperature=2.0) == 2.0  # the user's wins
+    assert resolved(other, loss="supcon", target="class") == LOSSES["supcon"].temperature  # not its loss
+    assert resolved(other, loss="l1", target="age") is None  # baselines have none
+    assert resolved(plain, loss="rnc", target="age") == LOSSES["rnc"].temperature
 
 
 def test_train_help_names_each_recipe_temperature():
