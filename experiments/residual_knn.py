@@ -2,7 +2,7 @@
 (`supemb.train.selection.choose_residual`), measured on the finished evidence runs.
 
     .venv/bin/python experiments/residual_knn.py [--work runs/evidence-cal] [--heldout runs/heldout]
-        [--halves 100] [--docs-dir DIR]
+        [--halves 100] [--only NAME ...] [--docs-dir DIR]
 
 For every main-table run of an experiments/evidence.py work folder (webcam and EEG; RnC and
 L1; each seed), in the geometry the run serves (`model.json` "metric"), predictors that need
@@ -19,7 +19,9 @@ Each is measured on validation, the evidence's test split and the fresh test inp
 figures are per recording (window predictions averaged). The same, on validation and test,
 for the runs of `experiments/heldout.py` (sets the defaults were not chosen on). And, inside
 validation only, which rule should choose between the two (`rule_study`). Nothing is
-retrained. Appends the run to DOCS/residual_knn.json and writes DOCS/residual_knn.md.
+retrained. `--only` analyses only the named tasks and held-out sets; the others keep the latest
+recorded run's figures, each marked with the run that made them. Appends the run to
+DOCS/residual_knn.json and writes DOCS/residual_knn.md.
 """
 
 from __future__ import annotations
@@ -157,7 +159,7 @@ def section(title: str, kind: str, r: dict) -> list[str]:
     """One set's table: each side's predictors, mean MAE over the seeds per split."""
     task = E.TASKS[kind]
     sets = [s for s in SETS if s in next(iter(r["sides"].values()))["mean"]["knn"]]
-    lines = [f"## {title}", "", f"| embedding | predictor | {' | '.join(sets)} | served, per seed |",
+    lines = [f"## {title}", "", *C.kept_line(r), f"| embedding | predictor | {' | '.join(sets)} | served, per seed |",
              f"|---|---|{'---:|' * len(sets)}---|"]
     for loss, side in r["sides"].items():
         for p in PREDICTORS:
@@ -214,16 +216,24 @@ def main() -> None:
     ap.add_argument("--heldout", default="runs/heldout",
                     help="an experiments/heldout.py --work directory (skipped when absent)")
     ap.add_argument("--halves", type=int, default=100, help="validation halvings of `rule_study` (0: skip it)")
+    import heldout as H
+
+    ap.add_argument("--only", action="append", choices=[*S.TASK_NAMES, *H.SETS],
+                    help="analyse only this task or held-out set (repeatable); the others keep the latest run's figures")
     ap.add_argument("--docs-dir", default=str(C.ROOT / "docs"))
     args = ap.parse_args()
     work, heldout, docs = Path(args.work), Path(args.heldout), Path(args.docs_dir)
-    tasks = {name: analyse(name, work, halves=args.halves) for name in S.TASK_NAMES if (work / name).is_dir()}
+    wanted = lambda name: not args.only or name in args.only  # noqa: E731
+    tasks = {name: analyse(name, work, halves=args.halves) for name in S.TASK_NAMES
+             if wanted(name) and (work / name).is_dir()}
     if not tasks:
-        raise SystemExit(f"{work}: no webcam/ or eeg/ runs (run experiments/evidence.py --work {work})")
-    import heldout as H
-
+        raise SystemExit(f"{work}: no {'/ or '.join(n for n in S.TASK_NAMES if wanted(n))}/ runs "
+                         f"(run experiments/evidence.py --work {work})")
     held = {name: analyse(name, heldout, kind=kind, fresh=False, halves=args.halves)
-            for name, (kind, _, _) in H.SETS.items() if (heldout / name).is_dir()}
+            for name, (kind, _, _) in H.SETS.items() if wanted(name) and (heldout / name).is_dir()}
+    if args.only:  # the other tasks' and sets' figures stay, marked with the run they come from
+        tasks = C.keep_earlier(docs / "residual_knn.json", "tasks", tasks, S.TASK_NAMES)
+        held = C.keep_earlier(docs / "residual_knn.json", "heldout", held, H.SETS)
     docs.mkdir(parents=True, exist_ok=True)
     C.append_run(docs / "residual_knn.json", {"machine": C.machine(), "work": str(work), "halves": args.halves,
                                               "tasks": tasks,

@@ -220,3 +220,18 @@ def test_a_partial_rerun_keeps_the_other_entries_and_says_where_they_come_from(t
     machine = {"command": "cmd", "cpu": "c", "cpu_count": 2, "torch_threads": 2, "torch": "t", "python": "p",
                "platform": "l", "date": "d"}
     assert "`cmd`" in C.kept_line({"kept_from": machine})[0] and C.kept_line({"x": 1}) == []
+
+
+def test_residual_knn_marks_a_section_kept_from_an_earlier_run():
+    """residual_knn.py --only: a task it did not rerun is printed with the run its figures come from."""
+    import residual_knn as R
+
+    m = {p: {"val": 2.0, "test": 3.0} for p in R.PREDICTORS}
+    side = {"seeds": [0], "per_seed": [{**{p: dict(v) for p, v in m.items()}, "served": {**m["served"],
+                                                                                       "which": "knn"}}], "mean": m}
+    r = {"kind": "webcam", "sides": {"rnc": side, "l1": side}}
+    machine = {"command": "old-cmd", "cpu": "c", "cpu_count": 2, "torch_threads": 2, "torch": "t", "python": "p",
+               "platform": "l", "date": "d"}
+    fresh, kept = R.section("t", "webcam", r), R.section("t", "webcam", {**r, "kept_from": machine})
+    assert not any("Kept from" in line for line in fresh)
+    assert kept[2].startswith("Kept from an earlier run (`old-cmd`)") and kept[4:] == fresh[2:]
