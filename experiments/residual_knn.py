@@ -219,7 +219,8 @@ def main() -> None:
     import heldout as H
 
     ap.add_argument("--only", action="append", choices=[*S.TASK_NAMES, *H.SETS],
-                    help="analyse only this task or held-out set (repeatable); the others keep the latest run's figures")
+                    help="analyse only this task or held-out set (repeatable); the others keep the latest "
+                    "run's figures")
     ap.add_argument("--docs-dir", default=str(C.ROOT / "docs"))
     args = ap.parse_args()
     work, heldout, docs = Path(args.work), Path(args.heldout), Path(args.docs_dir)
