@@ -55,6 +55,7 @@ def test_predict_age_default_warns_once_and_learned_something(tmp_path: Path, mo
         pred = np.array(supemb.predict_age(images, detect=False))
     demo = [w for w in caught if issubclass(w.category, api.DemoModelWarning)]
     assert len(demo) == 1 and "synthetic" in str(demo[0].message)
+    assert demo[0].filename == __file__  # pointed at the caller's line, not inside supemb
     assert isinstance(first, float) and pred.shape == (len(images),) and pred[0] == pytest.approx(first)
     # better than predicting the mean age: the model has learned the (synthetic) age cues
     b = load_bundle(api.default_bundle_path("age"))
@@ -138,3 +139,24 @@ def test_missing_default_bundle_says_how_to_rebuild(monkeypatch, tmp_path: Path)
 
     with pytest.raises(UserError, match="build_defaults"):
         supemb.predict_age(np.zeros((8, 8, 3), np.uint8))
+
+
+@pytest.mark.parametrize("k", [1.7, True, "abc", 0, np.float32(3)])
+def test_a_k_that_is_not_a_whole_number_is_refused_not_rounded(k) -> None:
+    from supemb.errors import UserError
+
+    b = load_bundle(api.default_bundle_path("temperature"), device="cpu")
+    image = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(UserError, match="k must be a whole number >= 1"):
+        b.predict(image, k=k)
+    assert len(b.predict(image, k=np.int64(3))[0].neighbours) == 3  # numpy integers are whole numbers
+
+
+@pytest.mark.parametrize("inputs", [b"\x89PNG\r\n", bytearray(8), np.zeros(12, np.uint8)], ids=["bytes", "bytearray",
+                                                                                                  "1-D array"])
+def test_file_bytes_and_flat_arrays_are_refused_not_split_into_inputs(inputs) -> None:
+    from supemb.errors import UserError
+
+    b = load_bundle(api.default_bundle_path("temperature"), device="cpu")
+    with pytest.raises(UserError, match=r"pass the file's path|not shape \[12\]"):
+        b.predict(inputs)

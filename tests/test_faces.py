@@ -124,6 +124,25 @@ def test_a_detecting_bundle_crops_to_the_largest_face(photos: dict, tmp_path: Pa
         bundle.predict(photos["coffee"])
     skipped = bundle.predict([photos["coffee"], photos["astronaut"]], on_error="skip")
     assert "no face found" in skipped[0].error and skipped[1].ok
+    each_none = bundle.predict([photos["coffee"]], faces="all", on_error="skip")[0].error
+    assert each_none == skipped[0].error and "--no-detect" in each_none  # one wording, with its way out
+
+
+def test_a_photo_given_as_a_pil_image_is_turned_upright_as_its_file_is(photos: dict, tmp_path: Path) -> None:
+    """EXIF orientation 6 (the camera held sideways): the path and the opened image give one answer."""
+    from supemb.predict.bundle import load_bundle
+
+    bundle = load_bundle(_bundle_with_face_step(tmp_path), device="cpu")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise
+    sideways = tmp_path / "sideways.jpg"
+    Image.open(photos["astronaut"]).transpose(Image.Transpose.ROTATE_90).save(sideways, exif=exif.tobytes(),
+                                                                               quality=95)
+    by_path = bundle.predict(sideways)[0]
+    with Image.open(sideways) as opened:
+        by_image = bundle.predict(opened)[0]
+    assert by_path.face["score"] > 0.9 and by_image.face["box"] == by_path.face["box"]
+    assert by_image.value == pytest.approx(by_path.value, abs=1e-4)
 
 
 def test_predict_cli_shows_the_face_and_skips_detection_on_request(photos: dict, tmp_path: Path, capsys) -> None:

@@ -139,6 +139,14 @@ def test_other_inputs_are_converted() -> None:
         eval_preprocess_array(np.zeros((8, 8, 2), np.uint8), SPEC)
 
 
+@pytest.mark.parametrize("empty", [np.zeros((0, 0), np.uint8), np.zeros((0, 5), np.uint8),
+                                   np.zeros((4, 0, 3), np.uint8), Image.new("RGB", (0, 0)), Image.new("L", (5, 0))],
+                         ids=["grey 0x0", "grey 0x5", "rgb 4x0", "pil 0x0", "pil 5x0"])
+def test_an_empty_image_is_refused_not_read_as_black(empty) -> None:
+    with pytest.raises(UserError, match=r"empty|shape \[(0|4), (0|5)"):
+        as_rgb_image(empty)
+
+
 def test_eval_transform_for_datasets() -> None:
     arr = _random_image()
     t = EvalTransform(SPEC)

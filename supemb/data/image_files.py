@@ -55,8 +55,8 @@ def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
             if max_pixels is not None and w * h > max_pixels:
                 raise UserError(
                     f"{path}: image is {w}x{h} ({w * h / 1e6:.1f} MP), over the limit of "
-                    f"{max_pixels / 1e6:g} MP (decompression-bomb guard; raise max_pixels "
-                    "if you trust the file)"
+                    f"{max_pixels / 1e6:g} MP (decompression-bomb guard; if you trust the file, downscale "
+                    "it or open it yourself and pass the PIL image)"
                 )
             im.load()
             return to_rgb(_upright(im))
@@ -78,6 +78,19 @@ def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
 def one_line(e: BaseException) -> str:
     """An exception's message on one line (for "<file>: <problem>" errors)."""
     return " ".join(str(e).split())
+
+
+EXIF_ORIENTATION = 0x0112
+
+
+def upright(im: Image.Image) -> Image.Image:
+    """`im` turned as its EXIF orientation tag says (the same object when it has none), so a
+    photo opened by the caller is read the way `load_image` reads the same file."""
+    try:
+        turned = im.getexif().get(EXIF_ORIENTATION, 1) not in (None, 1)
+    except (OSError, ValueError, SyntaxError, KeyError, TypeError, struct.error):
+        turned = False
+    return _upright(im) if turned else im
 
 
 def _upright(im: Image.Image) -> Image.Image:

@@ -82,7 +82,7 @@ def get_bundle(bundle: str | Path | Bundle | None, default: str, device: str = "
             _warned.add(default)
             warnings.warn(f"supemb: the default {default} bundle is a demonstration model trained on synthetic "
                           "data, not a model of real inputs; train and export your own and pass bundle= "
-                          "(see the README)", DemoModelWarning, stacklevel=4)
+                          "(see the README)", DemoModelWarning, stacklevel=3)  # -> predict_age etc. -> the caller
     return b
 
 

@@ -114,7 +114,13 @@ def _as_list(inputs: Any) -> tuple[list[Any], bool]:
     """(items, was_a_single_input)."""
     if isinstance(inputs, (str, Path)) or hasattr(inputs, "get_data"):
         return [inputs], True
+    if isinstance(inputs, (bytes, bytearray, memoryview)):
+        raise UserError(f"inputs must be a path, an image, a recording, or a list of them, not "
+                        f"{type(inputs).__name__} (pass the file's path, or open it with PIL first)")
     if isinstance(inputs, np.ndarray):
+        if inputs.ndim < 2:
+            raise UserError(f"an array input must be one image or recording (2-D or 3-D) or a batch of them "
+                            f"(one more dimension), not shape {list(inputs.shape)}")
         return ([inputs], True) if inputs.ndim in (2, 3) else (list(inputs), False)
     try:
         from PIL import Image
@@ -270,9 +276,9 @@ class Bundle:
         faces="all" gives one prediction per face found, photo by photo.
         """
         items, _ = _as_list(inputs)
+        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
+            raise UserError(f"k must be a whole number >= 1, got {k!r}")
         k = self.default_k if k is None else int(k)
-        if k < 1:
-            raise UserError(f"k must be >= 1, got {k}")
         if faces not in ("largest", "all"):
             raise UserError(f"faces must be 'largest' or 'all', got {faces!r}")
         if faces == "all" and detect and self.detects_faces:

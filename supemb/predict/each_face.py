@@ -22,7 +22,7 @@ def predict_each_face(bundle: Bundle, items: Sequence[Any], on_error: str, **pre
     without a face gives an error (on_error="raise") or a Prediction with `error` set ("skip")."""
     from supemb.embed.batches import describe
     from supemb.predict.bundle import Prediction
-    from supemb.preprocess.faces import crop, faces_in
+    from supemb.preprocess.faces import crop, faces_in, no_face
 
     params = bundle.pipeline.params("face")
     decode, _ = bundle.pipeline.split_at("face")
@@ -35,7 +35,7 @@ def predict_each_face(bundle: Bundle, items: Sequence[Any], on_error: str, **pre
             image = decode.run(item)
             faces = faces_in(image, params)
             if not faces:
-                raise UserError(f"no face found in {name} (score threshold {params['score_threshold']:g})")
+                raise no_face(name, params)
         except UserError as err:
             if on_error == "raise":
                 raise

@@ -211,11 +211,14 @@ def face_step(image, params: dict, source: str | None = None):
     if not faces:
         if params["when_none"] == "whole":
             return image
-        name = source or image.info.get("supemb_source") or "the image"
-        raise UserError(f"no face found in {name} (detector {DETECTOR}, score threshold "
-                        f"{params['score_threshold']:g}); pass detect=False / --no-detect for a photo that is "
-                        "already a face crop")
+        raise no_face(source or image.info.get("supemb_source") or "the image", params)
     return crop(image, faces[0], params["margin"])
+
+
+def no_face(name: str, params: dict) -> UserError:
+    """The error for a photo where the detector finds no face."""
+    return UserError(f"no face found in {name} (detector {DETECTOR}, score threshold {params['score_threshold']:g}); "
+                     "pass detect=False / --no-detect for a photo that is already a face crop")
 
 
 def detect_all(paths: list[str], params: dict, decode, workers: int = 2) -> dict[str, Face | None]:

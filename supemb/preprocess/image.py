@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from supemb.data.image_files import load_image, to_rgb
+from supemb.data.image_files import load_image, to_rgb, upright
 from supemb.errors import UserError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -144,16 +144,19 @@ def resize_crop(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
 
 
 def as_rgb_image(image: str | Path | Image.Image | np.ndarray) -> Image.Image:
-    """A path (decoded by `load_image`), a PIL image (any mode) or a uint8 array
-    ([H, W, 3] RGB; [H, W] grey and [H, W, 4] RGBA are accepted too) -> RGB image."""
+    """A path (decoded by `load_image`), a PIL image (any mode; turned upright by its EXIF
+    orientation, as a file is) or a uint8 array ([H, W, 3] RGB; [H, W] grey and [H, W, 4]
+    RGBA are accepted too) -> RGB image. An empty image is refused."""
     if isinstance(image, (str, Path)):
         return load_image(image)
     if isinstance(image, Image.Image):
-        return to_rgb(image)
+        if min(image.size) == 0:
+            raise UserError(f"image is empty ({image.width}x{image.height} pixels)")
+        return to_rgb(upright(image))
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise UserError(f"image array must be uint8 [H, W, 3], not {image.dtype} {list(image.shape)}")
-        if image.ndim == 2:
+        if image.ndim == 2 and min(image.shape) > 0:
             return Image.fromarray(image, "L").convert("RGB")
         if image.ndim == 3 and image.shape[2] in (3, 4) and min(image.shape[:2]) > 0:
             mode = "RGB" if image.shape[2] == 3 else "RGBA"
