@@ -181,6 +181,24 @@ def test_export_on_error_with_a_bad_gallery_item(run: Path, bad_data: tuple[Path
     assert b.index.ntotal == 39 and bad.name not in b.ids  # the 40 items but the bad one
 
 
+def test_train_on_error_skip_leaves_out_an_image_that_does_not_decode(bad_data: tuple[Path, Path], tmp_path: Path,
+                                                                       capsys) -> None:
+    """skip: the truncated image is left out before training (not met mid-epoch), counted in model.json,
+    and the run's own gallery leaves it out too, so its export needs no --on-error; fail: one line naming it."""
+    import json
+
+    csv, bad = bad_data
+    args = ["train", "--data", csv, "--target", "temperature", "--loss", "rnc", "--epochs", "1", "--batch-size", "16",
+            "--image-size", "16", "--no-viz"]
+    _fails([*args, "--out", tmp_path / "failed"], 1, bad, capsys=capsys)
+    code, _, err = _call([*args, "--out", tmp_path / "run", "--on-error", "skip"], capsys)
+    assert code == 0 and "Traceback" not in err, err
+    data = json.loads((tmp_path / "run" / "model.json").read_text())["data"]
+    assert data["n_skipped"] == 1 and data["n_records"] == 39
+    code, _, err = _call(["export", tmp_path / "run", "--out", tmp_path / "b"], capsys)
+    assert code == 0, err
+
+
 # ------------------------------------------------------------------ index
 
 

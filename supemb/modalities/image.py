@@ -188,12 +188,23 @@ class ImageModality(Modality):
             return data.suffix.lower() == ".csv" or is_image_file(data)
         return data.is_dir()
 
-    def _table(self, data: Path, target: str, task: str, fmt: str, on_error: str, seed: int = 0) -> Any:
+    def _table(self, data: Path, target: str, task: str, fmt: str, on_error: str, seed: int = 0,
+               decodable: bool = False) -> Any:
+        """The labelled table; `decodable` with on_error "skip" also leaves out the images that do
+        not decode (each is decoded once here), so training never meets one mid-epoch."""
+        from dataclasses import replace
+
         from supemb.data.image_layouts import load_image_table
+        from supemb.data.image_table import verify_images
 
         table = load_image_table(data, target, format=fmt, task=task, seed=seed, on_error=on_error)
         if table.task != task:
             raise UserError(f"{data}: target {target!r} is {table.task} data, but the task is {task}")
+        if decodable and on_error == "skip":
+            good, bad = verify_images(table.records, on_error="skip")
+            if not good:
+                raise UserError(f"{data}: no image decodes ({len(bad)} skipped; first problem: {bad[0]})")
+            table = replace(table, records=tuple(good), skipped=table.skipped + tuple(bad))
         return table
 
     def gallery(self, data: Path, target: str, task: str, fmt: str = "auto", on_error: str = "raise") -> Listing:
@@ -202,7 +213,7 @@ class ImageModality(Modality):
 
     def training_gallery(self, cfg: Any) -> Listing:
         table = self._table(Path(cfg.data), cfg.target, cfg.task, cfg.format,
-                            raise_or_skip(cfg.on_error), seed=cfg.seed)
+                            raise_or_skip(cfg.on_error), seed=cfg.seed, decodable=True)  # what training used
         return _listing(table.split("train"), cfg.task)
 
     def training_data(self, cfg: Any, data: Path) -> Any:
@@ -215,7 +226,7 @@ class ImageModality(Modality):
         # before reading data: fail fast
         aug, aug_record = resolve_augment(cfg.augment, self, cfg.task, cfg.contrastive)
         table = self._table(data, cfg.target, cfg.task, cfg.format,
-                            raise_or_skip(cfg.on_error), seed=cfg.seed)
+                            raise_or_skip(cfg.on_error), seed=cfg.seed, decodable=True)
         pipe = self.training_pipeline(cfg)
         before, after = pipe.split_at(self.augment_from)  # decode once; augmentation replaces the rest
         contrastive = ContrastiveAugment(self.spec(pipe), aug)
