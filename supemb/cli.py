@@ -133,6 +133,8 @@ def _demo_parser(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
 
     def run(args: argparse.Namespace) -> int:
+        if not 0 <= args.port <= 65535:
+            raise UsageError(f"--port must be between 0 and 65535, got {args.port}")
         bundles = {}
         for item in args.bundle:
             name, sep, path = item.partition("=")

@@ -126,6 +126,8 @@ USAGE = [  # argv (paths that do not exist: the flags are checked first), what t
     (["demo", "--bundle", "age="], "NAME=DIR"),
     (["demo", "--bundle", "age=a", "--bundle", "age=b"], "given twice"),
     (["demo", "--port", "http"], "--port"),
+    (["demo", "--port", "99999"], "--port"),
+    (["demo", "--port", "-1"], "--port"),
 ]
 
 
@@ -197,6 +199,13 @@ def test_train_on_error_skip_leaves_out_an_image_that_does_not_decode(bad_data: 
     assert data["n_skipped"] == 1 and data["n_records"] == 39
     code, _, err = _call(["export", tmp_path / "run", "--out", tmp_path / "b"], capsys)
     assert code == 0, err
+
+
+def test_a_class_loss_on_a_value_column_is_refused_before_training(webcam: Path, tmp_path: Path, capsys) -> None:
+    """--loss supcon on temperatures would make each reading its own class (and fit a 40-class head)."""
+    line = _fails(["train", "--data", webcam, "--target", "temperature", "--loss", "supcon", "--epochs", "1",
+                   "--image-size", "16", "--no-viz", "--out", tmp_path / "run"], 1, webcam, "--loss rnc", capsys=capsys)
+    assert "distinct numbers" in line and not (tmp_path / "run" / "model.json").exists()
 
 
 # ------------------------------------------------------------------ index

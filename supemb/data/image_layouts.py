@@ -166,7 +166,8 @@ def read_folder_table(
     if not root.is_dir():
         raise UserError(f"{root}: not a folder")
     if task == "regression":
-        raise UserError(f"{root}: a folder-per-class dataset is a classification task")
+        raise UserError(f"{root}: a folder-per-class dataset is a classification task: pass --loss supcon, tsc "
+                        "or ce (the default rnc, like l1, learns values)")
     problems = RowProblems(on_error)
     subdirs = _class_dirs(root)
     split_layout = bool(subdirs) and {d.name.lower() for d in subdirs} <= set(SPLITS)

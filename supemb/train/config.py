@@ -235,7 +235,8 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
          "or EEG recordings (folder or CSV of EDF/BDF/FIF)"),
     Flag("target", "target column (or 'age' from EDF headers / file names; 'class' for folders)"),
     Flag("out", "run directory to create (or to continue with --resume)"),
-    Flag("loss", "supcon|tsc (classes), rnc (values); ce|l1: end-to-end baselines", choices=tuple(LOSSES)),
+    Flag("loss", "supcon|tsc (classes), rnc (values; the default); ce|l1: end-to-end baselines",
+         choices=tuple(LOSSES)),
     Flag("task", "default: from the loss", choices=TASKS),
     Flag("format", "auto | csv | folder | utkface | agedb | eeg (default auto)"),
     Flag("encoder", "encoder name (default: the recipe's, small_cnn with 2 convolutions per block "

@@ -191,7 +191,25 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
     data = Path(cfg.data)
     if not data.exists():
         raise UserError(f"{data}: no such file or folder (--data)")
-    return modalities.detect(data, cfg.format).training_data(cfg, data)
+    prepared = modalities.detect(data, cfg.format).training_data(cfg, data)
+    check_classes_are_classes(prepared, cfg, data)
+    return prepared
+
+
+def check_classes_are_classes(prepared: PreparedData, cfg: TrainConfig, data: Path) -> None:
+    """A class loss on a numeric column with more distinct values than half the training items
+    (each value its own class, most with one or two items) is a value target given the wrong
+    loss: one line saying so, before anything trains."""
+    names, n_train = prepared.classes or (), len(prepared.splits["train"])
+    if prepared.task != "classification" or len(names) <= max(20, n_train // 2):
+        return
+    try:
+        [float(name) for name in names]
+    except ValueError:
+        return
+    raise UserError(f"{data}: target {prepared.target_name!r} has {len(names)} distinct numbers over {n_train} "
+                    f"training items, which --loss {cfg.loss} would take as {len(names)} classes; values are "
+                    "learned with --loss rnc (or l1)")
 
 
 def splits_of(split_of: Callable[[str], Split | None], data: Path) -> dict[str, Split]:
