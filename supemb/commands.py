@@ -236,7 +236,9 @@ def evaluate_bundle(bundle: Any, data: str | Path, *, target: str | None = None,
     # a grouped input (recording) is scored whole; a value is named for what is served (plain or residual kNN)
     prefix = "served" if bundle.task == "regression" else "rec_knn" if bundle.plugin.grouped else "knn"
     out: dict[str, Any] = {"items": len(ok), "skipped": [f.message for f in failures] + list(src.skipped),
-                           "k": k, "gallery": bundle.index.ntotal}
+                           "k": k, "gallery": bundle.index.ntotal,
+                           # items whose nearest neighbour is the gallery's item of the same name: itself
+                           "in_gallery": sum(preds[i].neighbours[0].id == src.ids[i] for i in ok)}
     if bundle.task == "regression":
         out["served"] = "residual kNN" if bundle.residual else "kNN"  # the manifest's knn.residual, or none
         y = np.array([src.targets[i] for i in ok], dtype=np.float64)
@@ -297,6 +299,10 @@ def eval_parser(p: argparse.ArgumentParser) -> Handler:
         print(f"supemb eval: bundle {args.bundle} digest {bundle.digest}", file=sys.stderr)
         m = evaluate_bundle(bundle, args.data, target=args.target, fmt=fmt, k=args.k,
                             on_error=on_error, detect=not args.no_detect)
+        if m["in_gallery"]:
+            print(f"supemb eval: note: {m['in_gallery']} of {m['items']} items are in the bundle's gallery (each is "
+                  "its own nearest neighbour), so these figures are optimistic; evaluate on data the gallery does "
+                  "not hold", file=sys.stderr)
         if args.json:
             print(json.dumps({**m, "bundle_digest": bundle.digest}, indent=2))
         else:

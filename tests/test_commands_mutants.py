@@ -290,16 +290,20 @@ def test_predict_rejects_bad_flags_before_loading(loaded, flags, message, capsys
 
 @pytest.fixture
 def evaluated(loaded, monkeypatch) -> list:
-    calls = []
-    metrics = {"items": 3, "skipped": ["x: bad", "y: bad"], "k": 5, "served_mae": 1.23456}
+    class Calls(list):
+        metrics: dict
+
+    calls = Calls()
+    metrics = {"items": 3, "skipped": ["x: bad", "y: bad"], "k": 5, "in_gallery": 0, "served_mae": 1.23456}
     monkeypatch.setattr(commands, "evaluate_bundle",
                         lambda bundle, data, **kw: calls.append((bundle.digest, data, kw)) or dict(metrics))
+    calls.metrics = metrics  # a test may change what the next evaluation returns
     return calls
 
 
 def test_eval_defaults_and_text_output(evaluated, loaded, capsys) -> None:
     assert _call(["eval", "b", "--data", "d.csv"], capsys) == (
-        0, "items\t3\nskipped: x: bad\nskipped: y: bad\nk\t5\nserved_mae\t1.2346\n",
+        0, "items\t3\nskipped: x: bad\nskipped: y: bad\nk\t5\nin_gallery\t0\nserved_mae\t1.2346\n",
         f"supemb eval: bundle b digest {HEX}\n")
     assert loaded.loads == [("b", dict(device="auto", digest=None))]
     assert evaluated == [(HEX, "d.csv", dict(target=None, fmt="auto", k=None, on_error="raise", detect=True))]
@@ -309,10 +313,20 @@ def test_eval_flags_and_json(evaluated, loaded, capsys) -> None:
     argv = ["eval", "b", "--data", "d", "--target", "age", "--format", "csv", "--k", "4", "--on-error", "skip",
             "--device", "cpu", "--no-detect", "--digest", HEX, "--json"]
     code, out, _ = _call(argv, capsys)
-    want = {"items": 3, "skipped": ["x: bad", "y: bad"], "k": 5, "served_mae": 1.23456, "bundle_digest": HEX}
+    want = {"items": 3, "skipped": ["x: bad", "y: bad"], "k": 5, "in_gallery": 0, "served_mae": 1.23456,
+            "bundle_digest": HEX}
     assert code == 0 and out == json.dumps(want, indent=2) + "\n"
     assert loaded.loads == [("b", dict(device="cpu", digest=HEX))]
     assert evaluated == [(HEX, "d", dict(target="age", fmt="csv", k=4, on_error="skip", detect=False))]
+
+
+def test_eval_says_when_its_data_holds_the_gallery(evaluated, loaded, capsys) -> None:
+    evaluated.metrics["in_gallery"] = 2
+    code, out, err = _call(["eval", "b", "--data", "d.csv"], capsys)
+    assert code == 0 and "in_gallery\t2\n" in out
+    assert err.splitlines()[1] == ("supemb eval: note: 2 of 3 items are in the bundle's gallery (each is its own "
+                                   "nearest neighbour), so these figures are optimistic; evaluate on data the "
+                                   "gallery does not hold")
 
 
 def test_eval_rejects_bad_flags_before_loading(evaluated, loaded, capsys) -> None:

@@ -509,9 +509,14 @@ def test_eval_cli(reg_bundle: Path, cls_bundle: Path, eeg_bundle: Path, webcam: 
 
     # regression: MAE / RMSE / R² / mean spread of the kNN, and the ordinality of the embeddings
     assert cli(["eval", str(reg_bundle), "--data", str(webcam), "--json"]) == 0
-    m = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr()
+    m = json.loads(out.out)
     b = load_bundle(reg_bundle, device="cpu")
     paths, y = _labels_csv(webcam, "temperature")
+    # the data holds the bundle's own gallery (its training split): counted, and the user told
+    in_gallery = set(b.ids) & {str(Path(p).relative_to(webcam.parent)) for p in paths}
+    assert 0 < m["in_gallery"] == len(in_gallery) < len(paths)
+    assert f"{m['in_gallery']} of 60 items are in the bundle's gallery" in out.err
     emb = b.embed(paths).astype(np.float64)
     pred, spread = _knn_by_hand(b, emb, b.default_k)
     err = pred - y
