@@ -19,7 +19,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "load_bundle", "predict_age", "predict_brain_age", "predict_temperature",
-           "Bundle", "Prediction"]
+           "Bundle", "Prediction", "UnfamiliarInputWarning", "DemoModelWarning"]
 
 _LAZY = {
     "load_bundle": "supemb.predict.bundle",
@@ -28,6 +28,8 @@ _LAZY = {
     "predict_age": "supemb.predict.api",
     "predict_temperature": "supemb.predict.api",
     "predict_brain_age": "supemb.predict.api",
+    "UnfamiliarInputWarning": "supemb.predict.api",  # to filter or catch: warnings.filterwarnings(category=...)
+    "DemoModelWarning": "supemb.predict.api",
 }
 
 

@@ -160,3 +160,9 @@ def test_file_bytes_and_flat_arrays_are_refused_not_split_into_inputs(inputs) ->
     b = load_bundle(api.default_bundle_path("temperature"), device="cpu")
     with pytest.raises(UserError, match=r"pass the file's path|not shape \[12\]"):
         b.predict(inputs)
+
+
+def test_the_warnings_a_user_filters_are_importable_from_the_package() -> None:
+    assert supemb.UnfamiliarInputWarning is api.UnfamiliarInputWarning
+    assert supemb.DemoModelWarning is api.DemoModelWarning
+    assert all(getattr(supemb, name) is not None for name in supemb.__all__)
