@@ -212,7 +212,8 @@ def test_a_class_loss_on_a_value_column_is_refused_before_training(webcam: Path,
 
 
 def test_index_errors(bundle: Path, webcam: Path, tmp_path: Path, capsys) -> None:
-    _fails(["index", tmp_path / "none", "--data", webcam], 1, tmp_path / "none", capsys=capsys)
+    assert "no such bundle" in _fails(["index", tmp_path / "none", "--data", webcam], 1, tmp_path / "none",
+                                      capsys=capsys)
     b = tmp_path / "b"
     shutil.copytree(bundle, b)
     _fails(["index", b, "--data", tmp_path / "nodata"], 1, tmp_path / "nodata", capsys=capsys)

@@ -22,7 +22,7 @@ from supemb.data.eeg_files import (
     read_targets_csv,
 )
 from supemb.data.splits import assign_splits, split_labels
-from supemb.data.synthetic_eeg import write_edf
+from supemb.data.synthetic_eeg import make_eeg_dataset, write_edf
 from supemb.errors import UserError
 from supemb.preprocess import eeg_augment as aug
 from supemb.preprocess.eeg import (
@@ -196,6 +196,21 @@ def test_unreadable_and_absent_files(tmp_path: Path) -> None:
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(UserError, match="not an EEG file"):
         read_recording(tmp_path / "x.txt")
+
+
+@pytest.mark.parametrize("keep, reason", [
+    (3000, "the header is incomplete: the file has 3000 bytes, its header of 22 signals needs 5888"),
+    (100, "the header is incomplete: the file has 100 bytes, a header needs at least 256"),
+    (5888, "the file ends before its data does: it has 5888 bytes, its header promises 115888"),
+    (0, "the file is empty"),
+], ids=["mid-header", "first-256-bytes", "no-data", "empty"])
+def test_a_truncated_edf_says_so(tmp_path: Path, keep: int, reason: str) -> None:
+    whole = make_eeg_dataset(tmp_path / "data", 1, duration_s=10) / "rec_000.edf"
+    cut = tmp_path / "trunc.edf"
+    cut.write_bytes(whole.read_bytes()[:keep])
+    with pytest.raises(UserError) as e:
+        read_recording(cut)
+    assert str(e.value) == f"{cut}: truncated or corrupt EDF ({reason})"
 
 
 def test_recording_windows_accepts_raw() -> None:

@@ -239,13 +239,35 @@ def test_torch_files_are_read_with_weights_only_and_pickles_are_refused(tmp_path
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "evil.pth"
     torch.save({"conv1.weight": torch.zeros(1), "x": _Payload()}, path)
-    assert "weights_only" in _error(path) and RAN == []
+    assert "pickled Python objects" in _error(path) and RAN == []
     calls: list[dict] = []
     real = torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
     good = _save(_random_state(_torchvision_resnet18_shapes()), tmp_path / "good.pth")
     read_state_dict(good)
     assert calls and all(kw.get("weights_only") is True for kw in calls)
+
+
+class _Custom:  # a class a training script might pickle along with its weights
+    pass
+
+
+@pytest.mark.parametrize("content, expected", [
+    ({"model": _Custom()}, ": not a plain state dict (it holds pickled Python objects, e.g. "
+     f"{_Custom.__module__}._Custom, which supemb does not load; save model.state_dict() instead)"),
+    ({"conv1.weight": torch.zeros(1), "fc": "oops"},
+     ": expected a state dict (names -> tensors); key 'fc' holds str"),
+    ({"conv1.weight": torch.zeros(1), "model": {"conv1.weight": torch.zeros(1)}},
+     ": expected a state dict (names -> tensors); key 'model' holds dict"),
+    ({"conv1.weight": torch.zeros(1), 3: torch.zeros(1)},
+     ": expected a state dict (names -> tensors); key 3 is not a name (int)"),
+], ids=["pickled-object", "str-value", "nested-dict", "int-key"])
+def test_a_file_that_is_not_a_state_dict_says_why_on_one_plain_line(tmp_path: Path, content: dict,
+                                                                      expected: str) -> None:
+    path = tmp_path / "weights.pth"
+    torch.save(content, path)
+    msg = _error(path)
+    assert msg == f"{path}{expected}" and "\x1b" not in msg
 
 
 # ------------------------------------------------------------------ timm

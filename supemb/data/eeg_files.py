@@ -109,9 +109,51 @@ def read_recording(path: str | Path) -> mne.io.BaseRaw:
     except UserError:
         raise
     except Exception as e:  # mne raises many types for damaged files
+        # mne parses a cut-off header's blank fields as numbers ("could not convert string to float: ''")
+        # and finds no data after a cut-off one: say what is wrong with the file instead.
+        damage = _edf_damage(path) if isinstance(e, (ValueError, AssertionError, IndexError)) else None
+        if damage:
+            raise UserError(f"{path}: truncated or corrupt {damage}") from e
         msg = " ".join(str(e).split()) or type(e).__name__
         raise UserError(f"{path}: cannot read the recording ({msg})") from e
     return raw
+
+
+def _edf_damage(path: Path) -> str | None:
+    """'EDF (<what is missing>)' when an EDF/BDF file is shorter than its own header says, else None.
+
+    The header is 256 bytes plus 256 per signal; the data is n_records records of
+    (the signals' samples per record) samples of 2 (EDF) or 3 (BDF) bytes."""
+    kind = {".edf": "EDF", ".bdf": "BDF"}.get(path.suffix.lower())
+    if kind is None:
+        return None
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(256)
+            if size == 0:
+                return f"{kind} (the file is empty)"
+            if not (b"0       ".startswith(head[:8]) or b"\xffBIOSEMI".startswith(head[:8])):
+                return None  # not an EDF/BDF at all: mne's own message says so
+            if size < 256:
+                return f"{kind} (the header is incomplete: the file has {size} bytes, a header needs at least 256)"
+            n_signals = int(head[252:256])
+            header = 256 * (n_signals + 1)
+            if n_signals < 1:
+                return None
+            if size < header:
+                return (f"{kind} (the header is incomplete: the file has {size} bytes, "
+                        f"its header of {n_signals} signals needs {header})")
+            n_records = int(head[236:244])
+            f.seek(256 + n_signals * 216)  # label 16, transducer 80, unit 8, ranges 4 x 8, prefilter 80
+            per_record = sum(int(f.read(8)) for _ in range(n_signals))
+    except (OSError, ValueError):
+        return None
+    record = per_record * (3 if kind == "BDF" else 2)  # bytes
+    if n_records > 0 and size < header + record:  # not one whole record: mne finds "no data"
+        return (f"{kind} (the file ends before its data does: it has {size} bytes, "
+                f"its header promises {header + n_records * record})")
+    return None
 
 
 

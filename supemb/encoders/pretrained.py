@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import pickle
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -63,6 +64,9 @@ STEM = {"0": "conv1", "1": "bn1"}
 KNOWN = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34",
          ((3, 4, 6, 3), True): "resnet50", ((3, 4, 23, 3), True): "resnet101",
          ((3, 8, 36, 3), True): "resnet152"}
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colour codes in torch's messages
+# torch.load(weights_only=True) refusing a pickled object: "Unsupported global: GLOBAL module.Name ..."
+_PICKLED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
 
 def normalisation(encoder: str | None, pretrained: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -142,13 +146,32 @@ def read_state_dict(path: Path) -> tuple[dict[str, Tensor], str]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickled objects (refused), truncated or foreign files
+        text = _ANSI.sub("", str(err))
+        pickled = _PICKLED_GLOBAL.search(text) if isinstance(err, pickle.UnpicklingError) else None
+        if pickled:
+            raise UserError(f"{path}: not a plain state dict (it holds pickled Python objects, e.g. {pickled[1]}, "
+                            f"which supemb does not load; save model.state_dict() instead)") from None
         raise UserError(f"{path}: not a plain torch tensor file; torch.load(weights_only=True) refused it "
-                        f"({type(err).__name__}: {_first_line(err)})") from None
-    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, Tensor)
-                                                 for k, v in state.items()):
+                        f"({type(err).__name__}: {_torch_reason(text, type(err).__name__)})") from None
+    if not isinstance(state, Mapping):
         raise UserError(f"{path}: expected a state dict (names -> tensors), as "
                         f"torch.save(model.state_dict(), path) writes, got {type(state).__name__}")
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise UserError(f"{path}: expected a state dict (names -> tensors); key {key!r} is not a name "
+                            f"({type(key).__name__})")
+        if not isinstance(value, Tensor):
+            raise UserError(f"{path}: expected a state dict (names -> tensors); key {key!r} holds "
+                            f"{type(value).__name__}")
     return dict(state), "torch"
+
+
+def _torch_reason(text: str, fallback: str) -> str:
+    """The gist of a torch.load error, on one line: torch's own reason after its advice
+    ("WeightsUnpickler error: ..."), else its first non-empty line."""
+    _, found, reason = text.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (reason if found else text).splitlines() if line.strip()]
+    return lines[0] if lines else fallback
 
 
 def sha256_of(path: Path) -> str:

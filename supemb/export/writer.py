@@ -204,6 +204,8 @@ def reindex(bundle_dir: str | Path, data: str | Path, *, append: bool = False, i
     """Rebuild (or, with append, extend) a bundle's gallery from `data`, in place;
     `processes` > 1 embeds it with that many processes (same result), on GPUs with `device` "cuda"."""
     root = Path(bundle_dir)
+    if not root.exists():
+        raise UserError(f"{root}: no such bundle")
     if not root.is_dir():
         raise UserError(f"{root}: `supemb index` works on a bundle directory (unzip a zipped bundle first)")
     bundle = load_bundle(root, device=device)
