@@ -43,6 +43,11 @@ def _at_least(flag: str, value: int | None, minimum: int) -> None:
         raise UsageError(f"{flag} must be >= {minimum}, got {value}")
 
 
+def _skipped(command: str) -> Callable[[str], None]:
+    """Says on stderr which gallery item `supemb COMMAND --on-error skip` left out, and why."""
+    return lambda item: print(f"supemb {command}: skipped: {item}", file=sys.stderr)
+
+
 def _data_format(fmt: str) -> str:
     from supemb import modalities
 
@@ -114,7 +119,7 @@ def export_parser(p: argparse.ArgumentParser) -> Handler:
         m = export_run(args.run, args.out, gallery=args.gallery, opset=args.opset, fp16=args.fp16,
                        index=args.index, k=args.k, unit=args.unit, name=args.name, thumbnails=args.thumbnails,
                        force=args.force, on_error=on_error, processes=processes,
-                       device=args.device, detect_faces=args.detect_faces)
+                       device=args.device, detect_faces=args.detect_faces, on_skip=_skipped("export"))
         diffs = m["onnx"]["parity_max_abs_diff"]
         print(f"wrote {args.out}: {m['modality']} {m['task']}, {m['embedding_dim']}-d, "
               f"gallery {m['gallery']['items']} ({m['index']['kind']} index), "
@@ -144,7 +149,7 @@ def index_parser(p: argparse.ArgumentParser) -> Handler:
 
         fmt, on_error, processes = _data_format(args.format), raise_or_skip(args.on_error), _processes(args)
         m = reindex(args.bundle, args.data, append=args.append, index=args.index, target=args.target,
-                    fmt=fmt, on_error=on_error, processes=processes, device=args.device)
+                    fmt=fmt, on_error=on_error, processes=processes, device=args.device, on_skip=_skipped("index"))
         print(f"{args.bundle}: gallery now {m['gallery']['items']} items ({m['index']['kind']} index), "
               f"digest {_digest_of(args.bundle)}")
         return 0

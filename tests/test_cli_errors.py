@@ -177,6 +177,10 @@ def test_export_on_error_with_a_bad_gallery_item(run: Path, bad_data: tuple[Path
     _fails(["export", run, "--out", tmp_path / "b", "--gallery", csv], 1, bad, capsys=capsys)
     code, out, err = _call(["export", run, "--out", tmp_path / "b", "--gallery", csv, "--on-error", "skip"], capsys)
     assert code == 0 and "Traceback" not in err
+    assert [line for line in err.splitlines() if "skipped:" in line] == [f"supemb export: skipped: {bad}: not an "
+                                                                         "image file (cannot identify image format)"]
+    code, out, err = _call(["index", tmp_path / "b", "--data", csv, "--on-error", "skip"], capsys)
+    assert code == 0 and err.startswith(f"supemb index: skipped: {bad}: ")
     from supemb.predict.bundle import load_bundle
 
     b = load_bundle(tmp_path / "b", device="cpu")

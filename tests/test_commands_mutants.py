@@ -102,12 +102,19 @@ def exported(monkeypatch) -> list:
     return calls
 
 
+def _says_what_it_skipped(calls: list, command: str, capsys) -> None:
+    """The latest call's `on_skip` (taken out of its recorded kwargs) prints the item and why, on stderr."""
+    calls[-1][2].pop("on_skip")("g/x.png: truncated image")
+    assert capsys.readouterr().err == f"supemb {command}: skipped: g/x.png: truncated image\n"
+
+
 def test_export_passes_every_flag_and_prints_the_bundle(exported, tmp_path, capsys) -> None:
     out = tmp_path / "b"
     code, stdout, err = _call(["export", "runs/a", "--out", str(out)], capsys)
     assert (code, err) == (0, "")
     assert stdout == (f"wrote {out}: image regression, 8-d, gallery 40 (flat index), "
                       f"parity max |ONNX - PyTorch| 3.1e-05\ndigest {DIGEST}\n")
+    _says_what_it_skipped(exported, "export", capsys)
     assert exported[0] == ("runs/a", str(out), dict(
         gallery=None, opset=None, fp16=False, index="flat", k=None, unit="", name=None, thumbnails=0,
         force=False, on_error="raise", processes=1, device="cpu", detect_faces=False))
@@ -115,6 +122,7 @@ def test_export_passes_every_flag_and_prints_the_bundle(exported, tmp_path, caps
             "--index", "hnsw", "--k", "9", "--unit", "years", "--name", "ages", "--thumbnails", "32",
             "--on-error", "skip", "--force", "--processes", "3", "--device", "cuda", "--detect-faces"]
     assert _call(argv, capsys)[0] == 0
+    _says_what_it_skipped(exported, "export", capsys)
     assert exported[1][2] == dict(
         gallery="g.csv", opset=17, fp16=True, index="hnsw", k=9, unit="years", name="ages", thumbnails=32,
         force=True, on_error="skip", processes=3, device="cuda", detect_faces=True)
@@ -174,11 +182,13 @@ def reindexed(monkeypatch, tmp_path) -> list:
 def test_index_passes_its_flags_and_prints_the_new_gallery(reindexed, tmp_path, capsys) -> None:
     assert _call(["index", str(tmp_path), "--data", "d.csv"], capsys) == (
         0, f"{tmp_path}: gallery now 12 items (ivf index), digest {DIGEST}\n", "")
+    _says_what_it_skipped(reindexed, "index", capsys)
     assert reindexed[0] == (str(tmp_path), "d.csv", dict(append=False, index=None, target=None, fmt="auto",
                                                          on_error="raise", processes=1, device="cpu"))
     argv = ["index", str(tmp_path), "--data", "d", "--append", "--index", "flat", "--target", "age",
             "--format", "csv", "--on-error", "skip", "--processes", "2", "--device", "auto"]
     assert _call(argv, capsys)[0] == 0
+    _says_what_it_skipped(reindexed, "index", capsys)
     assert reindexed[1][2] == dict(append=True, index="flat", target="age", fmt="csv", on_error="skip",
                                    processes=2, device="auto")
 

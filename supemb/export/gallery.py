@@ -82,6 +82,7 @@ class IndexedGallery:
     gallery_json: dict[str, Any]
     thumbnails: np.ndarray | None
     labels: list[str]
+    skipped: list[str] = field(default_factory=list)  # "ITEM: reason", rows and unreadable items left out
 
 
 def embed_gallery(encoder: Encoder, gallery: Gallery, task: str, labels: list[str],
@@ -120,7 +121,8 @@ def embed_gallery(encoder: Encoder, gallery: Gallery, task: str, labels: list[st
         thumbs = encoder.modality.thumbnails([gallery.items[int(o)] for o in owner], thumbnail_size)
     if failures:
         gallery_json["skipped"] = [f.message for f in failures]
-    return IndexedGallery(emb, targets, gallery_json, thumbs, labels)
+    return IndexedGallery(emb, targets, gallery_json, thumbs, labels,
+                          list(gallery.skipped) + [f.message for f in failures])
 
 
 def append_gallery_json(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +76,11 @@ def export_run(
     processes: int = 1,
     device: str = "cpu",
     detect_faces: bool = False,
+    on_skip: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Write the bundle for training run `run` into `out` (a directory, or a
-    path ending in .zip). Returns the manifest. `processes` > 1 embeds the
+    path ending in .zip). Returns the manifest. `on_skip` hears each gallery item
+    left out ("ITEM: reason"; with on_error "skip"). `processes` > 1 embeds the
     gallery with that many processes (same bundle, sooner on many cores);
     `device` "cuda" (or "auto") embeds it on GPUs, one per process (the parity
     check always runs on the CPU). `detect_faces`: serve with a face step added
@@ -149,6 +152,8 @@ def export_run(
         gallery_encoder = encoder if device == "cpu" and gallery_pipeline is pipeline else Encoder(
             tmp / "encoder.onnx", plugin, gallery_pipeline, device=device)
         indexed = embed_gallery(gallery_encoder, src, task, labels, thumbnails, on_error, processes)
+        for item in indexed.skipped if on_skip else ():
+            on_skip(item)
         idx = write_gallery(tmp, indexed, index, metric=metric)
         reference = familiarity.reference_table(idx, indexed.emb, indexed.gallery_json.get("groups"))
         manifest = {
@@ -200,9 +205,11 @@ def export_run(
 
 def reindex(bundle_dir: str | Path, data: str | Path, *, append: bool = False, index: str | None = None,
             target: str | None = None, fmt: str = "auto", on_error: str = "raise",
-            thumbnails: int | None = None, processes: int = 1, device: str = "cpu") -> dict[str, Any]:
+            thumbnails: int | None = None, processes: int = 1, device: str = "cpu",
+            on_skip: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Rebuild (or, with append, extend) a bundle's gallery from `data`, in place;
-    `processes` > 1 embeds it with that many processes (same result), on GPUs with `device` "cuda"."""
+    `processes` > 1 embeds it with that many processes (same result), on GPUs with `device` "cuda";
+    `on_skip` hears each item left out ("ITEM: reason"; with on_error "skip")."""
     root = Path(bundle_dir)
     if not root.exists():
         raise UserError(f"{root}: no such bundle")
@@ -218,6 +225,8 @@ def reindex(bundle_dir: str | Path, data: str | Path, *, append: bool = False, i
     if m.get("gallery", {}).get("face_detection") == PRECROPPED:  # as the gallery was embedded: no face step
         encoder = Encoder(root / "encoder.onnx", bundle.plugin, bundle.pipeline.without("face"), device=device)
     new = embed_gallery(encoder, src, bundle.task, bundle.labels, thumb_size, on_error, processes)
+    for item in new.skipped if on_skip else ():
+        on_skip(item)
     if append:
         g_json = append_gallery_json(json.loads((root / "gallery.json").read_text()), new.gallery_json)
         thumbs = None
