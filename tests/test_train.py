@@ -110,6 +110,8 @@ def test_image_regression_l1_baseline_run(image_values: Path, tmp_path: Path) ->
     if not meta["knn_residual"]:  # plain kNN is served: the two figures are the same predictions
         assert final["val_served_mae"] == pytest.approx(final["val_knn_mae"], rel=1e-6)
     assert summary_line(final).endswith(f"served: {final['served']}")
+    assert summary_line({"stage": 2, "val_linear_mae": 2.5}) == "stage 2  val_linear_mae=2.5"  # no empty "epoch"
+    assert summary_line({"stage": 1, "epoch": 3, "loss": 0.5}).startswith("stage 1 epoch 3  loss=0.5000")
     assert meta["data"]["augment"]["preset"] == "colour"  # the baseline's augmentation is recorded
     # supemb viz redraws the map from the finished run
     png = tmp_path / "map.png"

@@ -253,7 +253,8 @@ def summary_line(metrics: dict[str, Any]) -> str:
     """One line of metrics.jsonl for the terminal: stage, epoch, loss and the headline figures."""
     keys = [k for k in metrics if any(s in k for s in ("_mae", "_acc", "ordinality", "map_at_r"))]
     body = "  ".join(f"{k}={metrics[k]:.4g}" for k in sorted(keys) if isinstance(metrics[k], (int, float)))
-    head = f"stage {metrics.get('stage')} epoch {metrics.get('epoch', '')}".strip()
+    epoch = f" epoch {metrics['epoch']}" if metrics.get("epoch") is not None else ""  # stage 2's convex fit: none
+    head = f"stage {metrics.get('stage')}{epoch}"
     loss = f"  loss={metrics['loss']:.4f}" if "loss" in metrics else ""
     served = f"  served: {metrics['served']}" if "served" in metrics else ""  # kNN or residual kNN (final line)
     return f"{head}{loss}  {body}{served}"
