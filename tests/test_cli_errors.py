@@ -299,9 +299,15 @@ def test_train_errors(run: Path, webcam: Path, tmp_path: Path, capsys) -> None:
     _fails(["train", "--config", tmp_path / "none.yaml"], 1, tmp_path / "none.yaml", capsys=capsys)
 
 
-def test_viz_of_a_folder_that_is_not_a_run(tmp_path: Path, capsys) -> None:
+def test_viz_of_a_folder_that_is_not_a_run(run: Path, tmp_path: Path, capsys) -> None:
     _fails(["viz", tmp_path], 1, tmp_path, capsys=capsys)
     _fails(["viz", tmp_path / "nowhere"], 1, tmp_path / "nowhere", capsys=capsys)
+    unfinished = tmp_path / "unfinished"  # config.json written, model.json not yet
+    unfinished.mkdir()
+    shutil.copy(run / "config.json", unfinished / "config.json")
+    code, out, err = _call(["viz", unfinished], capsys)
+    # one line naming what is missing, before any data is read (no training notes on the way)
+    assert code == 1 and len(err.splitlines()) == 1 and str(unfinished / "model.json") in err, err
 
 
 # ------------------------------------------------------------------ --debug, Ctrl-C

@@ -65,12 +65,12 @@ def embed_run(out: str | Path, split: str = "val") -> tuple[np.ndarray, np.ndarr
 
     run = RunDir(out)
     cfg = run.config()
+    metric = run.metric()  # an unfinished run (no model.json) stops here, before any data is read
     t = Trainer(cfg, resume=True)
     t._setup()
     if split not in t.data.splits or len(t.data.splits[split]) == 0:
         raise UserError(f"{out}: the data has no {split!r} split")
     run.load_encoder(t.model.encoder)
     t.ema = None  # the saved weights are the ones evaluated (the EMA's, where the run kept one)
-    metric = run.metric()
     feats, targets, _, _ = t.embed_split(split)
     return embedding_array(feats, metric), targets, cfg, metric
