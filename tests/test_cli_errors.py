@@ -205,6 +205,35 @@ def test_train_on_error_skip_leaves_out_an_image_that_does_not_decode(bad_data: 
     assert code == 0, err
 
 
+def test_train_on_error_skip_leaves_out_eeg_recordings_without_an_age_or_a_channel(tmp_path: Path, capsys) -> None:
+    """EEG ages from the headers: one header without an age, one file missing O2. fail: one line naming the
+    first; skip: both left out, listed in model.json, and the run's export needs no --on-error."""
+    import json
+
+    import numpy as np
+
+    from supemb.data.synthetic_eeg import TUH_FILE_CHANNELS, make_eeg_dataset, synth_recording, write_edf
+
+    data = make_eeg_dataset(tmp_path / "eeg", 14, duration_s=12.0, sfreq=100.0, seed=3)
+    (data / "labels.csv").unlink()  # ages from the EDF headers, as TUH's files carry them
+    rng = np.random.default_rng(0)
+    write_edf(data / "rec_003.edf", synth_recording(40, 12.0, 100.0, rng), 100.0,
+              [f"EEG {c}-REF" for c in TUH_FILE_CHANNELS], patient="X X X X")  # no age
+    kept = [c for c in TUH_FILE_CHANNELS if c != "O2"]
+    write_edf(data / "rec_005.edf", synth_recording(40, 12.0, 100.0, rng, channels=kept), 100.0,
+              [f"EEG {c}-REF" for c in kept], patient="X X X X Age:40")
+    args = ["train", "--data", data, "--target", "age", "--loss", "rnc", "--epochs", "1", "--batch-size", "8",
+            "--no-viz"]
+    _fails([*args, "--out", tmp_path / "failed"], 1, data / "rec_003.edf", capsys=capsys)
+    code, _, err = _call([*args, "--out", tmp_path / "run", "--on-error", "skip"], capsys)
+    assert code == 0 and "Traceback" not in err, err
+    summary = json.loads((tmp_path / "run" / "model.json").read_text())["data"]
+    assert summary["n_skipped"] == 2 and [s.split(":")[0] for s in summary["skipped"]] == [
+        str(data / "rec_003.edf"), str(data / "rec_005.edf")]
+    assert sum(n["recordings"] for n in summary["splits"].values()) == 12
+    assert _call(["export", tmp_path / "run", "--out", tmp_path / "b"], capsys)[0] == 0
+
+
 def test_a_class_loss_on_a_value_column_is_refused_before_training(webcam: Path, tmp_path: Path, capsys) -> None:
     """--loss supcon on temperatures would make each reading its own class (and fit a 40-class head)."""
     line = _fails(["train", "--data", webcam, "--target", "temperature", "--loss", "supcon", "--epochs", "1",

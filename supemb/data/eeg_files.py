@@ -210,11 +210,12 @@ def age_from_header(path: str | Path) -> float:
     return age
 
 
-def read_targets_csv(csv_path: str | Path, target: str) -> list[EEGRecord]:
+def read_targets_csv(csv_path: str | Path, target: str, skipped: list[str] | None = None) -> list[EEGRecord]:
     """Records from a CSV with a `path` column (relative to the CSV), a `target` column
     and an optional `split` column.
 
     Targets are floats when every value parses as a number, else strings (classes).
+    skipped: None raises on a bad row; a list collects "CSV: line N: problem" and leaves the row out.
     """
     csv_path = Path(csv_path)
     try:
@@ -235,17 +236,18 @@ def read_targets_csv(csv_path: str | Path, target: str) -> list[EEGRecord]:
     splits: list[str | None] = []
     for i, row in enumerate(rows, start=2):  # line 1 is the header
         p, t = (row.get("path") or "").strip(), (row.get(target) or "").strip()
-        if not p or not t:
-            raise UserError(f"{csv_path}: line {i}: empty 'path' or {target!r}")
         full = Path(p) if Path(p).is_absolute() else csv_path.parent / p
-        if not full.is_file():
-            raise UserError(f"{csv_path}: line {i}: no such file {full}")
         sp = (row.get("split") or "").strip() or None
-        if sp is not None and sp not in SPLITS:
-            raise UserError(f"{csv_path}: line {i}: split {sp!r} is not one of {SPLITS}")
+        problem = (f"empty 'path' or {target!r}" if not p or not t else f"no such file {full}" if not full.is_file()
+                   else f"split {sp!r} is not one of {SPLITS}" if sp is not None and sp not in SPLITS else None)
+        if problem:
+            _bad(f"{csv_path}: line {i}: {problem}", skipped)
+            continue
         paths.append(full)
         raw_targets.append(t)
         splits.append(sp)
+    if not paths:  # every row was left out
+        raise UserError(f"{csv_path}: no usable rows ({len(skipped or [])} skipped; first: {(skipped or [''])[0]})")
     numeric = [_to_float(t) for t in raw_targets]
     targets: list[float | str] = (
         list(raw_targets) if any(v is None for v in numeric) else [float(v) for v in numeric]  # type: ignore[arg-type]
@@ -261,17 +263,18 @@ def _to_float(s: str) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def list_recordings(data: str | Path, target: str) -> list[EEGRecord]:
+def list_recordings(data: str | Path, target: str, skipped: list[str] | None = None) -> list[EEGRecord]:
     """What `--data PATH --target COLUMN` means for EEG.
 
     data: a CSV, or a folder. A folder's `labels.csv` is used when it has the
     target column; otherwise, for target "age", every EDF/BDF/FIF under the
     folder (sorted) gets its age from its header. Splits come from the CSV's
     `split` column where present, else None (draw them with `supemb.data.splits.assign_splits`).
+    skipped: None raises on a bad row or header; a list collects each problem and leaves the file out.
     """
     data = Path(data)
     if data.is_file() and data.suffix.lower() == ".csv":
-        return read_targets_csv(data, target)
+        return read_targets_csv(data, target, skipped)
     if not data.is_dir():
         raise UserError(f"{data}: not a CSV file or a folder of EEG recordings")
     labels = data / "labels.csv"
@@ -279,7 +282,7 @@ def list_recordings(data: str | Path, target: str) -> list[EEGRecord]:
         with open(labels, newline="", encoding="utf-8") as f:
             header = next(csv.reader(f), [])
         if target in header:
-            return read_targets_csv(labels, target)
+            return read_targets_csv(labels, target, skipped)
     if target != "age":
         raise UserError(
             f"{data}: no labels.csv with a {target!r} column (only 'age' can come from EDF headers)"
@@ -287,4 +290,19 @@ def list_recordings(data: str | Path, target: str) -> list[EEGRecord]:
     files = sorted(p for p in data.rglob("*") if p.is_file() and is_eeg_file(p))
     if not files:
         raise UserError(f"{data}: no .edf, .bdf or .fif recordings found")
-    return [EEGRecord(p, age_from_header(p)) for p in files]
+    records = []
+    for p in files:
+        try:
+            records.append(EEGRecord(p, age_from_header(p)))
+        except UserError as err:
+            _bad(str(err), skipped)
+    if not records:
+        raise UserError(f"{data}: no recording has a usable age ({len(files)} skipped; first: {skipped[0]})")
+    return records
+
+
+def _bad(problem: str, skipped: list[str] | None) -> None:
+    """Raise `problem`, or (a `skipped` list: on_error "skip") note it and go on."""
+    if skipped is None:
+        raise UserError(problem)
+    skipped.append(problem)

@@ -126,6 +126,7 @@ class ImageTable:
             "n_records": len(self.records),
             "splits": counts,
             "n_skipped": len(self.skipped),
+            "skipped": [str(s) for s in self.skipped],
         }
 
 

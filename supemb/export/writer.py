@@ -116,7 +116,10 @@ def export_run(
     if gallery:
         src = data_gallery(gallery, plugin, task, meta["target"], on_error=on_error)
     else:
-        src = run_training_gallery(plugin, run_dir.config())
+        cfg = run_dir.config()
+        src = run_training_gallery(plugin, cfg)
+        if cfg.on_error == "skip":  # the run's own gallery leaves out what its training left out
+            on_error = "skip"
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

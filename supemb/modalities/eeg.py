@@ -175,18 +175,21 @@ class EEGModality(Modality):
         from supemb.data.eeg_files import list_recordings
 
         check_task(self, task, data)
-        records = list_recordings(data, target)
-        return Listing([str(r.path) for r in records], [float(r.target) for r in records])
+        skipped: list[str] | None = [] if on_error == "skip" else None
+        records = list_recordings(data, target, skipped)
+        return Listing([str(r.path) for r in records], [float(r.target) for r in records], skipped or [])
 
-    def _records(self, cfg: Any) -> list[Any]:
+    def _records(self, cfg: Any, skipped: list[str] | None = None) -> list[Any]:
+        """The recordings and their seeded splits; `skipped` (a list: --on-error skip) collects the
+        rows and headers left out. The splits are drawn over the usable recordings."""
         from supemb.data.eeg_files import EEG_TEST_FRAC, EEG_VAL_FRAC, list_recordings
         from supemb.data.splits import assign_splits
 
-        return assign_splits(list_recordings(Path(cfg.data), cfg.target), val_frac=EEG_VAL_FRAC,
+        return assign_splits(list_recordings(Path(cfg.data), cfg.target, skipped), val_frac=EEG_VAL_FRAC,
                              test_frac=EEG_TEST_FRAC, seed=cfg.seed)
 
     def training_gallery(self, cfg: Any) -> Listing:
-        train = [r for r in self._records(cfg) if r.split == "train"]
+        train = [r for r in self._records(cfg, [] if cfg.on_error == "skip" else None) if r.split == "train"]
         return Listing([str(r.path) for r in train], [float(r.target) for r in train])
 
     def training_pipeline(self, cfg: Any) -> Pipeline:
@@ -204,15 +207,29 @@ class EEGModality(Modality):
         pipe = self.training_pipeline(cfg)
         before, _ = pipe.split_at(self.augment_from)  # each recording preprocessed once; windows cut lazily
         spec = self.spec(pipe)
-        records = self._records(cfg)
+        skipped: list[str] | None = [] if cfg.on_error == "skip" else None
+        records = self._records(cfg, skipped)
         datasets: dict[str, Any] = {}
 
+        def prepared(r: Any) -> Any:
+            """The recording preprocessed, or (skip) None where it cannot be (missing channels, damage)."""
+            try:
+                return before.run(r.path).data
+            except UserError as err:
+                if skipped is None:
+                    raise
+                skipped.append(str(err))
+                return None
+
         def split_of(name: str) -> Split | None:
-            chosen = [r for r in records if r.split == name]
+            chosen, arrays = [], []
+            for r in records:
+                if r.split == name and (x := prepared(r)) is not None:
+                    chosen.append(r)
+                    arrays.append(x)
             if not chosen:
                 return None
-            ds = datasets[name] = EEGWindowDataset([before.run(r.path).data for r in chosen],
-                                                   [r.target for r in chosen], spec,
+            ds = datasets[name] = EEGWindowDataset(arrays, [r.target for r in chosen], spec,
                                                    paths=[r.path for r in chosen])
             return Split(load=lambda i: ds[i][0], targets=np.asarray(ds.window_targets, dtype=np.float32),
                          groups=np.asarray(ds.recording_index), names=[str(p) for p in (ds.paths or [])])
@@ -224,7 +241,7 @@ class EEGModality(Modality):
             preprocessing=pipe.to_record(), augment=lambda x, g: augment(x, g), eval_transform=lambda x: x,
             encoder_kwargs=self.encoder_kwargs(pipe),
             summary={"source": str(data), "target": cfg.target, "task": "regression", "splits": counts,
-                     "augment": aug_record},
+                     "augment": aug_record, "n_skipped": len(skipped or []), "skipped": skipped or []},
             augment_spec=aug_record)
 
 
