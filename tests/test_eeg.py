@@ -373,6 +373,37 @@ def test_age_from_fif_his_id(tmp_path: Path) -> None:
     f = tmp_path / "s1_raw.fif"
     raw.save(f, verbose="error")
     assert age_from_header(f) == 33.0
+    raw.info["subject_info"] = {"his_id": "s2"}
+    raw.save(tmp_path / "s2_raw.fif", verbose="error")
+    with pytest.raises(UserError, match=r"s2_raw\.fif: no age in the header \(expected 'Age:NN', NN at most 130, "
+                                        r"in subject_info's his_id, found 's2'\)"):
+        age_from_header(tmp_path / "s2_raw.fif")
+
+
+@pytest.mark.parametrize("text, age", [("Age:45", 45.0), ("age: 045", 45.0), ("Age:450", None), ("Age:130", 130.0),
+                                       ("45Y", None), ("Age:", None)])
+def test_header_ages_above_any_lifespan_are_not_ages(text: str, age) -> None:
+    from supemb.data.eeg_files import parse_age
+
+    assert parse_age(text) == age
+
+
+def test_every_mne_read_holds_the_lock_that_keeps_its_log_level_to_itself(tmp_path: Path) -> None:
+    """mne's verbose= sets a process-wide log level; decode threads reading at once would let one thread's
+    restore print another's INFO lines on stdout (into --json). A read waits for the lock another holds."""
+    import threading
+
+    from supemb.data.eeg_files import MNE_LOCK, read_recording
+
+    f = _write(tmp_path / "a.edf", ["EEG O1-REF"], _distinct(1, 200), patient="x M x x Age:7")
+    done = []
+    with MNE_LOCK:
+        reader = threading.Thread(target=lambda: done.append(read_recording(f)))
+        reader.start()
+        reader.join(timeout=0.5)
+        assert reader.is_alive() and not done  # waiting for the lock
+    reader.join(timeout=30)
+    assert len(done) == 1
 
 
 def test_targets_from_csv(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -89,6 +90,12 @@ def is_eeg_file(path: Path) -> bool:
     return path.name.lower().endswith(EEG_SUFFIXES)
 
 
+# mne's verbose= sets its process-wide log level for the call and restores it after: two threads
+# (the decode threads of supemb.embed.batches) would restore each other's INFO mid-read, and mne
+# logs to stdout, into `--json` output. Every mne call of ours with verbose= holds this lock.
+MNE_LOCK = threading.Lock()
+
+
 def read_recording(path: str | Path) -> mne.io.BaseRaw:
     """Read an .edf, .bdf or .fif recording, preloaded. One-line UserError on failure."""
     import mne
@@ -97,15 +104,14 @@ def read_recording(path: str | Path) -> mne.io.BaseRaw:
     if not path.is_file():
         raise UserError(f"{path}: no such EEG file")
     name = path.name.lower()
+    readers = {".edf": mne.io.read_raw_edf, ".bdf": mne.io.read_raw_bdf, ".fif": mne.io.read_raw_fif,
+               ".fif.gz": mne.io.read_raw_fif}
+    reader = next((r for suffix, r in readers.items() if name.endswith(suffix)), None)
+    if reader is None:
+        raise UserError(f"{path}: not an EEG file (expected .edf, .bdf or .fif)")
     try:
-        if name.endswith(".edf"):
-            raw = mne.io.read_raw_edf(path, preload=True, verbose="error")
-        elif name.endswith(".bdf"):
-            raw = mne.io.read_raw_bdf(path, preload=True, verbose="error")
-        elif name.endswith((".fif", ".fif.gz")):
-            raw = mne.io.read_raw_fif(path, preload=True, verbose="error")
-        else:
-            raise UserError(f"{path}: not an EEG file (expected .edf, .bdf or .fif)")
+        with MNE_LOCK:
+            raw = reader(path, preload=True, verbose="error")
     except UserError:
         raise
     except Exception as e:  # mne raises many types for damaged files
@@ -182,10 +188,13 @@ def read_patient_field(path: str | Path) -> str:
     return head[8:88].decode("latin-1").strip()
 
 
+MAX_AGE = 130  # years; a header age above it is a typo or a code, not an age
+
+
 def parse_age(text: str) -> float | None:
-    """`... Age:35 ...` (TUH convention, case-insensitive) -> 35.0; None if absent."""
+    """`... Age:35 ...` (TUH convention, case-insensitive) -> 35.0; None if absent or above MAX_AGE."""
     m = _AGE_RE.search(text)
-    return float(m.group(1)) if m else None
+    return float(m.group(1)) if m and float(m.group(1)) <= MAX_AGE else None
 
 
 def age_from_header(path: str | Path) -> float:
@@ -196,15 +205,24 @@ def age_from_header(path: str | Path) -> float:
     `his_id`. Raises UserError naming the file when there is no usable age.
     """
     path = Path(path)
+    field = "the patient field"
     if path.name.lower().endswith((".fif", ".fif.gz")):
-        info = read_recording(path).info.get("subject_info") or {}
-        text = str(info.get("his_id", ""))
+        import mne
+
+        if not path.is_file():
+            raise UserError(f"{path}: no such EEG file")
+        try:
+            with MNE_LOCK:  # the header only, not the recording
+                info = mne.io.read_info(path, verbose="error").get("subject_info") or {}
+        except Exception as e:  # mne raises many types for damaged files
+            raise UserError(f"{path}: cannot read the recording ({' '.join(str(e).split()) or type(e).__name__})")
+        text, field = str(info.get("his_id", "")), "subject_info's his_id"
     else:
         text = read_patient_field(path)
     age = parse_age(text)
     if age is None:
         raise UserError(
-            f"{path}: no age in the header (expected 'Age:NN' in the patient field, "
+            f"{path}: no age in the header (expected 'Age:NN', NN at most {MAX_AGE}, in {field}, "
             f"found {text!r}); give the ages in a CSV instead"
         )
     return age

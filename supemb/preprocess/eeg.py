@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from supemb.data.eeg_files import TUH_CHANNELS, channel_lookup, normalize_channel_name, read_recording
+from supemb.data.eeg_files import MNE_LOCK, TUH_CHANNELS, channel_lookup, normalize_channel_name, read_recording
 from supemb.errors import UserError
 
 if TYPE_CHECKING:  # mne is imported where used: importing this module stays light
@@ -188,13 +188,13 @@ def preprocess_raw(raw: mne.io.BaseRaw, spec: EEGSpec, source: str | Path | None
     if not np.isfinite(x).all():
         raise UserError(f"{source}: the signal has NaN or infinite samples")
     if sfreq_in != spec.sfreq:
-        x = mne.filter.resample(x, up=spec.sfreq, down=sfreq_in, verbose="error")
+        with MNE_LOCK:  # verbose= sets mne's process-wide log level (see MNE_LOCK)
+            x = mne.filter.resample(x, up=spec.sfreq, down=sfreq_in, verbose="error")
         if x.shape[1] < need:  # resampling rounded the length down
             raise too_short
     if spec.l_freq is not None or spec.h_freq is not None:
-        x = mne.filter.filter_data(
-            x, spec.sfreq, spec.l_freq, spec.h_freq, copy=False, verbose="error"
-        )
+        with MNE_LOCK:
+            x = mne.filter.filter_data(x, spec.sfreq, spec.l_freq, spec.h_freq, copy=False, verbose="error")
     x = np.clip(x * 1e6, -spec.clip_uv, spec.clip_uv)  # volts -> microvolts
     x = scale_signal(x, spec)
     return np.ascontiguousarray(x, dtype=np.float32)
