@@ -614,16 +614,27 @@ def image_records(draw) -> list[ImageRecord]:
 def test_assign_splits_disjoint_complete_seeded_and_order_free(records, fracs, seed: int, stratify: bool,
                                                                 rnd) -> None:
     val, test = fracs
-    out = assign_splits(records, val_frac=val, test_frac=test, seed=seed, stratify=stratify)
+    full = assign_splits(records, val_frac=val, test_frac=test, seed=seed, stratify=stratify)
+    out = assign_splits(records, val_frac=val, test_frac=test, seed=seed, stratify=stratify, val_from_train=False)
+    if any(r.split == "val" for r in out) or val == 0:
+        assert full == out  # val drawn as documented: nothing taken from train
+    else:  # no val: only training items change, to val (at least one where two or more) or a drawn one to test
+        changed = [(o, f) for o, f in zip(out, full) if o.split != f.split]
+        assert all(o.split == "train" and f.split in ("val", "test") for o, f in changed)
+        assert all(f.split == "val" for (o, f), r in zip(zip(out, full), records) if o != f and r.split == "train")
+        assert any(f.split == "val" for f in full) or sum(o.split == "train" for o in out) <= (
+            len({o.target for o in out if o.split == "train"}) if stratify else 1)
     assert [r.path for r in out] == [r.path for r in records] and [r.target for r in out] == [r.target for r in records]
     assert all(r.split in SPLITS for r in out)  # complete, and one split each: disjoint
     assert all(o.split == r.split for o, r in zip(out, records) if r.split is not None)  # given splits kept
-    assert out == assign_splits(records, val_frac=val, test_frac=test, seed=seed, stratify=stratify)
+    assert out == assign_splits(records, val_frac=val, test_frac=test, seed=seed, stratify=stratify,
+                                val_from_train=False)
     shuffled = list(records)
     rnd.shuffle(shuffled)
-    again = {r.path: r.split for r in assign_splits(shuffled, val_frac=val, test_frac=test, seed=seed,
-                                                    stratify=stratify)}
-    assert again == {r.path: r.split for r in out}
+    for fallback, want in ((False, out), (True, full)):
+        again = {r.path: r.split for r in assign_splits(shuffled, val_frac=val, test_frac=test, seed=seed,
+                                                        stratify=stratify, val_from_train=fallback)}
+        assert again == {r.path: r.split for r in want}
     drawn = [(o, r) for o, r in zip(out, records) if r.split is None]
     groups = sorted({o.target for o, _ in drawn}) if stratify else [None]
     for c in groups:

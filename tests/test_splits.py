@@ -51,3 +51,30 @@ def test_assign_splits_eeg_pinned() -> None:
 def test_split_fractions_checked() -> None:
     with pytest.raises(UserError, match="sum to < 1"):
         split_labels(10, val_frac=0.5, test_frac=0.5)
+
+
+def test_classes_too_small_for_a_per_class_draw_still_give_val_and_test() -> None:
+    """Ten classes of five: each class alone rounds 10 % to none; the classes take turns instead."""
+    recs = [ImageRecord(Path(f"{c}/{i}.png"), str(c), None) for c in range(10) for i in range(5)]
+    out = assign_splits(recs, stratify=True)
+    held = {s: sorted(r.target for r in out if r.split == s) for s in ("val", "test")}
+    assert len(held["val"]) == len(held["test"]) == 5
+    assert len(set(held["val"] + held["test"])) == 10  # one item of every class, each keeps four in train
+    assert out == assign_splits(recs, stratify=True)  # seeded
+
+
+def test_fixed_train_and_test_only_draw_val_from_train_and_keep_test() -> None:
+    recs = [EEGRecord(Path(f"r{i:02d}.edf"), float(i), "test" if i >= 40 else "train") for i in range(50)]
+    out = assign_splits(recs)
+    assert [r.split for r in out[40:]] == ["test"] * 10  # the given test split is untouched
+    val = [r for r in out[:40] if r.split == "val"]
+    assert len(val) == 4 and all(r.split in ("train", "val") for r in out[:40])
+
+
+def test_a_draw_that_gives_val_items_is_left_as_it_was() -> None:
+    recs = [ImageRecord(Path(f"img{i:02d}.png"), "abc"[i % 3], None) for i in range(30)]
+    strat = assign_splits(recs, seed=2, stratify=True)
+    per_class = [split_labels(10, seed=2 + 1_000_003 * k) for k in range(3)]  # each class's own draw, as before
+    for k, labels in enumerate(per_class):
+        mine = sorted((r for r in strat if r.target == "abc"[k]), key=lambda r: str(r.path))
+        assert [r.split for r in mine] == labels

@@ -62,12 +62,17 @@ def assign_splits(
     test_frac: float = 0.1,
     seed: int = 0,
     stratify: bool = False,
+    val_from_train: bool = True,
 ) -> list[R]:
     """Give every record without a split one; records with a split keep it.
 
     The draw sorts the unsplit records by path first, so it does not depend on
     the order of the list. stratify: split each class (target value) on its
     own, so rare classes reach val and test. Returns records in input order.
+
+    Where that leaves no val item at all, val comes from the training items instead
+    (`_val_from_train`; val_from_train=False: not): fixed splits with only train and test (a
+    published split), or classes each too small for a per-class draw (five or fewer at 10 %).
     """
     todo = sorted((i for i, r in enumerate(records) if r.split is None), key=lambda i: str(records[i].path))
     if stratify:
@@ -83,4 +88,32 @@ def assign_splits(
         labels = split_labels(len(idx), val_frac=val_frac, test_frac=test_frac, seed=seed + 1_000_003 * k)
         for i, lab in zip(idx, labels):
             out[i] = replace(records[i], split=lab)  # type: ignore[type-var]
+    if val_from_train and val_frac > 0 and not any(r.split == "val" for r in out):
+        drawn = set(todo)  # fixed training rows may become val, never test; drawn ones either
+        pool = [i for i in todo if out[i].split == "train"] or [i for i, r in enumerate(out) if r.split == "train"]
+        no_test = not any(out[i].split == "test" for i in todo)
+        out = _val_from_train(out, pool, val_frac, test_frac if drawn and no_test else 0.0, seed, stratify)
+    return out
+
+
+def _val_from_train(records: list[R], pool: list[int], val_frac: float, test_frac: float, seed: int,
+                    stratify: bool) -> list[R]:
+    """round(n * val_frac) of the n training records `pool` (at least one) become val, and, with
+    test_frac > 0, the next round(n * test_frac) become test. Seeded; with stratify the classes
+    take turns (in a seeded order), each keeping one item in train, so small classes are spread
+    over val and test rather than each rounding to none."""
+    train = sorted(pool, key=lambda i: str(records[i].path))
+    groups: dict[str, list[int]] = {}
+    for i in train:
+        groups.setdefault(str(records[i].target) if stratify else "", []).append(i)
+    rng = np.random.default_rng(seed + 7_777_777)
+    queues = [[g[j] for j in rng.permutation(len(g))][1 if stratify else 0:] for _, g in sorted(groups.items())]
+    queues = [queues[j] for j in rng.permutation(len(queues))]
+    order = [q[j] for j in range(max(map(len, queues), default=0)) for q in queues if j < len(q)]  # turns
+    spare = len(order) - (0 if stratify else 1)  # at least one item stays in train (stratify: one per class)
+    n_val = min(max(1, round(len(train) * val_frac)), spare)
+    n_test = min(round(len(train) * test_frac), spare - n_val)
+    out = list(records)
+    for rank, i in enumerate(order[: n_val + n_test]):
+        out[i] = replace(records[i], split="val" if rank < n_val else "test")  # type: ignore[type-var]
     return out
