@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from supemb.data.image_filename_layouts import read_agedb_table, read_utkface_table
+from supemb.data.image_filename_layouts import parse_agedb, parse_utkface, read_agedb_table, read_utkface_table
 from supemb.data.image_files import DEFAULT_MAX_PIXELS, load_image, to_rgb
 from supemb.data.image_layouts import detect_format, load_image_table, read_csv_table, read_folder_table
 from supemb.data.image_table import ImageRecord, ImageTable, verify_images
@@ -207,8 +207,9 @@ def test_csv_text_column_is_classification(tmp_path: Path) -> None:
 
 
 def test_csv_forced_classification_orders_numeric_classes(tmp_path: Path) -> None:
-    _png(tmp_path / "a.png")
-    _write_csv(tmp_path / "labels.csv", "path,grade\na.png,10\na.png,2\na.png,1")
+    for name in "abc":
+        _png(tmp_path / f"{name}.png")
+    _write_csv(tmp_path / "labels.csv", "path,grade\na.png,10\nb.png,2\nc.png,1")
     table = load_image_table(tmp_path, "grade", task="classification")
     assert table.task == "classification" and table.classes == ("1", "2", "10")
 
@@ -230,7 +231,7 @@ def test_csv_missing_columns(tmp_path: Path) -> None:
 
 
 def _bad_rows_csv(tmp_path: Path) -> Path:
-    for i in range(5):
+    for i in range(6):
         _png(tmp_path / f"{i}.png")
     return _write_csv(
         tmp_path / "labels.csv",
@@ -243,7 +244,7 @@ def _bad_rows_csv(tmp_path: Path) -> Path:
                 "2.png,nan,train",  # line 5: NaN
                 "3.png,,train",  # line 6: empty
                 "4.png,33,holdout",  # line 7: unknown split
-                "0.png,34,",  # line 8: fine, no split
+                "5.png,34,",  # line 8: fine, no split
             ]
         ),
     )
@@ -280,8 +281,9 @@ def test_bad_rows_skipped_with_count_and_reasons(tmp_path: Path) -> None:
 
 
 def test_mostly_numeric_column_is_regression_with_bad_rows(tmp_path: Path) -> None:
-    _png(tmp_path / "a.png")
-    _write_csv(tmp_path / "labels.csv", "path,age\na.png,30\na.png,31\na.png,thirty")
+    for name in "abc":
+        _png(tmp_path / f"{name}.png")
+    _write_csv(tmp_path / "labels.csv", "path,age\na.png,30\nb.png,31\nc.png,thirty")
     with pytest.raises(UserError, match=r"line 4: 'age' value 'thirty' is not a number"):
         read_csv_table(tmp_path, "age")
 
@@ -290,6 +292,37 @@ def test_all_rows_bad_is_an_error_even_when_skipping(tmp_path: Path) -> None:
     _write_csv(tmp_path / "labels.csv", "path,age\ngone.png,30")
     with pytest.raises(UserError, match=r"no usable images \(1 skipped; first problem: .*gone\.png"):
         read_csv_table(tmp_path, "age", on_error="skip")
+
+
+def test_csv_path_listed_twice_is_a_bad_row(tmp_path: Path) -> None:
+    for name in "abc":
+        _png(tmp_path / "img" / f"{name}.png")
+    rows = ["img/a.png,1", "img/b.png,2", "img/a.png,1.0", "img/../img/b.png,9", "img/c.png,3"]
+    csv_path = _write_csv(tmp_path / "t.csv", "\n".join(["path,t", *rows]))
+    with pytest.raises(UserError) as e:
+        load_image_table(csv_path, "t")
+    assert str(e.value) == f"{csv_path}: line 4: img/a.png is listed twice (lines 2 and 4)"
+    table = load_image_table(csv_path, "t", on_error="skip")
+    assert [(r.path.name, r.target) for r in table.records] == [("a.png", 1.0), ("b.png", 2.0), ("c.png", 3.0)]
+    assert [str(s) for s in table.skipped] == [
+        f"{csv_path}: line 4: img/a.png is listed twice (lines 2 and 4)",
+        f"{csv_path}: line 5: img/../img/b.png is listed twice (lines 3 and 5; line 3 writes it 'img/b.png') "
+        "with different 't': '2' and '9'",
+    ]
+
+
+@pytest.mark.parametrize(("sep", "said"), [(";", "';'"), ("\t", "tabs")])
+def test_csv_with_another_delimiter(tmp_path: Path, sep: str, said: str) -> None:
+    _png(tmp_path / "a.png")
+    csv_path = _write_csv(tmp_path / "t.csv", f"path{sep}temperature\na.png{sep}1,5")
+    with pytest.raises(UserError) as e:
+        read_csv_table(csv_path, "temperature")
+    assert str(e.value) == f"{csv_path}: fields are separated by {said}; supemb reads comma-separated files " \
+        "(save it as CSV with commas)"
+    assert "\t" not in str(e.value)
+    (tmp_path / "t.tsv").write_text("path\ttemperature\na.png\t1\n")
+    with pytest.raises(UserError, match=r"t\.tsv: a tab-separated file; supemb reads comma-separated"):
+        load_image_table(tmp_path / "t.tsv")
 
 
 # ------------------------------------------------------------ folder layout
@@ -323,6 +356,63 @@ def test_folder_with_split_folders(tmp_path: Path) -> None:
 def test_folder_without_classes(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no images in class sub-folders"):
         read_folder_table(tmp_path)
+    _png(tmp_path / "loose.png")
+    with pytest.raises(UserError, match=r"<image>; 1 image\(s\) not inside a class folder\)$"):
+        read_folder_table(tmp_path)
+
+
+def test_folder_has_one_target_class(tmp_path: Path) -> None:
+    _png(tmp_path / "cat" / "1.png")
+    assert read_folder_table(tmp_path, "class").target == "class"
+    with pytest.raises(UserError) as e:
+        load_image_table(tmp_path, "age", task="classification")
+    assert str(e.value) == f"{tmp_path}: a folder-per-class dataset has one target, 'class' " \
+        "(its sub-folders' names), not 'age'"
+
+
+@pytest.mark.parametrize(("layout", "label", "names"), [
+    ("utkface", "UTKFace", ["25_0_2_20170116174525125.jpg.chip.jpg", "61_1_0_20170109142408075.jpg"]),
+    ("agedb", "AgeDB", ["0_MariaCallas_35_f.jpg", "1_J.R.R.Tolkien_50_m.jpg"]),
+])
+def test_named_files_in_part_folders_point_to_format(tmp_path: Path, layout: str, label: str, names: list[str]) -> None:
+    for k, name in enumerate(names):  # UTKFace as distributed: part1/ part2/ ...
+        _png(tmp_path / f"part{k + 1}" / name)
+    hint = f"; its file names look like {label}'s: pass --format {layout}"
+    assert detect_format(tmp_path) == "folder"
+    for task in ("auto", "classification", "regression"):  # --target age with rnc, or following --loss supcon
+        with pytest.raises(UserError, match=r"not 'age'" + hint.replace(".", r"\.") + "$"):
+            load_image_table(tmp_path, "age", task=task)
+    with pytest.raises(UserError, match=r"is a classification task: .*learns values\)" + hint + "$"):
+        load_image_table(tmp_path, "class", task="regression")
+    assert sorted(r.target for r in load_image_table(tmp_path, "age", format=layout).records) == [35.0, 50.0] \
+        if layout == "agedb" else [25.0, 61.0]
+
+
+def test_stray_folder_beside_split_folders_is_refused(tmp_path: Path) -> None:
+    for folder in ("train", "val", "test", "unsorted"):
+        _png(tmp_path / folder / "a" / "1.png")
+    with pytest.raises(UserError) as e:
+        load_image_table(tmp_path)
+    assert str(e.value) == f"{tmp_path}: unsorted/ is beside train/ val/ test/: a split layout holds only those; " \
+        "move it out"
+    _png(tmp_path / "misc" / "a" / "2.png")
+    with pytest.raises(UserError, match=r": misc/ and unsorted/ are beside train/ val/ test/: .*move them out$"):
+        load_image_table(tmp_path)
+
+
+def test_images_beside_class_folders_are_listed_not_used(tmp_path: Path) -> None:
+    _png(tmp_path / "cat" / "1.png")
+    _png(tmp_path / "dog" / "1.png")
+    stray = _png(tmp_path / "stray.png")
+    table = load_image_table(tmp_path)  # on_error="raise": not an error
+    assert len(table) == 2 and table.summary()["n_skipped"] == 1
+    assert table.summary()["skipped"] == [f"{stray}: not inside a class folder"]
+    split_root = tmp_path / "splits"
+    _png(split_root / "train" / "a" / "1.png")
+    _png(split_root / "val" / "a" / "2.png")
+    loose = [_png(split_root / "top.png"), _png(split_root / "train" / "loose.png")]
+    table = read_folder_table(split_root)
+    assert len(table) == 2 and [s.where for s in table.skipped] == [str(p) for p in loose]
 
 
 # ------------------------------------------------------- named conventions
@@ -363,6 +453,16 @@ def test_agedb(tmp_path: Path) -> None:
     names = read_agedb_table(tmp_path, "name")
     assert names.classes == ("Jean_Paul_Sartre", "MariaCallas")
     assert read_agedb_table(tmp_path, "gender").classes == ("female", "male")
+
+
+def test_agedb_names_with_dots(tmp_path: Path) -> None:
+    assert parse_agedb("1_J.R.R.Tolkien_50_m.jpg") == {"age": "50", "gender": "male", "name": "J.R.R.Tolkien"}
+    assert parse_agedb("2_Dr. Who_40_m.jpg") == {"age": "40", "gender": "male", "name": "Dr. Who"}
+    assert parse_utkface("25_0_2_20170116174525125.jpg.chip.jpg") == {"age": "25", "gender": "male", "race": "asian"}
+    _png(tmp_path / "1_J.R.R.Tolkien_50_m.jpg")
+    _png(tmp_path / "2_Dr. Who_40_m.jpg")
+    assert detect_format(tmp_path) == "agedb"
+    assert read_agedb_table(tmp_path, "name").classes == ("Dr. Who", "J.R.R.Tolkien")
 
 
 def test_agedb_bad_name_skipped(tmp_path: Path) -> None:
@@ -418,9 +518,9 @@ def test_stratified_split_reaches_every_class() -> None:
 
 
 def test_table_split_targets_regression_and_classification(tmp_path: Path) -> None:
-    for i in range(5):
-        _png(tmp_path / f"{i}.png", (i * 60, 0, 0), size=(5, 3))
-    lines = "\n".join(f"{i}.png,{i * 1.5},{'ab'[i % 2]},{'train' if i < 4 else 'test'}" for i in range(5))
+    for i in range(6):
+        _png(tmp_path / f"{i}.png", (i * 40, 0, 0), size=(5, 3))
+    lines = "\n".join(f"{i}.png,{i * 1.5},{'ab'[i % 2]},{(['train'] * 4 + ['test', 'val'])[i]}" for i in range(6))
     _write_csv(tmp_path / "labels.csv", "path,value,kind,split\n" + lines)
 
     reg = load_image_table(tmp_path, "value")
@@ -428,7 +528,7 @@ def test_table_split_targets_regression_and_classification(tmp_path: Path) -> No
     assert [r.path.name for r in train] == ["0.png", "1.png", "2.png", "3.png"]
     y = reg.targets(train)
     assert y.dtype == np.float32 and y.tolist() == pytest.approx([0.0, 1.5, 3.0, 4.5])
-    assert np.asarray(load_image(train[2].path))[0, 0].tolist() == [120, 0, 0]
+    assert np.asarray(load_image(train[2].path))[0, 0].tolist() == [80, 0, 0]
     cls = load_image_table(tmp_path, "kind")
     assert cls.task == "classification" and cls.classes == ("a", "b")
     assert cls.targets(cls.split("train")).dtype == np.int64

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from supemb.data.image_files import images_under
 from supemb.data.image_table import ImageTable, RawRow, RowProblems, make_table
@@ -27,14 +27,19 @@ _UTK_RE = re.compile(r"^(\d{1,3})_(\d)_(\d)_(\d+)$")
 _AGEDB_RE = re.compile(r"^(\d+)_(.+)_(\d{1,3})_([mMfF])$")
 
 
-def _stem(name: str) -> str:
+def _utk_stem(name: str) -> str:
     # UTKFace's aligned crops are named "..._{date}.jpg.chip.jpg": drop every suffix.
     return name.split(".", 1)[0]
 
 
+def _agedb_stem(name: str) -> str:
+    # AgeDB's name part may hold dots ("1_J.R.R.Tolkien_50_m.jpg"): drop the image suffix only.
+    return name.rsplit(".", 1)[0]
+
+
 def parse_utkface(name: str) -> dict[str, str] | None:
     """A UTKFace file name -> {"age", "gender", "race"} (text), or None when it does not parse."""
-    m = _UTK_RE.match(_stem(name))
+    m = _UTK_RE.match(_utk_stem(name))
     if m is None:
         return None
     age, gender, race, _ = m.groups()
@@ -45,11 +50,27 @@ def parse_utkface(name: str) -> dict[str, str] | None:
 
 def parse_agedb(name: str) -> dict[str, str] | None:
     """An AgeDB file name -> {"age", "gender", "name"} (text), or None when it does not parse."""
-    m = _AGEDB_RE.match(_stem(name))
+    m = _AGEDB_RE.match(_agedb_stem(name))
     if m is None:
         return None
     _, person, age, gender = m.groups()
     return {"age": age, "gender": AGEDB_GENDERS[gender.lower()], "name": person}
+
+
+NAMED_LAYOUTS: dict[str, tuple[str, Callable[[str], dict[str, str] | None]]] = {
+    "utkface": ("UTKFace", parse_utkface),
+    "agedb": ("AgeDB", parse_agedb),
+}
+
+
+def named_layout(names: Sequence[str]) -> str | None:
+    """"utkface" or "agedb" when at least 90% of the image file `names` follow that
+    convention, else None. Most, not all: the real UTKFace has a few misnamed
+    files, which then surface as bad rows naming the file."""
+    for layout, (_, parse) in NAMED_LAYOUTS.items():
+        if names and sum(parse(n) is not None for n in names) >= 0.9 * len(names):
+            return layout
+    return None
 
 
 def _read_named(

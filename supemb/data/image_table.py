@@ -142,7 +142,8 @@ class RawRow:
 
 
 class RowProblems:
-    """Collects bad rows: raises on the first with on_error="raise"."""
+    """Collects bad rows: raises on the first with on_error="raise". Files that are no
+    error but not used either (`leave_out`) are listed whatever on_error says."""
 
     def __init__(self, on_error: str) -> None:
         if on_error not in ON_ERROR:
@@ -153,6 +154,10 @@ class RowProblems:
     def bad(self, where: str, reason: str) -> None:
         if self.raise_:
             raise UserError(f"{where}: {reason}")
+        self.skipped.append(SkippedRow(where, reason))
+
+    def leave_out(self, where: str, reason: str) -> None:
+        """A file that is not used, not an error (e.g. an image beside the class folders)."""
         self.skipped.append(SkippedRow(where, reason))
 
 
