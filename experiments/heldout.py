@@ -11,6 +11,8 @@ size of 32 px frames is given, as the README's example does), on sets shaped oth
   generator seed, a 70/10/20 split over frames (the issue's SkyFinder-style shape);
 - webcam, unseen cameras: 3,000 frames of 16 cameras split by camera, so the test cameras'
   scenes and climates are never in training (val: two other unseen cameras);
+- webcam, more frames: the new-scenes shape with four times the frames (12,000; 8,400 to train
+  on), another seed: does either side gain more from data?
 - EEG: 160 recordings of 60 s at 250 Hz (the issue's TUH-style shape), another seed.
 
 Each set's comparisons are the paired bootstrap of `experiments/significance.py` (each side's
@@ -42,6 +44,10 @@ SETS: dict[str, tuple[str, dict[str, Any], str]] = {
                                          "split_by": "group", "val_frac": 0.1, "test_frac": 0.2},
                               "3,000 frames of 16 cameras, 32 px, seed 12, split by camera (11 train, 2 val, "
                               "3 test cameras)"),
+    "webcam-more-frames": ("webcam", {"n_images": 12000, "n_cameras": 12, "size": 32, "seed": 13,
+                                      "val_frac": 0.1, "test_frac": 0.2},
+                           "12,000 frames of 12 cameras, 32 px, seed 13, 70/10/20 over frames (four times "
+                           "the new-scenes set)"),
     "eeg-60s": ("eeg", {"n_recordings": 160, "duration_s": 60.0, "sfreq": 250.0, "seed": 5},
                 "160 recordings of 60 s at 250 Hz, seed 5, 70/15/15 over recordings"),
 }
