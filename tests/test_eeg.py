@@ -153,7 +153,10 @@ def test_robust_scaling(tmp_path: Path) -> None:
     x = np.vstack([rng.normal(30, 5, 2000), rng.normal(-10, 40, 2000), np.zeros(2000)])
     raw = mne.io.RawArray(x * 1e-6, mne.create_info(["A", "B", "C"], 100.0, "eeg"), verbose="error")
     spec = EEGSpec(channels=("A", "B", "C"), sfreq=100, l_freq=None, h_freq=None, scaling="robust", window_s=5, stride_s=5)
-    out = preprocess_raw(raw, spec)
+    from supemb.preprocess.eeg import FlatChannelWarning
+
+    with pytest.warns(FlatChannelWarning, match="<recording>: C flat"):
+        out = preprocess_raw(raw, spec)
     q75, q25 = np.percentile(out[:2], [75, 25], axis=1)
     np.testing.assert_allclose(np.median(out[:2], axis=1), 0, atol=1e-4)
     np.testing.assert_allclose(q75 - q25, 1.349, rtol=1e-3)
@@ -502,3 +505,28 @@ def test_channel_dropout_zeros_whole_channels() -> None:
 def test_time_shift_needs_channels() -> None:
     with pytest.raises(ValueError):
         aug.time_shift(torch.zeros(64), 3)
+
+
+def test_a_flat_channel_is_served_with_a_warning_naming_it(tmp_path: Path, capsys) -> None:
+    """A disconnected electrode (all zeros) moves the value without the input looking unfamiliar: say so,
+    in Python as a FlatChannelWarning and on the command line as one "warning:" line."""
+    import warnings
+
+    from supemb.cli import main as cli
+    from supemb.data.synthetic_eeg import TUH_FILE_CHANNELS, synth_recording
+    from supemb.predict.api import default_bundle_path
+    from supemb.preprocess.eeg import EEGSpec, FlatChannelWarning, preprocess_recording
+
+    x = synth_recording(50, 20.0, 100.0, np.random.default_rng(0))
+    names = [f"EEG {c}-REF" for c in TUH_FILE_CHANNELS]
+    whole = write_edf(tmp_path / "whole.edf", x, 100.0, names, patient="X X X X Age:50")
+    x[list(TUH_FILE_CHANNELS).index("O1")] = 0.0
+    flat = write_edf(tmp_path / "flat.edf", x, 100.0, names, patient="X X X X Age:50")
+    with pytest.warns(FlatChannelWarning, match=r"flat\.edf: O1 flat \(no signal\)"):
+        preprocess_recording(flat, EEGSpec())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FlatChannelWarning)
+        preprocess_recording(whole, EEGSpec())  # nothing to say
+    assert cli(["predict", str(default_bundle_path("brain_age")), str(flat), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert f"supemb predict: warning: {flat}: O1 flat (no signal)" in err and "FlatChannelWarning" not in err

@@ -149,6 +149,13 @@ def seconds_to_samples(seconds: float, sfreq: float) -> int:
 # ------------------------------------------------------------ preprocessing
 
 
+FLAT_V = 1e-9  # volts peak to peak: a channel that moves less records nothing (a disconnected electrode)
+
+
+class FlatChannelWarning(UserWarning):
+    """A recording with some of the model's channels flat: served, but the value may be off."""
+
+
 def preprocess_raw(raw: mne.io.BaseRaw, spec: EEGSpec, source: str | Path | None = None) -> np.ndarray:
     """One recording -> the model's input signal.
 
@@ -187,6 +194,12 @@ def preprocess_raw(raw: mne.io.BaseRaw, spec: EEGSpec, source: str | Path | None
     x = raw.get_data(picks=[lookup[c] for c in spec.channels])  # [C, T] volts, float64
     if not np.isfinite(x).all():
         raise UserError(f"{source}: the signal has NaN or infinite samples")
+    flat = [c for c, row in zip(spec.channels, x) if np.ptp(row) < FLAT_V]
+    if flat and len(flat) < len(spec.channels):  # all flat: familiarity flags the recording itself
+        import warnings
+
+        warnings.warn(f"{source}: {', '.join(flat)} flat (no signal): the prediction leans on the other channels "
+                      "and may be off; check the electrodes", FlatChannelWarning, stacklevel=2)
     if sfreq_in != spec.sfreq:
         with MNE_LOCK:  # verbose= sets mne's process-wide log level (see MNE_LOCK)
             x = mne.filter.resample(x, up=spec.sfreq, down=sfreq_in, verbose="error")
