@@ -161,6 +161,38 @@ def test_resume_after_interrupt_gives_the_same_weights(image_values: Path, tmp_p
         np.testing.assert_allclose(emb, module(x).numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_a_ctrl_c_inside_a_step_resumes_to_the_same_weights(image_values: Path, tmp_path: Path,
+                                                            monkeypatch) -> None:
+    """A real SIGINT lands mid-step (here: right after the forward pass has updated BatchNorm's running
+    statistics): the step finishes, the run stops at the boundary, and --resume does not redo it."""
+    import os
+    import signal
+
+    kw = dict(target="value", loss="rnc", epochs=2)
+    train(_cfg(image_values, tmp_path / "straight", **kw))
+    original = Trainer._train_step
+
+    def step_with_a_ctrl_c(self, x, y, epoch, step):  # noqa: ANN001, ANN202
+        if self.global_step != 5:
+            return original(self, x, y, epoch, step)
+        hook = self.forward.register_forward_hook(lambda *a: os.kill(os.getpid(), signal.SIGINT))
+        try:
+            return original(self, x, y, epoch, step)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(Trainer, "_train_step", step_with_a_ctrl_c)
+    cfg = _cfg(image_values, tmp_path / "resumed", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg).run()
+    monkeypatch.setattr(Trainer, "_train_step", original)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    resume_run(tmp_path / "resumed")
+    a = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
 def test_nan_loss_stops_with_a_clear_message(image_values: Path, tmp_path: Path, monkeypatch) -> None:
     class NaNLoss(torch.nn.Module):
         def forward(self, feats, y):

@@ -47,6 +47,7 @@ from supemb.train.checkpoint import load_checkpoint, rng_state, save_checkpoint,
 from supemb.train.config import TrainConfig, resolve_defaults
 from supemb.train.data import EpochBatches, PreparedData, SeededDataset, prepare_data, worker_errors
 from supemb.train.embedding import embed_split
+from supemb.train.interrupt import StepBoundary
 from supemb.train.final import finish
 from supemb.train.linear_head import Targets, fit_stage_two
 from supemb.train.model import Model, Position, TrainForward
@@ -247,15 +248,17 @@ class Trainer:
             running, seen, t0 = 0.0, 0, time.perf_counter()
             step = skip
             try:
-                for x, y, _ in bar:
-                    if self.interrupt_at_step is not None and self.global_step == self.interrupt_at_step:
-                        raise KeyboardInterrupt
-                    loss = self._train_step(x, y, epoch, step)
-                    step += 1
-                    self.position = Position(1, epoch, step)
-                    running += loss
-                    seen += 1
-                    bar.set_postfix(loss=f"{running / seen:.4f}")
+                with StepBoundary(self.world.size == 1) as stop:  # a Ctrl-C waits for the step to end
+                    for x, y, _ in bar:
+                        if self.interrupt_at_step is not None and self.global_step == self.interrupt_at_step:
+                            raise KeyboardInterrupt
+                        stop.check()
+                        loss = self._train_step(x, y, epoch, step)
+                        step += 1
+                        self.position = Position(1, epoch, step)
+                        running += loss
+                        seen += 1
+                        bar.set_postfix(loss=f"{running / seen:.4f}")
             except KeyboardInterrupt:
                 path = self._save(self.run_dir.last)
                 bar.close()
