@@ -38,7 +38,8 @@ def _train_parser(p: argparse.ArgumentParser) -> Handler:
             p.add_argument(flag.option, dest=flag.name, type=flag.type, choices=flag.choices,
                            metavar=flag.metavar, help=flag.help)
     p.add_argument("--config", help="YAML file of settings; flags override it")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out with its own settings (takes no other flag)")
 
     def run(args: argparse.Namespace) -> int:
         from supemb.train.config import load_config
@@ -54,8 +55,12 @@ def _train_parser(p: argparse.ArgumentParser) -> Handler:
         if args.resume:
             if not args.out:
                 raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
+            given = [flag.option for flag in TRAIN_FLAGS if flag.name != "out" and overrides[flag.name] is not None]
+            if given or args.config:
+                raise UsageError(f"--resume continues the run with its own config.json and takes only --out; "
+                                 f"drop {', '.join(given + (['--config'] if args.config else []))}")
             out = args.out
-            final = resume_run(out)  # the run's own config.json; other flags are not used
+            final = resume_run(out)
         else:
             cfg = load_config(args.config, overrides)
             out = cfg.out

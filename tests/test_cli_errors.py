@@ -323,6 +323,10 @@ def test_train_errors(run: Path, webcam: Path, tmp_path: Path, capsys) -> None:
     _fails(["train", "--resume", "--out", fresh], 1, fresh, capsys=capsys)  # no run there at all
     shutil.copy(run / "config.json", fresh / "config.json")
     _fails(["train", "--resume", "--out", fresh], 1, "nothing to resume", capsys=capsys)
+    _fails(["train", "--resume", "--out", run], 1, "the run is finished", capsys=capsys)  # no second stage 2
+    line = _fails(["train", "--resume", "--out", fresh, "--epochs", "40", "--no-viz"], 2, "--epochs", "--no-viz",
+                  capsys=capsys)
+    assert "takes only --out" in line  # the flags would be ignored: said, not dropped silently
     (tmp_path / "bad.yaml").write_text("epochs: [1\n")
     _fails(["train", "--config", tmp_path / "bad.yaml"], 1, tmp_path / "bad.yaml", capsys=capsys)
     _fails(["train", "--config", tmp_path / "none.yaml"], 1, tmp_path / "none.yaml", capsys=capsys)

@@ -265,6 +265,9 @@ def test_resume_needs_out_and_continues_that_run(trainer, capsys) -> None:
     assert trainer.resumed == [] and trainer.configs == []
     trainer.final = {"test_mae": 1.0}
     assert _call(["train", "--resume", "--out", "runs/a", "--epochs", "9"], capsys) == (
+        2, "", "supemb train: error: --resume continues the run with its own config.json and takes only --out; "
+               "drop --epochs\n")  # not silently ignored
+    assert _call(["train", "--resume", "--out", "runs/a"], capsys) == (
         0, "wrote runs/a (all metrics in metrics.jsonl)\ntest_mae=1.0\n", "")
     assert trainer.resumed == ["runs/a"] and trainer.configs == []
 

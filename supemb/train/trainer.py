@@ -390,5 +390,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def resume_run(out: str | Path) -> dict[str, Any]:
-    """Continue the run in `out` with the settings it started with."""
+    """Continue the run in `out` with the settings it started with (a finished run is refused:
+    resuming it would fit stage 2 again and log it twice)."""
+    if RunDir(out).model_json.is_file():
+        raise UserError(f"{out}: the run is finished (it wrote model.json); nothing to resume")
     return Trainer(load_run_config(out), resume=True).run()
