@@ -332,6 +332,50 @@ def test_train_errors(run: Path, webcam: Path, tmp_path: Path, capsys) -> None:
     _fails(["train", "--config", tmp_path / "none.yaml"], 1, tmp_path / "none.yaml", capsys=capsys)
 
 
+@pytest.mark.parametrize("yaml_text, code, names", [
+    ("1: 2\n", 2, ["setting names must be text", "1"]),
+    ("encoder_kwargs: [1]\n", 2, ["encoder_kwargs must be a mapping"]),
+    ("knn_k: 3.7\n", 2, ["knn_k must be a whole number, got 3.7"]),
+    ("viz: 'no'\n", 2, ["viz must be true or false"]),
+    ("epochs: three\n", 2, ["epochs must be a whole number, got 'three'"]),
+])
+def test_a_config_value_of_the_wrong_type_is_one_line_before_any_work(webcam: Path, tmp_path: Path, yaml_text: str,
+                                                                      code: int, names: list, capsys) -> None:
+    (tmp_path / "c.yaml").write_text(yaml_text)
+    _fails(["train", "--config", tmp_path / "c.yaml", "--data", webcam, "--target", "temperature", "--out",
+            tmp_path / "run"], code, *names, capsys=capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_yaml_numbers_in_e_notation_are_numbers() -> None:
+    """PyYAML (YAML 1.1) reads `lr: 3e-3` as text; the README writes the default that way."""
+    import yaml
+
+    from supemb.train.config import load_config
+
+    raw = yaml.safe_load("lr: 3e-3\ntemperature: 1e-1\nseed: '3'\n")
+    assert raw["lr"] == "3e-3"
+    cfg = load_config(None, {"data": "d", "target": "t", "out": "o", **raw})
+    assert (cfg.lr, cfg.temperature, cfg.seed) == (0.003, 0.1, 3)
+
+
+def test_out_must_be_a_new_empty_or_unclaimed_run_folder(webcam: Path, tmp_path: Path, capsys) -> None:
+    args = ["train", "--data", webcam, "--target", "temperature", "--epochs", "1", "--image-size", "16", "--no-viz"]
+    (tmp_path / "afile").write_text("x")
+    _fails([*args, "--out", tmp_path / "afile"], 1, "is a file, not a run directory", capsys=capsys)
+    _fails([*args, "--out", webcam.parent], 1, webcam.parent, "holds other files and no training run", capsys=capsys)
+    (tmp_path / "c.yaml").mkdir()
+    _fails(["train", "--config", tmp_path / "c.yaml"], 1, tmp_path / "c.yaml", "cannot read", capsys=capsys)
+    from supemb.train.rundir import RunDir
+
+    held = RunDir(tmp_path / "busy").claim(resume=False)  # another training writing there
+    try:
+        _fails([*args, "--out", tmp_path / "busy"], 1, "another supemb train is writing this run", capsys=capsys)
+    finally:
+        held.close()
+    assert _call([*args, "--out", tmp_path / "busy"], capsys)[0] == 0  # free again once it ends
+
+
 def test_viz_of_a_folder_that_is_not_a_run(run: Path, tmp_path: Path, capsys) -> None:
     _fails(["viz", tmp_path], 1, tmp_path, capsys=capsys)
     _fails(["viz", tmp_path / "nowhere"], 1, tmp_path / "nowhere", capsys=capsys)

@@ -175,10 +175,40 @@ class TrainConfig:
         if missing:
             raise UsageError(f"{source}: missing required setting(s) {', '.join(missing)} "
                             "(--data, --target, --out)")
+        types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        d = {name: _typed(name, value, types[name], source) for name, value in d.items()}
         try:
             return cls(**d)
         except TypeError as err:
             raise UsageError(f"{source}: {err}") from None
+
+
+def _typed(name: str, value: Any, annotation: str, source: str) -> Any:
+    """A setting's value as its field's type says (`int`, `float | None`, `str | dict[...]`, ...):
+    a YAML value of another type is refused in one line, and a number YAML 1.1 read as text
+    (`lr: 3e-3`, `seed: '3'`) is taken as the number."""
+    kinds = {k.strip().split("[")[0] for k in annotation.split("|")}
+    if value is None and "None" in kinds or not kinds <= {"int", "float", "bool", "str", "dict", "None"}:
+        return value
+    if isinstance(value, bool):
+        ok = "bool" in kinds
+    elif isinstance(value, int):
+        ok, value = bool(kinds & {"int", "float"}), (float(value) if "float" in kinds and "int" not in kinds else value)
+    elif isinstance(value, float):
+        ok = "float" in kinds or ("int" in kinds and value.is_integer())
+        value = int(value) if ok and "float" not in kinds else value
+    elif isinstance(value, str) and "str" not in kinds and kinds & {"int", "float"}:
+        try:
+            return _typed(name, float(value) if "float" in kinds else int(value), annotation, source)
+        except ValueError:
+            ok = False
+    else:
+        ok = isinstance(value, str) and "str" in kinds or isinstance(value, dict) and "dict" in kinds
+    if not ok:
+        want = " or ".join({"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text",
+                            "dict": "a mapping"}[k] for k in sorted(kinds - {"None"}))
+        raise UsageError(f"{source}: {name} must be {want}, got {value!r}")
+    return value
 
 
 def resolve_defaults(cfg: TrainConfig, recipe: Mapping[str, Any], augment: dict[str, Any] | None) -> TrainConfig:
@@ -288,12 +318,16 @@ def load_config(yaml_path: str | Path | None, overrides: dict[str, Any]) -> Trai
             loaded = yaml.safe_load(path.read_text())
         except FileNotFoundError:
             raise UserError(f"{path}: config file not found") from None
+        except OSError as err:
+            raise UserError(f"{path}: cannot read the config file ({err.strerror or err})") from None
         except yaml.YAMLError as err:
             raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise UserError(f"{path}: expected a mapping of settings at the top level")
+        if bad := [k for k in loaded if not isinstance(k, str)]:
+            raise UsageError(f"{path}: setting names must be text, got {bad[0]!r}")
         merged.update({k.replace("-", "_"): v for k, v in loaded.items()})
         source = str(path)
     merged.update({k: v for k, v in overrides.items() if v is not None})

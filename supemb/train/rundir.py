@@ -93,6 +93,33 @@ class RunDir:
 
     # ------------------------------------------------------------- writing
 
+    def claim(self, resume: bool) -> Any:
+        """Before any work: the run directory can be this run's (a new or empty folder, or for
+        `resume` the run itself) and is writable; returns an open lock file that keeps a second
+        `supemb train` out of it until this process ends (POSIX; elsewhere no lock)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"{self.path}: is a file, not a run directory; choose another --out")
+        others = self.path.is_dir() and any(p.name != ".lock" for p in self.path.iterdir())
+        if not resume and others and not self.config_json.is_file():
+            raise UserError(f"{self.path}: the folder holds other files and no training run; "
+                            "choose a new or empty --out")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            lock = open(self.path / ".lock", "a")
+        except OSError as err:
+            raise UserError(f"{self.path}: cannot write the run there ({err.strerror or err})") from None
+        try:
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover - not POSIX
+            pass
+        except OSError:
+            lock.close()
+            raise UserError(f"{self.path}: another supemb train is writing this run; "
+                            "wait for it or choose another --out") from None
+        return lock
+
     def start(self, cfg: TrainConfig, preprocessing: dict[str, Any]) -> None:
         """A new run: config.json, preprocessing.json and an empty metrics.jsonl."""
         self.path.mkdir(parents=True, exist_ok=True)

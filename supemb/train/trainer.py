@@ -202,13 +202,16 @@ class Trainer:
     # -------------------------------------------------------------- training
 
     def run(self) -> dict[str, Any]:
-        with worker_errors():  # a bad file read in a DataLoader worker: its one-line message
-            return self._run()
+        lock = self.run_dir.claim(self.resume) if self.world.main else None  # a usable, unclaimed --out first
+        try:
+            with worker_errors():  # a bad file read in a DataLoader worker: its one-line message
+                return self._run()
+        finally:
+            if lock is not None:
+                lock.close()
 
     def _run(self) -> dict[str, Any]:
         self._setup()
-        if self.world.main:
-            self.out.mkdir(parents=True, exist_ok=True)
         if self.resume:
             self._restore()
             self._say(f"resuming {self.out} at stage {self.position.stage}, epoch {self.position.epoch + 1}, "
