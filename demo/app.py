@@ -20,6 +20,11 @@ from pathlib import Path
 if importlib.util.find_spec("supemb") is None:  # a checkout without `pip install .`: use its own package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+# checked before gradio is imported: gradio itself reads the variable at import, and a bad one is a traceback there
+_port = os.environ.get("GRADIO_SERVER_PORT", "7860")
+if not _port.isdigit() or int(_port) > 65535:
+    sys.exit(f"demo/app.py: GRADIO_SERVER_PORT must be a port number 0-65535, got {_port!r}")
+
 from supemb.demo.app import HOST, PORT, launch  # noqa: E402 - after the path is known
 
 if __name__ == "__main__":

@@ -238,6 +238,20 @@ def test_wrong_file_type_for_eeg_is_refused_with_a_message(client, tmp_path: Pat
         client.predict(handle_file(str(notes)), 10, api_name="/predict_brain_age")
 
 
+def test_a_photo_without_a_face_names_the_pages_own_checkbox(client, tmp_path: Path) -> None:
+    """Not the library's detect=False / --no-detect, nor its "input 0 (Image):" prefix."""
+    from PIL import Image
+    from skimage import data as skimage_data
+
+    from supemb.demo.app import CROPPED
+
+    cup = tmp_path / "cup.png"
+    Image.fromarray(skimage_data.coffee()).save(cup)
+    error = client.predict(*_inputs("age", cup, 10, cropped=False), api_name="/predict_age")[1]["error"]
+    assert error.startswith("no face found in cup.png") and f'tick "{CROPPED}"' in error
+    assert "--no-detect" not in error and "detect=False" not in error
+
+
 def test_k_out_of_range_is_a_message(client, served) -> None:
     data = client.predict(*_inputs("age", served[1]["age"][0].path, 500), api_name="/predict_age")[1]
     assert "k must be between 1 and 50" in data["error"]
@@ -421,3 +435,16 @@ def test_prediction_embedding_is_the_inputs_embedding(tmp_path: Path) -> None:
     for p, row in zip(preds, want):
         np.testing.assert_allclose(p.embedding, row, rtol=1e-5, atol=1e-6)
     assert not np.allclose(want[0], want[1])
+
+
+def test_the_space_entry_point_refuses_a_bad_port_in_one_line() -> None:
+    """demo/app.py reads GRADIO_SERVER_PORT as a host sets it; gradio itself dies on a bad one at import."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "demo" / "app.py")], capture_output=True, text=True,
+                          env={**os.environ, "GRADIO_SERVER_PORT": "abc"}, timeout=60)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == "demo/app.py: GRADIO_SERVER_PORT must be a port number 0-65535, got 'abc'"

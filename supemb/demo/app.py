@@ -19,6 +19,7 @@ examples' cache folder (besides gradio's own upload cache).
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -147,6 +148,9 @@ def _k(served: Served, k: Any) -> int:
     return k
 
 
+CROPPED = "the photo is a face crop already (skip face detection)"  # the checkbox of a face-finding tab
+
+
 def _failure(source: str, message: str, n_outputs: int) -> tuple:
     gr.Warning(message)
     return (f"### ⚠️ {message}", {"source": source, "error": message}) + (None,) * (n_outputs - 2)
@@ -160,9 +164,11 @@ def _guarded(spec: TabSpec, n_outputs: int, run: Any, path: str | None, k: Any) 
     try:
         return run(path, source, k)
     except UserError as err:
-        message = str(err)
+        message = re.sub(r"^input \d+ \(\w+\): ", "", str(err))  # the library's name for a list item
         for server_path in {str(path), str(Path(path).resolve())}:  # name the upload, not the server's copy
             message = message.replace(server_path, source)
+        # the page's own control, not the library's and command line's
+        message = message.replace("pass detect=False / --no-detect for a photo", f"tick \"{CROPPED}\" for a photo")
         return _failure(source, message, n_outputs)
     except Exception as err:  # the app must keep serving; the log keeps the traceback
         log.exception("demo %s: %s failed", spec.name, source)
@@ -274,7 +280,7 @@ def _tab(served: Served, examples: list[Any], max_pixels: int) -> None:
             k = gr.Slider(1, MAX_K, value=min(b.default_k, MAX_K), step=1, label="neighbours (k)")
             inputs = [inp, k]
             if not eeg and b.detects_faces:  # DeepFace's "skip": a photo that is a face crop already
-                inputs.append(gr.Checkbox(False, label="the photo is a face crop already (skip face detection)",
+                inputs.append(gr.Checkbox(False, label=CROPPED,
                                           elem_id=f"{spec.name}-cropped"))
             button = gr.Button("Predict", variant="primary", elem_id=f"{spec.name}-predict")
             # before the examples, which would otherwise take the api_name (they register one of their own)
