@@ -368,7 +368,7 @@ def test_out_must_be_a_new_empty_or_unclaimed_run_folder(webcam: Path, tmp_path:
     _fails(["train", "--config", tmp_path / "c.yaml"], 1, tmp_path / "c.yaml", "cannot read", capsys=capsys)
     from supemb.train.rundir import RunDir
 
-    held = RunDir(tmp_path / "busy").claim(resume=False)  # another training writing there
+    held = RunDir(tmp_path / "busy").lock()  # another training writing there
     try:
         _fails([*args, "--out", tmp_path / "busy"], 1, "another supemb train is writing this run", capsys=capsys)
     finally:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,32 +94,38 @@ class RunDir:
 
     # ------------------------------------------------------------- writing
 
-    def claim(self, resume: bool) -> Any:
-        """Before any work: the run directory can be this run's (a new or empty folder, or for
-        `resume` the run itself) and is writable; returns an open lock file that keeps a second
-        `supemb train` out of it until this process ends (POSIX; elsewhere no lock)."""
+    def check_out(self, resume: bool) -> None:
+        """Before any work, creating nothing: the run directory can be this run's (new, empty, or for
+        `resume` the run itself) and its nearest existing folder is writable."""
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"{self.path}: is a file, not a run directory; choose another --out")
         others = self.path.is_dir() and any(p.name != ".lock" for p in self.path.iterdir())
         if not resume and others and not self.config_json.is_file():
             raise UserError(f"{self.path}: the folder holds other files and no training run; "
                             "choose a new or empty --out")
+        existing = next(p for p in (self.path, *self.path.absolute().parents) if p.exists())
+        if not os.access(existing, os.W_OK):
+            raise UserError(f"{self.path}: cannot write the run there ({existing} is not writable)")
+
+    def lock(self) -> Any:
+        """Create the run directory and hold its lock (an open file; closing it lets go): a second
+        `supemb train` into it is refused until this run ends (POSIX; elsewhere no lock)."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            lock = open(self.path / ".lock", "a")
+            held = open(self.path / ".lock", "a")
         except OSError as err:
             raise UserError(f"{self.path}: cannot write the run there ({err.strerror or err})") from None
         try:
             import fcntl
 
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except ImportError:  # pragma: no cover - not POSIX
             pass
         except OSError:
-            lock.close()
+            held.close()
             raise UserError(f"{self.path}: another supemb train is writing this run; "
                             "wait for it or choose another --out") from None
-        return lock
+        return held
 
     def start(self, cfg: TrainConfig, preprocessing: dict[str, Any]) -> None:
         """A new run: config.json, preprocessing.json and an empty metrics.jsonl."""

@@ -202,16 +202,20 @@ class Trainer:
     # -------------------------------------------------------------- training
 
     def run(self) -> dict[str, Any]:
-        lock = self.run_dir.claim(self.resume) if self.world.main else None  # a usable, unclaimed --out first
+        if self.world.main:
+            self.run_dir.check_out(self.resume)  # a usable --out before any data is read
+        self._lock: Any = None
         try:
             with worker_errors():  # a bad file read in a DataLoader worker: its one-line message
                 return self._run()
         finally:
-            if lock is not None:
-                lock.close()
+            if self._lock is not None:
+                self._lock.close()
 
     def _run(self) -> dict[str, Any]:
         self._setup()
+        if self.world.main:  # the directory, created now that the data and the settings are sound
+            self._lock = self.run_dir.lock()
         if self.resume:
             self._restore()
             self._say(f"resuming {self.out} at stage {self.position.stage}, epoch {self.position.epoch + 1}, "
