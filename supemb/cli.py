@@ -55,7 +55,8 @@ def _train_parser(p: argparse.ArgumentParser) -> Handler:
         if args.resume:
             if not args.out:
                 raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
-            given = [flag.option for flag in TRAIN_FLAGS if flag.name != "out" and overrides[flag.name] is not None]
+            given = [flag.option for flag in TRAIN_FLAGS if flag.name != "out" and overrides[flag.name] is not None
+                     and not ((flag.off or flag.on) and overrides[flag.name] != bool(flag.on))]  # the switch used
             if given or args.config:
                 raise UsageError(f"--resume continues the run with its own config.json and takes only --out; "
                                  f"drop {', '.join(given + (['--config'] if args.config else []))}")

@@ -98,7 +98,7 @@ def test_demo_is_loaded_from_the_package_and_help_stays_light() -> None:
 # ------------------------------------------------------------------ supemb train's flags
 
 
-def test_every_train_flag_is_a_config_field_and_reaches_the_config(monkeypatch) -> None:
+def test_every_train_flag_is_a_config_field_and_reaches_the_config(monkeypatch, tmp_path: Path) -> None:
     import dataclasses
 
     from supemb.train import trainer
@@ -114,7 +114,8 @@ def test_every_train_flag_is_a_config_field_and_reaches_the_config(monkeypatch) 
              "--grad-clip": "1.5", "--augment": "light", "--seed": "5", "--device": "cpu", "--num-workers": "1",
              "--on-error": "skip", "--dist-timeout": "60", "--pretrained": "w.safetensors"}
     switches = ["--no-viz", "--no-sync-bn", "--faces"]
-    assert {f.option for f in TRAIN_FLAGS} == set(given) | set(switches)  # every flag is tried
+    back = ["--viz", "--sync-bn", "--no-faces"]  # each switch's other direction, tried below
+    assert {f.option for f in TRAIN_FLAGS} == set(given) | set(switches) | set(back)  # every flag is tried
     assert main(["train", *[x for kv in given.items() for x in kv], *switches]) == 0
     got = seen[0]
     assert (got.data, got.target, got.out, got.loss, got.task, got.format, got.encoder) == (
@@ -129,6 +130,11 @@ def test_every_train_flag_is_a_config_field_and_reaches_the_config(monkeypatch) 
     # flags not given leave the config's defaults
     assert main(["train", "--data", "d", "--target", "t", "--out", "o"]) == 0
     assert seen[1] == TrainConfig(data="d", target="t", out="o")
+    # a YAML's booleans can be turned back either way from the command line
+    (tmp_path / "c.yaml").write_text("viz: false\nfaces: true\nsync_bn: false\n")
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--data", "d", "--target", "t", "--out", "o",
+                 *back]) == 0
+    assert (seen[2].viz, seen[2].sync_bn, seen[2].faces) == (True, True, False)
 
 
 def test_train_flag_choices_come_from_the_loss_registry(capsys) -> None:

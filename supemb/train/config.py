@@ -292,6 +292,7 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("image_size", "square input size for images (default 64)", int),
     Flag("faces", "images: find the face in every photo (YuNet) and train on its crop; the step is "
          "recorded, so export and serving crop the same way", on="--faces"),
+    Flag("faces", "train on the whole photos (overrides a YAML faces: true)", off="--no-faces"),
     Flag("ema_decay", "EMA of weights, e.g. 0.999 (default off)", float),
     Flag("grad_clip", "max gradient norm, 0 = off (default 5)", float),
     Flag("augment", AUGMENT_HELP, metavar="NAME"),
@@ -301,10 +302,13 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
          "machine's cores, up to 8)", int),
     Flag("sync_bn", "under torchrun on GPUs, keep per-GPU BatchNorm statistics instead of SyncBatchNorm",
          off="--no-sync-bn"),
+    Flag("sync_bn", "under torchrun on GPUs, SyncBatchNorm (the default; overrides a YAML sync_bn: false)",
+         on="--sync-bn"),
     Flag("dist_timeout", "under torchrun, seconds a rank may wait for the others before the run stops "
          "(default 1800)", float),
     Flag("on_error", "bad data rows: stop (default) or skip", choices=ON_ERROR_FLAGS),
     Flag("viz", "skip the embedding map", off="--no-viz"),
+    Flag("viz", "draw the embedding map (the default; overrides a YAML viz: false)", on="--viz"),
 )
 
 
