@@ -3,7 +3,8 @@
 Subcommands are listed explicitly in `_SUBCOMMANDS`; each module adds its own
 parser and handler. Exit codes: 0 success; 2 a usage error, the command line
 itself is wrong, whatever the files hold (an unknown flag or choice, a value
-out of range, flags that do not go together: argparse or `UsageError`); 1 a
+out of range, flags that do not go together: argparse or `UsageError`; so is
+any setting a `--config` YAML holds, its file's syntax included); 1 a
 data or model error, a file, folder, bundle or run is missing, damaged, or
 not what the command needs, an --out that exists included (`UserError`);
 130 Ctrl-C; 141 the reader of stdout went away. An error prints one line

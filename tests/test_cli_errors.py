@@ -327,8 +327,10 @@ def test_train_errors(run: Path, webcam: Path, tmp_path: Path, capsys) -> None:
     line = _fails(["train", "--resume", "--out", fresh, "--epochs", "40", "--no-viz"], 2, "--epochs", "--no-viz",
                   capsys=capsys)
     assert "takes only --out" in line  # the flags would be ignored: said, not dropped silently
-    (tmp_path / "bad.yaml").write_text("epochs: [1\n")
-    _fails(["train", "--config", tmp_path / "bad.yaml"], 1, tmp_path / "bad.yaml", capsys=capsys)
+    (tmp_path / "bad.yaml").write_text("epochs: [1\n")  # what the file says is a setting: 2, as a bad flag
+    _fails(["train", "--config", tmp_path / "bad.yaml"], 2, tmp_path / "bad.yaml", capsys=capsys)
+    (tmp_path / "list.yaml").write_text("- epochs: 1\n")
+    _fails(["train", "--config", tmp_path / "list.yaml"], 2, "a mapping of settings", capsys=capsys)
     _fails(["train", "--config", tmp_path / "none.yaml"], 1, tmp_path / "none.yaml", capsys=capsys)
 
 

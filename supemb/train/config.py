@@ -324,12 +324,12 @@ def load_config(yaml_path: str | Path | None, overrides: dict[str, Any]) -> Trai
             raise UserError(f"{path}: config file not found") from None
         except OSError as err:
             raise UserError(f"{path}: cannot read the config file ({err.strerror or err})") from None
-        except yaml.YAMLError as err:
-            raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        except yaml.YAMLError as err:  # a bad setting, like an unknown key or a wrong type: exit 2 (a missing file: 1)
+            raise UsageError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise UserError(f"{path}: expected a mapping of settings at the top level")
+            raise UsageError(f"{path}: expected a mapping of settings at the top level")
         if bad := [k for k in loaded if not isinstance(k, str)]:
             raise UsageError(f"{path}: setting names must be text, got {bad[0]!r}")
         merged.update({k.replace("-", "_"): v for k, v in loaded.items()})
