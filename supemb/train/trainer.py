@@ -24,6 +24,7 @@ code on its slice of the global batch (`supemb.train.distributed`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -204,18 +205,14 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         if self.world.main:
             self.run_dir.check_out(self.resume)  # a usable --out before any data is read
-        self._lock: Any = None
-        try:
-            with worker_errors():  # a bad file read in a DataLoader worker: its one-line message
-                return self._run()
-        finally:
-            if self._lock is not None:
-                self._lock.close()
+        # worker_errors: a bad file read in a DataLoader worker gives its one-line message
+        with contextlib.ExitStack() as self._held, worker_errors():
+            return self._run()
 
     def _run(self) -> dict[str, Any]:
         self._setup()
-        if self.world.main:  # the directory, created now that the data and the settings are sound
-            self._lock = self.run_dir.lock()
+        if self.world.main:  # the directory, created and locked now that the data and settings are sound
+            self._held.enter_context(self.run_dir.lock())
         if self.resume:
             self._restore()
             self._say(f"resuming {self.out} at stage {self.position.stage}, epoch {self.position.epoch + 1}, "
@@ -397,8 +394,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def resume_run(out: str | Path) -> dict[str, Any]:
-    """Continue the run in `out` with the settings it started with (a finished run is refused:
-    resuming it would fit stage 2 again and log it twice)."""
+    """Continue the run in `out` with the settings it started with (not a finished one)."""
     if RunDir(out).model_json.is_file():
         raise UserError(f"{out}: the run is finished (it wrote model.json); nothing to resume")
     return Trainer(load_run_config(out), resume=True).run()
