@@ -264,16 +264,17 @@ def docs_dir_arg(doc: str) -> Path:
     """The --docs-dir of a study over the default bundles (default docs/), from the command line."""
     import argparse
 
-    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0].replace("\n", " "))  # the first paragraph
     ap.add_argument("--docs-dir", default=str(ROOT / "docs"))
     return Path(ap.parse_args().docs_dir)
 
 
 def record_header(title: str, study: str, record: dict) -> list[str]:
     """The first lines of DOCS/<study>.md: title, the script that made it, the latest run's machine."""
-    return [f"# {title}", "", f"Made by `.venv/bin/python experiments/{study}.py`; every run is appended to "
-            f"`docs/{study}.json`. The figures are from the latest run.", machine_line(record["runs"][-1]["machine"]),
-            ""]
+    machine = record["runs"][-1]["machine"]
+    command = machine.get("command") or f".venv/bin/python experiments/{study}.py"  # the latest run's own
+    return [f"# {title}", "", f"Made by `{command}`; every run is appended to `docs/{study}.json`. The figures "
+            "are from the latest run.", machine_line(machine), ""]
 
 
 def temperature_overrides() -> list[str]:

@@ -110,6 +110,7 @@ def main() -> None:
     ap.add_argument("--only", choices=list(SETS), action="append")
     ap.add_argument("--docs-dir", default=str(C.ROOT / "docs"))
     args = ap.parse_args()
+    machine = C.machine()  # at the start: its load average is the other jobs', its date when the run began
     work, docs = C.fresh_work(Path(args.work)), Path(args.docs_dir)
     sets = {}
     for name in SETS:
@@ -120,7 +121,7 @@ def main() -> None:
     docs.mkdir(parents=True, exist_ok=True)
     if args.only:  # the other sets' figures stay, marked with the run they come from
         sets = C.keep_earlier(docs / "heldout.json", "sets", sets, SETS)
-    C.append_run(docs / "heldout.json", {"machine": C.machine(), "work": str(work), "seeds": args.seeds,
+    C.append_run(docs / "heldout.json", {"machine": machine, "work": str(work), "seeds": args.seeds,
                                          "sets": sets}, write_markdown)
 
 

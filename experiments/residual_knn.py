@@ -223,6 +223,7 @@ def main() -> None:
                     "run's figures")
     ap.add_argument("--docs-dir", default=str(C.ROOT / "docs"))
     args = ap.parse_args()
+    machine = C.machine()  # at the start: its load average is the other jobs', its date when the run began
     work, heldout, docs = Path(args.work), Path(args.heldout), Path(args.docs_dir)
     wanted = lambda name: not args.only or name in args.only  # noqa: E731
     tasks = {name: analyse(name, work, halves=args.halves) for name in S.TASK_NAMES
@@ -236,7 +237,7 @@ def main() -> None:
         tasks = C.keep_earlier(docs / "residual_knn.json", "tasks", tasks, S.TASK_NAMES)
         held = C.keep_earlier(docs / "residual_knn.json", "heldout", held, H.SETS)
     docs.mkdir(parents=True, exist_ok=True)
-    C.append_run(docs / "residual_knn.json", {"machine": C.machine(), "work": str(work), "halves": args.halves,
+    C.append_run(docs / "residual_knn.json", {"machine": machine, "work": str(work), "halves": args.halves,
                                               "tasks": tasks,
                                               **({"heldout_work": str(heldout), "heldout": held} if held else {})},
                  write_markdown)

@@ -390,6 +390,7 @@ def main() -> None:
     ap.add_argument("--keep-others", action="store_true",
                     help="keep the latest recorded figures of the tasks --work has no runs of (evidence.py --only)")
     args = ap.parse_args()
+    machine = C.machine()  # at the start: its load average is the other jobs', its date when the run began
     work, docs = Path(args.work), Path(args.docs_dir)
     tasks = {name: analyse(name, work, args.draws, 0 if args.no_fresh else FRESH[name],
                            reference=name == "webcam" and not args.no_reference)
@@ -404,7 +405,7 @@ def main() -> None:
     docs.mkdir(parents=True, exist_ok=True)
     if args.keep_others:  # the tasks this work folder lacks stay, marked with the run they come from
         tasks = C.keep_earlier(docs / "significance.json", "tasks", tasks, TASK_NAMES)
-    C.append_run(docs / "significance.json", {"machine": C.machine(), "work": str(work), "draws": args.draws,
+    C.append_run(docs / "significance.json", {"machine": machine, "work": str(work), "draws": args.draws,
                                               "tasks": tasks}, write_markdown)
 
 
