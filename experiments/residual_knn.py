@@ -228,11 +228,13 @@ def main() -> None:
     wanted = lambda name: not args.only or name in args.only  # noqa: E731
     tasks = {name: analyse(name, work, halves=args.halves) for name in S.TASK_NAMES
              if wanted(name) and (work / name).is_dir()}
-    if not tasks:
+    if not tasks and any(wanted(n) for n in S.TASK_NAMES):  # `--only` a held-out set needs no evidence runs
         raise SystemExit(f"{work}: no {'/ or '.join(n for n in S.TASK_NAMES if wanted(n))}/ runs "
                          f"(run experiments/evidence.py --work {work})")
     held = {name: analyse(name, heldout, kind=kind, fresh=False, halves=args.halves)
             for name, (kind, _, _) in H.SETS.items() if wanted(name) and (heldout / name).is_dir()}
+    if not tasks and not held:
+        raise SystemExit(f"{heldout}: none of {', '.join(args.only or [])} there (run experiments/heldout.py)")
     if args.only:  # the other tasks' and sets' figures stay, marked with the run they come from
         tasks = C.keep_earlier(docs / "residual_knn.json", "tasks", tasks, S.TASK_NAMES)
         held = C.keep_earlier(docs / "residual_knn.json", "heldout", held, H.SETS)
