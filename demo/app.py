@@ -21,6 +21,7 @@ if importlib.util.find_spec("supemb") is None:  # a checkout without `pip instal
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # checked before gradio is imported: gradio itself reads the variable at import, and a bad one is a traceback there
+os.environ.setdefault("MNE_LOGGING_LEVEL", "ERROR")  # as `supemb demo` (supemb.cli.main) sets it
 _port = os.environ.get("GRADIO_SERVER_PORT", "7860")
 if not _port.isdigit() or int(_port) > 65535:
     sys.exit(f"demo/app.py: GRADIO_SERVER_PORT must be a port number 0-65535, got {_port!r}")

@@ -202,6 +202,10 @@ def _warning_line(command: str) -> Callable[..., None]:
 def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
+    # mne (EEG files) logs INFO to stdout, into --json; at ERROR from its import on, our decode threads also read
+    # recordings in parallel (supemb.data.eeg_files.quiet_mne). A level the user set stays.
+    os.environ.setdefault("MNE_LOGGING_LEVEL", "ERROR")
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

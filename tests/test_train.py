@@ -161,8 +161,9 @@ def test_resume_after_interrupt_gives_the_same_weights(image_values: Path, tmp_p
         np.testing.assert_allclose(emb, module(x).numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_a_ctrl_c_inside_a_step_resumes_to_the_same_weights(image_values: Path, tmp_path: Path,
-                                                            monkeypatch) -> None:
+@pytest.mark.parametrize("at_step", [5, 3], ids=["mid-epoch", "an epoch's last step"])
+def test_a_ctrl_c_inside_a_step_resumes_to_the_same_weights(image_values: Path, tmp_path: Path, monkeypatch,
+                                                            at_step: int) -> None:
     """A real SIGINT lands mid-step (here: right after the forward pass has updated BatchNorm's running
     statistics): the step finishes, the run stops at the boundary, and --resume does not redo it."""
     import os
@@ -173,7 +174,7 @@ def test_a_ctrl_c_inside_a_step_resumes_to_the_same_weights(image_values: Path, 
     original = Trainer._train_step
 
     def step_with_a_ctrl_c(self, x, y, epoch, step):  # noqa: ANN001, ANN202
-        if self.global_step != 5:
+        if self.global_step != at_step:
             return original(self, x, y, epoch, step)
         hook = self.forward.register_forward_hook(lambda *a: os.kill(os.getpid(), signal.SIGINT))
         try:

@@ -15,13 +15,15 @@ with EEG_VAL_FRAC / EEG_TEST_FRAC). mne is imported where a file is read.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import logging
 import math
 import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from supemb.data.splits import SPLITS
 from supemb.errors import UserError
@@ -92,8 +94,21 @@ def is_eeg_file(path: Path) -> bool:
 
 # mne's verbose= sets its process-wide log level for the call and restores it after: two threads
 # (the decode threads of supemb.embed.batches) would restore each other's INFO mid-read, and mne
-# logs to stdout, into `--json` output. Every mne call of ours with verbose= holds this lock.
+# logs to stdout, into `--json` output. So every mne call of ours with verbose= runs inside
+# `quiet_mne()`: under this lock while mne's level is below ERROR (a library caller's default),
+# unlocked where it is ERROR already (the command line sets MNE_LOGGING_LEVEL), since setting
+# and restoring ERROR cannot let INFO through; the lock halves 2-thread EEG decoding.
 MNE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def quiet_mne() -> Iterator[None]:
+    """The context every mne call of ours with verbose="error" runs in (see MNE_LOCK). The level
+    is read under the lock, so never while a locked call has lifted it to ERROR for a moment."""
+    with MNE_LOCK:
+        quiet = logging.getLogger("mne").level >= logging.ERROR
+    with contextlib.nullcontext() if quiet else MNE_LOCK:
+        yield
 
 
 def read_recording(path: str | Path) -> mne.io.BaseRaw:
@@ -110,7 +125,7 @@ def read_recording(path: str | Path) -> mne.io.BaseRaw:
     if reader is None:
         raise UserError(f"{path}: not an EEG file (expected .edf, .bdf or .fif)")
     try:
-        with MNE_LOCK:
+        with quiet_mne():
             raw = reader(path, preload=True, verbose="error")
     except UserError:
         raise
@@ -212,7 +227,7 @@ def age_from_header(path: str | Path) -> float:
         if not path.is_file():
             raise UserError(f"{path}: no such EEG file")
         try:
-            with MNE_LOCK:  # the header only, not the recording
+            with quiet_mne():  # the header only, not the recording
                 info = mne.io.read_info(path, verbose="error").get("subject_info") or {}
         except Exception as e:  # mne raises many types for damaged files
             raise UserError(f"{path}: cannot read the recording ({' '.join(str(e).split()) or type(e).__name__})")

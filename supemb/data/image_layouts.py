@@ -128,7 +128,7 @@ def read_csv_table(
     i_split = header.index("split") if "split" in header else None
 
     rows: list[RawRow] = []
-    seen: dict[object, tuple[int, str, str]] = {}  # file -> (line, path as written, target) of its first row
+    seen: dict[str, tuple[int, str, str]] = {}  # file -> (line, path as written, target) of its first row
     for line, row in lines:
         if not any(c.strip() for c in row):
             continue  # blank lines are layout, not data
@@ -163,15 +163,10 @@ def _refuse_other_delimiter(csv_path: Path, header: list[str]) -> None:
                         "(save it as CSV with commas)")
 
 
-def _file_key(path: Path) -> object:
-    """The same key for every name of one file (relative, absolute, `../`, a link)."""
-    try:
-        st = path.stat()
-        if st.st_ino:
-            return (st.st_dev, st.st_ino)
-    except OSError:
-        pass
-    return os.path.normcase(os.path.realpath(path))
+def _file_key(path: Path) -> str:
+    """The same key for the names of one file written relative, absolute or with `..` (text only:
+    no second stat per row; two links to one file count as two files)."""
+    return os.path.normcase(os.path.abspath(path))
 
 
 def _listed_twice(first: tuple[int, str, str], again: tuple[int, str, str], target: str) -> str:

@@ -89,10 +89,10 @@ def assign_splits(
         for i, lab in zip(idx, labels):
             out[i] = replace(records[i], split=lab)  # type: ignore[type-var]
     if val_from_train and val_frac > 0 and not any(r.split == "val" for r in out):
-        drawn = set(todo)  # fixed training rows may become val, never test; drawn ones either
+        # drawn training rows may become val or test; fixed ones (all given) only val
         pool = [i for i in todo if out[i].split == "train"] or [i for i, r in enumerate(out) if r.split == "train"]
         no_test = not any(out[i].split == "test" for i in todo)
-        out = _val_from_train(out, pool, val_frac, test_frac if drawn and no_test else 0.0, seed, stratify)
+        out = _val_from_train(out, pool, val_frac, test_frac if todo and no_test else 0.0, seed, stratify)
     return out
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from supemb.data.eeg_files import MNE_LOCK, TUH_CHANNELS, channel_lookup, normalize_channel_name, read_recording
+from supemb.data.eeg_files import TUH_CHANNELS, channel_lookup, normalize_channel_name, quiet_mne, read_recording
 from supemb.errors import UserError
 
 if TYPE_CHECKING:  # mne is imported where used: importing this module stays light
@@ -201,12 +201,12 @@ def preprocess_raw(raw: mne.io.BaseRaw, spec: EEGSpec, source: str | Path | None
         warnings.warn(f"{source}: {', '.join(flat)} flat (no signal): the prediction leans on the other channels "
                       "and may be off; check the electrodes", FlatChannelWarning, stacklevel=2)
     if sfreq_in != spec.sfreq:
-        with MNE_LOCK:  # verbose= sets mne's process-wide log level (see MNE_LOCK)
+        with quiet_mne():  # verbose= sets mne's process-wide log level (see eeg_files.MNE_LOCK)
             x = mne.filter.resample(x, up=spec.sfreq, down=sfreq_in, verbose="error")
         if x.shape[1] < need:  # resampling rounded the length down
             raise too_short
     if spec.l_freq is not None or spec.h_freq is not None:
-        with MNE_LOCK:
+        with quiet_mne():
             x = mne.filter.filter_data(x, spec.sfreq, spec.l_freq, spec.h_freq, copy=False, verbose="error")
     x = np.clip(x * 1e6, -spec.clip_uv, spec.clip_uv)  # volts -> microvolts
     x = scale_signal(x, spec)

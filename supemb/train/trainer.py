@@ -205,8 +205,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         if self.world.main:
             self.run_dir.check_out(self.resume)  # a usable --out before any data is read
-        # worker_errors: a bad file read in a DataLoader worker gives its one-line message
-        with contextlib.ExitStack() as self._held, worker_errors():
+        with contextlib.ExitStack() as self._held, worker_errors():  # a DataLoader worker's bad file: one line
             return self._run()
 
     def _run(self) -> dict[str, Any]:
@@ -263,6 +262,7 @@ class Trainer:
                         running += loss
                         seen += 1
                         bar.set_postfix(loss=f"{running / seen:.4f}")
+                    stop.check()  # one that came during the epoch's last step
             except KeyboardInterrupt:
                 path = self._save(self.run_dir.last)
                 bar.close()
