@@ -43,9 +43,20 @@ def _at_least(flag: str, value: int | None, minimum: int) -> None:
         raise UsageError(f"{flag} must be >= {minimum}, got {value}")
 
 
-def _skipped(command: str) -> Callable[[str], None]:
-    """Says on stderr which gallery item `supemb COMMAND --on-error skip` left out, and why."""
-    return lambda item: print(f"supemb {command}: skipped: {item}", file=sys.stderr)
+class _Skipped:
+    """Says on stderr which item `supemb COMMAND --on-error skip` left out, and why, and counts them:
+    a command that left out an input it was given ends with exit code 1, as `supemb predict` does."""
+
+    def __init__(self, command: str) -> None:
+        self.command, self.count = command, 0
+
+    def __call__(self, item: str) -> None:
+        self.count += 1
+        print(f"supemb {self.command}: skipped: {item}", file=sys.stderr)
+
+    def exit_code(self, asked_to_skip: bool) -> int:
+        # a run trained with --on-error skip exports without its bad items: those are not a failure now
+        return 1 if self.count and asked_to_skip else 0
 
 
 def _data_format(fmt: str) -> str:
@@ -100,7 +111,8 @@ def export_parser(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--name", help="bundle name shown by the demo (default: the --out name)")
     p.add_argument("--thumbnails", type=int, default=0, metavar="PX",
                    help="store PX x PX thumbnails of image galleries, for showing neighbours (default 0: none)")
-    p.add_argument("--on-error", choices=ON_ERROR_FLAGS, default="fail", help="unreadable gallery items")
+    p.add_argument("--on-error", choices=ON_ERROR_FLAGS, default="fail",
+                   help="skip: leave unreadable gallery items out, naming each (exit code 1 if any was)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--processes", type=int, default=1, metavar="N", help=PROCESSES_HELP)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
@@ -115,11 +127,11 @@ def export_parser(p: argparse.ArgumentParser) -> Handler:
         _at_least("--k", args.k, 1)
         _at_least("--thumbnails", args.thumbnails, 0)
         _at_least("--opset", args.opset, 1)
-        on_error, processes = raise_or_skip(args.on_error), _processes(args)
+        on_error, processes, skipped = raise_or_skip(args.on_error), _processes(args), _Skipped("export")
         m = export_run(args.run, args.out, gallery=args.gallery, opset=args.opset, fp16=args.fp16,
                        index=args.index, k=args.k, unit=args.unit, name=args.name, thumbnails=args.thumbnails,
                        force=args.force, on_error=on_error, processes=processes,
-                       device=args.device, detect_faces=args.detect_faces, on_skip=_skipped("export"))
+                       device=args.device, detect_faces=args.detect_faces, on_skip=skipped)
         diffs = m["onnx"]["parity_max_abs_diff"]
         print(f"wrote {args.out}: {m['modality']} {m['task']}, {m['embedding_dim']}-d, "
               f"gallery {m['gallery']['items']} ({m['index']['kind']} index), "
@@ -127,7 +139,7 @@ def export_parser(p: argparse.ArgumentParser) -> Handler:
               + (f", residual head {m['onnx']['parity_head_max_abs_diff']:.2g} {m['target'].get('unit') or ''}".rstrip()
                  if "parity_head_max_abs_diff" in m["onnx"] else ""))
         print(f"digest {_digest_of(args.out)}")
-        return 0
+        return skipped.exit_code(on_error == "skip")
 
     return run
 
@@ -139,7 +151,8 @@ def index_parser(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--index", choices=INDEX_KINDS, help="FAISS index type (default: the bundle's)")
     p.add_argument("--target", help="target column (default: the bundle's target name)")
     p.add_argument("--format", default="auto", help="auto | eeg | csv | folder | utkface | agedb (default auto)")
-    p.add_argument("--on-error", choices=ON_ERROR_FLAGS, default="fail", help="unreadable items")
+    p.add_argument("--on-error", choices=ON_ERROR_FLAGS, default="fail",
+                   help="skip: leave unreadable items out, naming each (exit code 1 if any was)")
     p.add_argument("--processes", type=int, default=1, metavar="N", help=PROCESSES_HELP)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
                    help="where the gallery is embedded: cpu (default), or cuda: one GPU per process")
@@ -148,11 +161,12 @@ def index_parser(p: argparse.ArgumentParser) -> Handler:
         from supemb.export.writer import reindex
 
         fmt, on_error, processes = _data_format(args.format), raise_or_skip(args.on_error), _processes(args)
+        skipped = _Skipped("index")
         m = reindex(args.bundle, args.data, append=args.append, index=args.index, target=args.target,
-                    fmt=fmt, on_error=on_error, processes=processes, device=args.device, on_skip=_skipped("index"))
+                    fmt=fmt, on_error=on_error, processes=processes, device=args.device, on_skip=skipped)
         print(f"{args.bundle}: gallery now {m['gallery']['items']} items ({m['index']['kind']} index), "
               f"digest {_digest_of(args.bundle)}")
-        return 0
+        return skipped.exit_code(on_error == "skip")
 
     return run
 
@@ -288,7 +302,8 @@ def eval_parser(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--format", default="auto", help="auto | eeg | csv | folder | utkface | agedb (default auto)")
     p.add_argument("--k", type=int, help="neighbours (default: the bundle's)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.add_argument("--on-error", choices=ON_ERROR_FLAGS, default="fail", help="unreadable items")
+    p.add_argument("--on-error", choices=ON_ERROR_FLAGS, default="fail",
+                   help="skip: leave unreadable items out, naming each (exit code 1 if any was)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where the encoder runs: auto (default: CUDA when available), cpu or cuda")
     p.add_argument("--no-detect", action="store_true",
@@ -317,6 +332,6 @@ def eval_parser(p: argparse.ArgumentParser) -> Handler:
                         print(f"skipped: {s}")
                 else:
                     print(f"{key}\t{v:.4f}" if isinstance(v, float) else f"{key}\t{v}")
-        return 0
+        return 1 if m["skipped"] else 0  # figures over fewer items than --data holds
 
     return run

@@ -176,11 +176,11 @@ def test_export_on_error_with_a_bad_gallery_item(run: Path, bad_data: tuple[Path
     csv, bad = bad_data
     _fails(["export", run, "--out", tmp_path / "b", "--gallery", csv], 1, bad, capsys=capsys)
     code, out, err = _call(["export", run, "--out", tmp_path / "b", "--gallery", csv, "--on-error", "skip"], capsys)
-    assert code == 0 and "Traceback" not in err
+    assert code == 1 and "Traceback" not in err
     assert [line for line in err.splitlines() if "skipped:" in line] == [f"supemb export: skipped: {bad}: not an "
                                                                          "image file (cannot identify image format)"]
     code, out, err = _call(["index", tmp_path / "b", "--data", csv, "--on-error", "skip"], capsys)
-    assert code == 0 and err.startswith(f"supemb index: skipped: {bad}: ")
+    assert code == 1 and err.startswith(f"supemb index: skipped: {bad}: ")
     from supemb.predict.bundle import load_bundle
 
     b = load_bundle(tmp_path / "b", device="cpu")
@@ -268,11 +268,11 @@ def test_eval_errors(bundle: Path, webcam: Path, tmp_path: Path, capsys) -> None
 
 
 def test_eval_on_error(bundle: Path, bad_data: tuple[Path, Path], capsys) -> None:
-    """fail: one line naming the bad item, exit 1; skip: the metrics of the rest, the bad one listed, exit 0."""
+    """fail: one line naming the bad item, exit 1; skip: the metrics of the rest, the bad one listed, exit 1."""
     csv, bad = bad_data
     _fails(["eval", bundle, "--data", csv, "--device", "cpu"], 1, bad, capsys=capsys)
     code, out, err = _call(["eval", bundle, "--data", csv, "--device", "cpu", "--on-error", "skip"], capsys)
-    assert code == 0 and "Traceback" not in err
+    assert code == 1 and "Traceback" not in err
     assert "items\t39" in out.splitlines()
     skipped = [line for line in out.splitlines() if line.startswith("skipped:")]
     assert len(skipped) == 1 and str(bad) in skipped[0]

@@ -193,6 +193,29 @@ def test_index_passes_its_flags_and_prints_the_new_gallery(reindexed, tmp_path, 
                                    processes=2, device="auto")
 
 
+@pytest.mark.parametrize("command", ["export", "index"])
+@pytest.mark.parametrize("flags, skips, code", [
+    (["--on-error", "skip"], 2, 1),  # left out inputs it was given: exit code 1, as predict
+    (["--on-error", "skip"], 0, 0),
+    ([], 2, 0),  # export of a run trained with --on-error skip leaves out what training left out: not a failure
+])
+def test_export_and_index_exit_1_when_they_skipped_what_they_were_asked_to(monkeypatch, tmp_path, capsys,
+                                                                          command, flags, skips, code) -> None:
+    def work(*args, **kw):
+        for i in range(skips):
+            kw["on_skip"](f"g/{i}.png: truncated image")
+        (tmp_path / "manifest.json").write_text(json.dumps(MANIFEST))
+        return {"onnx": {"parity_max_abs_diff": {"a": 2e-6}}, "modality": "image", "task": "regression",
+                "embedding_dim": 8, "gallery": {"items": 40}, "index": {"kind": "flat"}}
+
+    _fake_module(monkeypatch, "supemb.export.writer", export_run=work, reindex=work)
+    argv = ["export", "runs/a", "--out", str(tmp_path)] if command == "export" else [
+        "index", str(tmp_path), "--data", "d.csv"]
+    got, _, err = _call(argv + flags, capsys)
+    assert got == code
+    assert err == "".join(f"supemb {command}: skipped: g/{i}.png: truncated image\n" for i in range(skips))
+
+
 def test_index_checks_format_and_processes_first(reindexed, capsys) -> None:
     from supemb import modalities
 
@@ -313,7 +336,7 @@ def evaluated(loaded, monkeypatch) -> list:
 
 def test_eval_defaults_and_text_output(evaluated, loaded, capsys) -> None:
     assert _call(["eval", "b", "--data", "d.csv"], capsys) == (
-        0, "items\t3\nskipped: x: bad\nskipped: y: bad\nk\t5\nin_gallery\t0\nserved_mae\t1.2346\n",
+        1, "items\t3\nskipped: x: bad\nskipped: y: bad\nk\t5\nin_gallery\t0\nserved_mae\t1.2346\n",
         f"supemb eval: bundle b digest {HEX}\n")
     assert loaded.loads == [("b", dict(device="auto", digest=None))]
     assert evaluated == [(HEX, "d.csv", dict(target=None, fmt="auto", k=None, on_error="raise", detect=True))]
@@ -325,13 +348,13 @@ def test_eval_flags_and_json(evaluated, loaded, capsys) -> None:
     code, out, _ = _call(argv, capsys)
     want = {"items": 3, "skipped": ["x: bad", "y: bad"], "k": 5, "in_gallery": 0, "served_mae": 1.23456,
             "bundle_digest": HEX}
-    assert code == 0 and out == json.dumps(want, indent=2) + "\n"
+    assert code == 1 and out == json.dumps(want, indent=2) + "\n"
     assert loaded.loads == [("b", dict(device="cpu", digest=HEX))]
     assert evaluated == [(HEX, "d", dict(target="age", fmt="csv", k=4, on_error="skip", detect=False))]
 
 
 def test_eval_says_when_its_data_holds_the_gallery(evaluated, loaded, capsys) -> None:
-    evaluated.metrics["in_gallery"] = 2
+    evaluated.metrics.update(in_gallery=2, skipped=[])  # nothing left out: exit code 0
     code, out, err = _call(["eval", "b", "--data", "d.csv"], capsys)
     assert code == 0 and "in_gallery\t2\n" in out
     assert err.splitlines()[1] == ("supemb eval: note: 2 of 3 items are in the bundle's gallery (each is its own "

@@ -235,6 +235,6 @@ def test_eval_on_face_crops_skips_detection_when_told(tmp_path: Path, capsys) ->
     data = make_face_dataset(tmp_path / "crops", 24, size=32, seed=9)
     assert main(["eval", str(root), "--data", str(data), "--no-detect", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["served_mae"] > 0
-    assert main(["eval", str(root), "--data", str(data), "--on-error", "skip", "--json"]) in (0, 1)
+    assert main(["eval", str(root), "--data", str(data), "--on-error", "skip", "--json"]) == 1  # it left some out
     out = capsys.readouterr()
     assert "no face found" in out.out + out.err  # the cartoon crops: the detector misses many of them
