@@ -207,7 +207,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MNE_LOGGING_LEVEL", "ERROR")
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if isinstance(getattr(args, "inputs", None), list) and not any(e.startswith("-") for e in extra):
+            args.inputs.extend(extra)  # `predict B a.png --k 2 b.png`: the files after an option are inputs too
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return 2

@@ -291,6 +291,21 @@ def test_predict_flags_reach_the_bundle(loaded, capsys) -> None:
                                                 detect=False, faces="all"))]
 
 
+def test_predict_takes_files_on_both_sides_of_an_option_in_their_order(loaded, capsys) -> None:
+    assert _call(["predict", "b", "x.png", "--k", "2", "y.png", "--json", "z.png"], capsys)[0] == 0
+    assert [(inputs, kw["k"]) for inputs, kw in loaded.predicts] == [(["x.png", "y.png", "z.png"], 2)]
+
+
+@pytest.mark.parametrize("argv, rest", [
+    (["predict", "b", "x.png", "--k", "2", "y.png", "--kay", "3"], "y.png --kay 3"),
+    (["eval", "b", "--data", "d", "more.csv"], "more.csv"),  # only predict takes a list of files
+])
+def test_an_unknown_option_or_a_stray_word_is_still_a_usage_error(loaded, argv, rest, capsys) -> None:
+    code, out, err = _call(argv, capsys)
+    assert (code, out) == (2, "") and err.endswith(f"supemb: error: unrecognized arguments: {rest}\n")
+    assert loaded.loads == []
+
+
 def test_predict_skipped_inputs_go_to_stderr_and_exit_1(loaded, capsys) -> None:
     loaded.preds = [_pred("x.png", ok=False, error="x.png: not an image"), _pred("y.png", value=4.0),
                     _pred("z.png", ok=False, error="z.png: empty")]
