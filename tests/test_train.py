@@ -150,6 +150,9 @@ def test_resume_after_interrupt_gives_the_same_weights(image_values: Path, tmp_p
         assert torch.equal(a[key], b[key]), key
     stages = [m["stage"] for m in _read_metrics(tmp_path / "resumed")]
     assert stages == [1, 1, 2, "final"]
+    # the resumed epoch's loss is the mean over all its steps, those before the interrupt too
+    losses = [[m["loss"] for m in _read_metrics(tmp_path / run) if m["stage"] == 1] for run in ("straight", "resumed")]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6, abs=0) and len(losses[0]) == 2
     # embed_run and export's loader rebuild the same final (EMA) encoder, in the run's metric
     emb, _, cfg, metric = embed_run(tmp_path / "straight", "val")
     module, meta, _ = RunDir(tmp_path / "straight").embedding_model()

@@ -43,3 +43,4 @@ class Position:
     stage: int = 1
     epoch: int = 0
     step: int = 0  # batches already done in `epoch`
+    loss_sum: float | None = None  # their losses summed, for the epoch's mean after a resume (None: not kept)

@@ -168,7 +168,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "ema": self.ema,
-            "position": [self.position.stage, self.position.epoch, self.position.step],
+            "position": [self.position.stage, self.position.epoch, self.position.step, self.position.loss_sum],
             "global_step": self.global_step,
             "best_score": list(self.best_score),
             "rng": rng_state(),
@@ -248,7 +248,8 @@ class Trainer:
             bar = tqdm(self.train_loader, total=self.steps_per_epoch, initial=skip,
                        desc=f"{what} epoch {epoch + 1}/{cfg.epochs}", leave=False,
                        disable=None if self.world.main else True, file=sys.stderr)
-            running, seen, t0 = 0.0, 0, time.perf_counter()
+            kept = skip and self.position.loss_sum is not None  # the epoch's loss so far (older checkpoints: none)
+            (running, seen), t0 = (self.position.loss_sum, skip) if kept else (0.0, 0), time.perf_counter()
             step = skip
             try:
                 with StepBoundary(self.world.size == 1) as stop:  # a Ctrl-C waits for the step to end
@@ -257,10 +258,8 @@ class Trainer:
                             raise KeyboardInterrupt
                         stop.check()
                         loss = self._train_step(x, y, epoch, step)
-                        step += 1
-                        self.position = Position(1, epoch, step)
-                        running += loss
-                        seen += 1
+                        step, running, seen = step + 1, running + loss, seen + 1
+                        self.position = Position(1, epoch, step, running)
                         bar.set_postfix(loss=f"{running / seen:.4f}")
                     stop.check()  # one that came during the epoch's last step
             except KeyboardInterrupt:
