@@ -74,15 +74,20 @@ def machine() -> dict[str, Any]:
         "load_avg_1_5_15_min": [round(v, 2) for v in os.getloadavg()],  # other jobs on the machine, at the start
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": ".venv/bin/python " + shlex.join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
+        "taken": "start",  # the load and date; records of heldout, significance and residual_knn before 2026-12-08
+        # were taken when the run had finished, and say "end"
     }
 
 
 def machine_line(m: dict[str, Any]) -> str:
     load = m.get("load_avg_1_5_15_min")  # records written before 2026-12 have none
-    load_text = (f"load average {load[0]:g} at the start (other jobs; times are wall-clock)" if load
-                 else "load not recorded (times are wall-clock on a shared machine)")
+    at_end = m.get("taken") == "end"
+    load_text = (("load average {:g} when the run had finished (its own and other jobs'; times are wall-clock)"
+                  if at_end else "load average {:g} at the start (other jobs; times are wall-clock)").format(load[0])
+                 if load else "load not recorded (times are wall-clock on a shared machine)")
     return (f"Machine: {m['platform']}, CPU {m['cpu']} ({m['cpu_count']} cores), {m['torch_threads']} torch "
-            f"threads, torch {m['torch']}, Python {m['python']}, {load_text}. Date: {m['date']}.")
+            f"threads, torch {m['torch']}, Python {m['python']}, {load_text}. "
+            f"Date{' (the end)' if at_end else ''}: {m['date']}.")
 
 
 # ---------------------------------------------------------------------- data
