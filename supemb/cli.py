@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, add) in _SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(handler=add(p))
+        p.set_defaults(handler=add(p), parser=p)  # `parser`: the command's own usage for its errors
     return parser
 
 
@@ -212,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(getattr(args, "inputs", None), list) and not any(e.startswith("-") for e in extra):
             args.inputs.extend(extra)  # `predict B a.png --k 2 b.png`: the files after an option are inputs too
         else:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return 2

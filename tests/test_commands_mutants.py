@@ -302,7 +302,8 @@ def test_predict_takes_files_on_both_sides_of_an_option_in_their_order(loaded, c
 ])
 def test_an_unknown_option_or_a_stray_word_is_still_a_usage_error(loaded, argv, rest, capsys) -> None:
     code, out, err = _call(argv, capsys)
-    assert (code, out) == (2, "") and err.endswith(f"supemb: error: unrecognized arguments: {rest}\n")
+    assert (code, out) == (2, "") and err.endswith(f"supemb {argv[0]}: error: unrecognized arguments: {rest}\n")
+    assert err.startswith(f"usage: supemb {argv[0]} ")  # the command's own usage
     assert loaded.loads == []
 
 
