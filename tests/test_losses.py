@@ -88,6 +88,41 @@ def test_supcon_batch_without_any_positive_is_zero_with_zero_grad(variant: str) 
     assert torch.equal(_grad(loss, x), torch.zeros_like(x))
 
 
+@pytest.mark.parametrize("variant", ["out", "in"])
+@pytest.mark.parametrize("mode", ["all", "one"])
+@pytest.mark.parametrize("labels", [torch.tensor([0]), None])
+def test_supcon_one_item_batch_is_zero_not_nan(variant: str, mode: str, labels) -> None:
+    """B = V = 1: nothing to contrast with (the fused path's only logit is -inf)."""
+    x = _feats(1, 1, 8, seed=4)
+    loss = SupConLoss(variant=variant, contrast_mode=mode)(x, labels)
+    assert loss.item() == 0.0
+    assert torch.equal(_grad(loss, x), torch.zeros_like(x))
+
+
+def _hvp(loss_fn, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    (g,) = torch.autograd.grad(loss_fn(x), x, create_graph=True)
+    (h,) = torch.autograd.grad((g * v).sum(), x)
+    return h
+
+
+@pytest.mark.parametrize("case", ["supcon", "rnc-l2", "rnc-cosine"])
+def test_second_derivatives_through_the_analytic_gradients_are_exact(case: str) -> None:
+    """create_graph=True (Hessian-vector products, gradient penalties): the custom backward gives a
+    gradient that can be differentiated again, equal to autograd through the brute-force loops."""
+    x = _feats(5, 2, 3, seed=21)
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    if case == "supcon":
+        y = torch.tensor([0, 1, 0, 1, 2])
+        ours, ref = SupConLoss(temperature=0.5), lambda t: supcon_reference(t, y.tolist(), 0.5, "out", "all")
+        ours_fn = lambda t: ours(t, y)  # noqa: E731
+    else:
+        sim = case.split("-")[1]
+        targets = [0.0, 2.0, 2.0, 1.0, 4.0]
+        loss = RnCLoss(temperature=1.5, similarity=sim)
+        ours_fn, ref = (lambda t: loss(t, torch.tensor(targets))), lambda t: rnc_reference(t, targets, 1.5, "l1", sim)
+    assert torch.allclose(_hvp(ours_fn, x, v), _hvp(ref, x, v), atol=1e-10, rtol=1e-8)
+
+
 def test_supcon_base_temperature_is_an_explicit_scale() -> None:
     x = _feats(6, 2, 4, seed=5)
     y = torch.tensor([0, 1, 0, 1, 2, 2])
@@ -200,6 +235,15 @@ def test_uniform_targets_form_a_simplex_and_are_deterministic(tmp_path, monkeypa
     assert torch.equal(uniform_targets(5, 8, seed=3), u)  # from the cache
     assert torch.equal(uniform_targets(5, 8, seed=3, cache=False), u)  # recomputed
     assert not torch.equal(uniform_targets(5, 8, seed=4, cache=False), u)
+
+
+def test_uniform_targets_keep_the_closest_apart_beyond_a_simplex(tmp_path, monkeypatch) -> None:
+    """C > D + 1: the t = 0.07 phase (the authors' target generation) lowers the largest cosine that
+    t = 1 alone leaves (0.70 for C = 100 in D = 8; the authors' objective run with Adam reaches 0.51)."""
+    monkeypatch.setenv("SUPEMB_CACHE", str(tmp_path))
+    u = uniform_targets(100, 8).double()
+    cos = (u @ u.T)[~torch.eye(100, dtype=torch.bool)]
+    assert cos.max().item() < 0.55
 
 
 @pytest.mark.parametrize("weight", [1.0, 0.5, 0.0])
@@ -322,6 +366,12 @@ def test_losses_reject_bad_inputs(tmp_path, monkeypatch) -> None:
             loss(nan, torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="NaN"):
         RnCLoss()(x, torch.tensor([1.0, float("nan"), 2.0, 3.0]))
+    with pytest.raises(ValueError, match=r"B = 4, got \(3,\)$"):  # the shape given, not the one made of it
+        RnCLoss()(x, torch.tensor([1.0, 2.0, 3.0]))
+    for loss in (SupConLoss(), TargetedSupConLoss(3, 16)):  # 1.5 is no class (TSC would truncate it to 1)
+        with pytest.raises(ValueError, match="class indices .* got 1.5"):
+            loss(x, torch.tensor([0.0, 1.5, 2.0, 0.0]))
+    assert torch.isfinite(SupConLoss()(x, torch.tensor([0.0, 1.0, 2.0, 0.0])))  # floats holding integers
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         TargetedSupConLoss(3, 16)(x, torch.tensor([0, 1, 2, 3]))
     with pytest.raises(ValueError, match="dim"):
@@ -346,6 +396,22 @@ def test_rnc_log_space_fallback_matches_bruteforce(similarity: str, monkeypatch)
     targets = [2.0, 0.0, 2.0, 5.0, 1.0, 0.0]
     ours = RnCLoss(temperature=0.8, similarity=similarity)(x, torch.tensor(targets))
     _assert_matches(ours, rnc_reference(x, targets, 0.8, "l1", similarity), x)
+
+
+@pytest.mark.parametrize("offset, spread", [(0.0, 1e-3), (100.0, 1e-2)], ids=["close views", "large common part"])
+def test_rnc_float32_gradient_of_close_pairs_matches_float64(offset: float, spread: float) -> None:
+    """Two views a thousandth apart in features of norm ~12, or features that share a large offset:
+    the Gram form |a|^2 + |b|^2 - 2 a.b alone loses these pairs' digits in float32 (relative gradient
+    error 3e-3 and 1, measured before close pairs were recomputed and the batch mean removed)."""
+    g = torch.Generator().manual_seed(22)
+    base = torch.randn(32, 1, 16, generator=g, dtype=torch.float64) * 3 + offset
+    x = torch.cat([base, base + spread * torch.randn(32, 1, 16, generator=g, dtype=torch.float64)], 1)
+    y = torch.randint(0, 10, (32,), generator=g).to(torch.float64)
+    grads = []
+    for dtype in (torch.float64, torch.float32):
+        t = x.to(dtype).requires_grad_()
+        grads.append(_grad(RnCLoss(temperature=2.0)(t, y), t).double())
+    assert ((grads[1] - grads[0]).norm() / grads[0].norm()).item() < 2e-4
 
 
 def test_rnc_far_apart_float32_matches_float64() -> None:

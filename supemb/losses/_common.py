@@ -9,7 +9,7 @@ papers' reference code); the loss values do not depend on this order.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -54,6 +54,9 @@ def check_batch_labels(labels: Tensor, batch: int, name: str = "labels") -> Tens
         )
     if labels.is_floating_point() and not bool(torch.isfinite(labels).all()):
         raise ValueError(f"{name} contains NaN or Inf values")
+    if labels.is_floating_point() and not bool((labels == labels.round()).all()):
+        bad = labels[labels != labels.round()][0].item()
+        raise ValueError(f"{name} must be class indices (integers, or floats holding integers), got {bad:g}")
     return labels
 
 
@@ -96,3 +99,10 @@ def pairwise_sq_l2(a: Tensor) -> Tensor:
     """
     sq = a.pow(2).sum(-1)
     return (sq[:, None] + sq[None, :] - 2.0 * (a @ a.T)).clamp_min(0.0)
+
+
+def graph_grad(loss_of: Callable[[Tensor], Tensor], x: Tensor, grad_out: Tensor) -> Tensor:
+    """grad_out * d loss_of(x) / dx by autograd, with its graph (a custom Function's backward under
+    create_graph=True): its analytic gradient has no graph, so a second derivative through it would
+    silently miss terms (Hessian-vector products, gradient penalties); this one is exact."""
+    return torch.autograd.grad(loss_of(x), x, grad_out, create_graph=True)[0]

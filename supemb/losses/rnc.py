@@ -46,6 +46,7 @@ from supemb.losses._common import (
     finite_or_raise,
     flatten_views,
     full_precision,
+    graph_grad as _graph_grad,
     pairwise_sq_l2,
     promote,
     safe_sqrt,
@@ -104,12 +105,11 @@ def _check_targets(targets: Tensor, batch: int) -> Tensor:
     """Targets `[B]` or `[B, T]` -> float64 `[B, T]` (exact label distances and ties)."""
     if not isinstance(targets, Tensor):
         targets = torch.as_tensor(targets)
+    given = tuple(targets.shape)
     if targets.dim() == 1:
         targets = targets.unsqueeze(1)
     if targets.dim() != 2 or targets.shape[0] != batch or targets.shape[1] == 0:
-        raise ValueError(
-            f"targets must have shape [B] or [B, T] with B = {batch}, got {tuple(targets.shape)}"
-        )
+        raise ValueError(f"targets must have shape [B] or [B, T] with B = {batch}, got {given}")
     targets = targets.to(torch.float64)
     if not bool(torch.isfinite(targets).all()):
         raise ValueError("targets contain NaN or Inf values")
@@ -212,11 +212,15 @@ def _grad_logits(core: _Core, s: RankStructure, scale: float) -> Tensor:
 class _RnCFromLogits(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, core: _Core, s: RankStructure) -> Tensor:
+        ctx.save_for_backward(logits)
         ctx.core, ctx.s = core, s
         return core.loss.to(logits.dtype)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
+        if torch.is_grad_enabled():  # create_graph=True: a gradient that can be differentiated again
+            (logits,) = ctx.saved_tensors
+            return _graph_grad(lambda x: _rnc_log_space(x, ctx.s), logits, grad_out), None, None
         return _grad_logits(ctx.core, ctx.s, float(grad_out)).to(grad_out.dtype), None, None
 
 
@@ -224,22 +228,27 @@ class _RnCL2(torch.autograd.Function):
     """Logits -||z_i - z_j|| / τ fused in: one matmul backward instead of two."""
 
     @staticmethod
-    def forward(ctx, z: Tensor, dist: Tensor, core: _Core, s: RankStructure, temperature: float) -> Tensor:
-        ctx.save_for_backward(z, dist)
+    def forward(ctx, z: Tensor, centred: Tensor, dist: Tensor, pairs: Tensor, core: _Core, s: RankStructure,
+                temperature: float) -> Tensor:
+        ctx.save_for_backward(z, centred, dist, pairs)  # z less the batch mean: the same gradient, less cancellation
         ctx.core, ctx.s, ctx.temperature = core, s, temperature
         return core.loss.to(z.dtype)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        z, dist = ctx.saved_tensors
+        z, centred, dist, pairs = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a gradient that can be differentiated again
+            return (_graph_grad(lambda x: _rnc_log_space(-safe_sqrt(pairwise_sq_l2(x - x.mean(0))) / ctx.temperature,
+                                                         ctx.s), z, grad_out), None, None, None, None, None, None)
         # logits = -dist / τ, d(dist)/d(d2) = 1 / (2 dist); 0 where dist = 0
         # (the diagonal, duplicate points), where the distance has no gradient.
         g = _grad_logits(ctx.core, ctx.s, float(grad_out) / (-2.0 * ctx.temperature))
         g_d2 = g.div_(dist).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0).to(z.dtype)
         g_sym = g_d2 + g_d2.T
         # d2_ij = |z_i|^2 + |z_j|^2 - 2 z_i·z_j
-        grad_z = 2.0 * (g_sym.sum(1, keepdim=True) * z - g_sym @ z)
-        return grad_z, None, None, None, None
+        close = _close_pairs_grad(g_sym, centred, pairs)
+        grad_z = 2.0 * (g_sym.sum(1, keepdim=True) * centred - g_sym @ centred + close)
+        return grad_z, None, None, None, None, None, None
 
 
 def _raise_if_nonfinite(x: Tensor) -> None:
@@ -257,17 +266,51 @@ def rnc_from_logits(logits: Tensor, s: RankStructure) -> Tensor:
     return _RnCFromLogits.apply(logits, core, s)
 
 
+_CHUNK = 1 << 16  # close pairs done at once: memory CHUNK x D
+
+
+def _refine_close_pairs(d2: Tensor, z: Tensor, sq: Tensor, rel: float = 1e-2) -> tuple[Tensor, Tensor]:
+    """Squared distances `d2` (from the Gram form) with close pairs recomputed as |z_i - z_j|^2,
+    and those pairs `[2, m]`.
+
+    The Gram form's rounding error is about eps (|z_i|^2 + |z_j|^2), so a pair closer than `rel`
+    of that (two views RnC has pulled together) keeps at most eps / rel relative error this way,
+    instead of losing all its digits. There are few such pairs; they are done in chunks."""
+    close = d2 < rel * (sq[:, None] + sq[None, :])
+    close.diagonal().fill_(False)
+    pairs = close.nonzero().T
+    for k in range(0, pairs.shape[1], _CHUNK):
+        a, b = pairs[:, k:k + _CHUNK]
+        d2[a, b] = (z[a] - z[b]).pow(2).sum(1)
+    return d2, pairs
+
+
+def _close_pairs_grad(g: Tensor, z: Tensor, pairs: Tensor) -> Tensor:
+    """Σ_j g_ij (z_i - z_j) over the close pairs, by direct differences; their g entries are zeroed
+    (the matmul form of the rest would cancel their digits away, as the Gram form does)."""
+    out = torch.zeros_like(z)
+    for k in range(0, pairs.shape[1], _CHUNK):
+        a, b = pairs[:, k:k + _CHUNK]
+        out.index_add_(0, a, g[a, b][:, None] * (z[a] - z[b]))
+    g[pairs[0], pairs[1]] = 0.0
+    return out
+
+
 def rnc_l2(z: Tensor, s: RankStructure, temperature: float) -> Tensor:
     """The RnC loss with similarity -||z_i - z_j||; z: `[n, D]`."""
     with torch.no_grad():
-        zd = z.detach()
+        # distances do not change when every item moves by the batch mean, but |a|^2 + |b|^2 - 2 a.b
+        # cancels less: features with a large common part (non-negative ones, after a ReLU) keep
+        # float32 precision in close pairs. The gradient, Σ_j g_ij (z_i - z_j), does not change either.
+        zd = z.detach() - z.detach().mean(0, keepdim=True)
         sq = zd.pow(2).sum(1)
-        dist = torch.addmm(sq[:, None] + sq[None, :], zd, zd.T, alpha=-2.0).clamp_min_(0.0).sqrt_()
+        d2, pairs = _refine_close_pairs(torch.addmm(sq[:, None] + sq[None, :], zd, zd.T, alpha=-2.0), zd, sq)
+        dist = d2.clamp_min_(0.0).sqrt_()
         core = _core(dist.mul(-1.0 / temperature), s)
     if core is None:  # underflow, or NaN/Inf (every comparison with NaN fails)
         _raise_if_nonfinite(z)
         return _rnc_log_space(-safe_sqrt(pairwise_sq_l2(z)) / temperature, s)
-    return _RnCL2.apply(z, dist, core, s, temperature)
+    return _RnCL2.apply(z, zd, dist, pairs, core, s, temperature)
 
 
 def _rnc_log_space(logits: Tensor, s: RankStructure) -> Tensor:

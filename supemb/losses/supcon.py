@@ -42,6 +42,7 @@ from supemb.losses._common import (
     finite_or_raise,
     flatten_views,
     full_precision,
+    graph_grad,
     promote,
 )
 
@@ -133,22 +134,30 @@ class _SupConOutMean(torch.autograd.Function):
         n_pos = pos.sum(1).to(z.dtype)
         pos_sum = torch.where(pos, logits, 0.0).sum(1)
         logits.diagonal().fill_(float("-inf"))  # no self-contrast
-        row_max = logits.amax(1, keepdim=True)
+        # a lone item (n = 1) has nothing to contrast with: its row is all -inf, its max taken as 0
+        row_max = logits.amax(1, keepdim=True).nan_to_num_(neginf=0.0)
         e = logits.sub_(row_max).exp_()
-        denom = e.sum(1, keepdim=True)
+        denom = e.sum(1, keepdim=True).clamp_min_(torch.finfo(z.dtype).tiny)  # >= 1 for every other row
         log_denom = denom.log().add_(row_max).squeeze(1)  # [A]
         has_pos = n_pos > 0
         # weight of each anchor in the mean; 0 for anchors without a positive
         w = has_pos.to(z.dtype) / has_pos.sum().clamp_min(1)
-        loss = (w * (log_denom - pos_sum / n_pos.clamp_min(1))).sum()
-        ctx.save_for_backward(z, pos, e, denom, w, n_pos, norm)
-        ctx.n_anchors, ctx.temperature = n_anchors, temperature
+        loss = (w * torch.where(has_pos, log_denom - pos_sum / n_pos.clamp_min(1), 0.0)).sum()
+        ctx.save_for_backward(x, groups, z, pos, e, denom, w, n_pos, norm)
+        ctx.n_anchors, ctx.temperature, ctx.normalize = n_anchors, temperature, normalize
         return loss
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        z, pos, e, denom, w, n_pos, norm = ctx.saved_tensors
+        x, groups, z, pos, e, denom, w, n_pos, norm = ctx.saved_tensors
         a = ctx.n_anchors
+        if torch.is_grad_enabled():  # create_graph=True: a gradient that can be differentiated again
+            def mean_loss(x: Tensor) -> Tensor:
+                per_anchor, has_pos = supcon_terms(F.normalize(x, dim=-1) if ctx.normalize else x, groups,
+                                                   ctx.temperature, "out", a)
+                return per_anchor.sum() / has_pos.sum().clamp_min(1)
+
+            return graph_grad(mean_loss, x, grad_out), None, None, None, None
         k = w * (grad_out / ctx.temperature)  # [A]
         soft = e * (k[:, None] / denom)
         g = torch.where(pos, soft - (k / n_pos.clamp_min(1))[:, None], soft)  # dL/d(z_a·z_k)
