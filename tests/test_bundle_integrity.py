@@ -16,6 +16,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tiny_runs import tiny_bundle, tiny_run, tiny_webcam
 
@@ -271,6 +272,31 @@ def test_well_formed_zips_load(bundle: Path, tmp_path: Path, private_tmp: Path) 
     for z in (flat, folder):
         b = load_bundle(z, device="cpu")
         assert b.digest == d and sorted(p.name for p in b.root.iterdir()) == sorted(p.name for p in bundle.iterdir())
+
+
+def test_a_zips_extracted_copy_goes_with_its_bundle(bundle: Path, tmp_path: Path, private_tmp: Path) -> None:
+    """Each load extracts the zip into a private folder: removed when the bundle is dropped (or at exit),
+    and at once when the bundle is refused. Five loads used to leave five copies behind."""
+    import gc
+
+    z = _zip(bundle, tmp_path / "b.zip")
+    b = load_bundle(z, device="cpu")
+    assert b.root.parent == private_tmp and b.root.is_dir()
+    assert b.predict(np.zeros((16, 16, 3), np.uint8))[0].ok  # served from the extracted copy
+    del b
+    gc.collect()
+    assert not list(private_tmp.iterdir())
+    with pytest.raises(UserError, match="digest"):
+        load_bundle(z, device="cpu", digest="0" * 64)
+    assert not list(private_tmp.iterdir())
+    assert cli(["predict", str(z), "--digest", "0" * 64, "x.png"]) == 1
+    assert not list(private_tmp.iterdir())
+
+
+@pytest.mark.parametrize("path", [123, None, 1.5])
+def test_a_bundle_that_is_not_a_path_is_one_line(path) -> None:
+    with pytest.raises(UserError, match=f"a bundle is a path .* not {type(path).__name__}$"):
+        load_bundle(path, device="cpu")
 
 
 def _symlink(name: str) -> zipfile.ZipInfo:

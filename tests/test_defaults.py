@@ -166,3 +166,42 @@ def test_the_warnings_a_user_filters_are_importable_from_the_package() -> None:
     assert supemb.UnfamiliarInputWarning is api.UnfamiliarInputWarning
     assert supemb.DemoModelWarning is api.DemoModelWarning
     assert all(getattr(supemb, name) is not None for name in supemb.__all__)
+
+
+@pytest.mark.parametrize("call, bundle, says", [
+    ("predict_age", "temperature", "predict_age needs a bundle that predicts age, but this one predicts "
+                                   "'temperature' in °C"),
+    ("predict_temperature", "age", "predict_temperature needs a bundle that predicts temperature, but this one "
+                                   "predicts 'age' in years"),
+    ("predict_age", "brain_age", "predict_age needs an image regression bundle, but this one does eeg regression"),
+    ("predict_brain_age", "age", "predict_brain_age needs an eeg regression bundle, but this one does image"),
+])
+def test_a_bundle_of_another_quantity_is_refused_not_served_in_the_wrong_unit(call, bundle, says) -> None:
+    """A temperature bundle used to answer predict_age in °C, as if it were years."""
+    from supemb.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        getattr(supemb, call)(np.zeros((32, 32, 3), np.uint8), bundle=api.default_bundle_path(bundle))
+    assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_bundle_of_its_quantity_is_known_by_the_targets_name_or_unit(monkeypatch) -> None:
+    b = load_bundle(api.default_bundle_path("temperature"), device="cpu")
+    for name, unit in [("air_temp", ""), ("t2m", "°C"), ("Temperature", "K")]:
+        monkeypatch.setattr(b, "target_name", name)
+        monkeypatch.setattr(b, "unit", unit)
+        api._check_task(b, "image", "predict_temperature", "temperature")  # accepted
+    monkeypatch.setattr(b, "target_name", "storage")  # "age" inside a word is no age
+    monkeypatch.setattr(b, "unit", "GB")
+    from supemb.errors import UserError
+
+    with pytest.raises(UserError, match="predicts 'storage' in GB"):
+        api._check_task(b, "image", "predict_age", "age")
+
+
+@pytest.mark.parametrize("bundle", [123, 4.5, ["b"]])
+def test_a_bundle_argument_that_is_not_a_path_is_one_line(bundle) -> None:
+    from supemb.errors import UserError
+
+    with pytest.raises(UserError, match=f"bundle= is a path .* not {type(bundle).__name__}$"):
+        supemb.predict_temperature(np.zeros((32, 32, 3), np.uint8), bundle=bundle)

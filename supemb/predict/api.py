@@ -16,6 +16,8 @@ between threads.
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -72,6 +74,8 @@ def get_bundle(bundle: str | Path | Bundle | None, default: str, device: str = "
     """A loaded bundle: `bundle` itself, a cached load of its path, or the default `default`."""
     if isinstance(bundle, Bundle):
         return bundle
+    if bundle is not None and not isinstance(bundle, (str, os.PathLike)):
+        raise UserError(f"bundle= is a path to a bundle folder or .zip, or a loaded Bundle, not {type(bundle).__name__}")
     path = default_bundle_path(default) if bundle is None else Path(bundle)
     key = (str(path.resolve()), device)
     with _lock:
@@ -86,10 +90,22 @@ def get_bundle(bundle: str | Path | Bundle | None, default: str, device: str = "
     return b
 
 
-def _check_task(b: Bundle, want_modality: str, what: str) -> None:
+# what each call's value is: a word in the target's name, or one of these units
+QUANTITIES = {"age": ("age", {"years", "year", "yrs", "yr", "y"}),
+              "temperature": ("temp", {"°c", "c", "degc", "celsius", "°f", "f", "fahrenheit", "k", "kelvin"})}
+
+
+def _check_task(b: Bundle, want_modality: str, what: str, quantity: str) -> None:
     if b.task != "regression" or b.modality != want_modality:
-        raise UserError(f"{b.source}: {what} needs a {want_modality} regression bundle, "
+        article = "an" if want_modality[0] in "aeiou" else "a"
+        raise UserError(f"{b.source}: {what} needs {article} {want_modality} regression bundle, "
                         f"but this one does {b.modality} {b.task}")
+    stem, units = QUANTITIES[quantity]
+    words = re.split(r"[^a-z]+", b.target_name.lower())
+    if not any(w.startswith(stem) for w in words) and b.unit.strip().lower() not in units:
+        unit = f" in {b.unit}" if b.unit else ""
+        raise UserError(f"{b.source}: {what} needs a bundle that predicts {quantity}, but this one predicts "
+                        f"{b.target_name!r}{unit}; serve it with supemb.load_bundle(path).predict(inputs)")
 
 
 def _values(b: Bundle, inputs: Any, k: int | None, **predict: Any) -> float | list[float]:
@@ -106,7 +122,7 @@ def predict_age(image: Any, bundle: str | Path | Bundle | None = None, k: int | 
     them. A bundle that finds faces (the default one does) predicts from the photo's largest face;
     a photo without one is an error naming it. detect=False: the photos are face crops already."""
     b = get_bundle(bundle, "age")
-    _check_task(b, "image", "predict_age")
+    _check_task(b, "image", "predict_age", "age")
     return _values(b, image, k, detect=detect)
 
 
@@ -114,7 +130,7 @@ def predict_temperature(image: Any, bundle: str | Path | Bundle | None = None,
                         k: int | None = None) -> float | list[float]:
     """Outdoor temperature (°C) from a webcam frame (path, PIL image or HxWx3 uint8 array), or a list."""
     b = get_bundle(bundle, "temperature")
-    _check_task(b, "image", "predict_temperature")
+    _check_task(b, "image", "predict_temperature", "temperature")
     return _values(b, image, k)
 
 
@@ -122,5 +138,5 @@ def predict_brain_age(recording: Any, bundle: str | Path | Bundle | None = None,
                       k: int | None = None) -> float | list[float]:
     """Brain age in years from resting EEG: an EDF/BDF/FIF path or an `mne.io.Raw`, or a list."""
     b = get_bundle(bundle, "brain_age")
-    _check_task(b, "eeg", "predict_brain_age")
+    _check_task(b, "eeg", "predict_brain_age", "age")
     return _values(b, recording, k)

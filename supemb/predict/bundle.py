@@ -38,6 +38,8 @@ A `Bundle` is safe to use from several threads at once: ONNX Runtime's
 
 from __future__ import annotations
 
+import shutil
+import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -140,13 +142,22 @@ class Bundle:
     digest= given, a bundle whose digest differs is refused before anything else is read."""
 
     def __init__(self, path: str | Path, device: Device = "auto", digest: str | None = None) -> None:
-        from supemb.index.gallery import GalleryIndex
-
-        self.source = Path(path)
         if digest is not None:
             mf.parse_digest(digest)  # a malformed pin is refused before the bundle is opened
         root = mf.open_bundle_dir(path)
-        self.root = root
+        self.source, self.root = Path(path), root
+        # a zip's private extracted copy goes with the bundle (or at exit), at once if the bundle is refused
+        cleanup = weakref.finalize(self, shutil.rmtree, root, True) if root != self.source else None
+        try:
+            self._open(root, device, digest)
+        except BaseException:
+            if cleanup is not None:
+                cleanup()
+            raise
+
+    def _open(self, root: Path, device: Device, digest: str | None) -> None:
+        from supemb.index.gallery import GalleryIndex
+
         m = mf.as_named(mf.read_manifest, root, self.source)
         self.digest: str = mf.manifest_digest(m) if digest is None else mf.check_digest(self.source, m, digest)
         mf.as_named(mf.verify_files, root, self.source, m)

@@ -281,6 +281,9 @@ def open_bundle_dir(path: str | Path) -> Path:
     A zip is checked before anything is written (`_zip_plan`) and extracted
     file by file, each capped at the size the manifest records; on any problem
     the temporary directory is removed and a one-line UserError names the zip."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise UserError(f"a bundle is a path to a folder written by `supemb export` or a .zip of one, "
+                        f"not {type(path).__name__}")
     p = Path(path)
     if p.is_dir():
         return p
