@@ -471,3 +471,16 @@ def test_a_resumed_run_keeps_the_tie_break_of_its_best_epoch(image_classes: Path
     state = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
     assert state["position"][:2] == [1, 3] and state["best_score"] == [1.0, 0.8]
     assert [m["val_knn_acc"] for m in _read_metrics(tmp_path / "run") if m["stage"] == 1] == [0.9, 1.0, 1.0, 1.0]
+
+
+def test_a_relative_data_path_is_recorded_absolute_so_export_works_from_elsewhere(image_values: Path, tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    from supemb.export.writer import export_run
+
+    monkeypatch.chdir(image_values.parent)
+    train(_cfg(Path(image_values.name), tmp_path / "run", target="value", loss="rnc"))
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"] == str(image_values)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    m = export_run(tmp_path / "run", tmp_path / "bundle")  # the run's own gallery: its training split
+    assert m["gallery"]["items"] > 0

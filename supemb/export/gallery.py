@@ -61,7 +61,9 @@ def run_training_gallery(plugin: Modality, cfg: Any) -> Gallery:
     The split is drawn as the trainer drew it, without decoding anything."""
     data = Path(cfg.data)
     if not data.exists():
-        raise UserError(f"{data}: the run's training data is not there any more; "
+        where = ("" if data.is_absolute() else  # runs before 2026-12-08 kept the path as given
+                 f" (a path relative to the folder the run was trained from, not to {Path.cwd()})")
+        raise UserError(f"{data}: the run's training data is not there any more{where}; "
                         "pass --gallery PATH to index another labelled set")
     return _gallery(plugin.training_gallery(cfg), data, f"{data} (training split)")
 

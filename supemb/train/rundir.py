@@ -130,7 +130,9 @@ class RunDir:
     def start(self, cfg: TrainConfig, preprocessing: dict[str, Any]) -> None:
         """A new run: config.json, preprocessing.json and an empty metrics.jsonl."""
         self.path.mkdir(parents=True, exist_ok=True)
-        self.config_json.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+        # the data as an absolute path: --resume and export work from any folder
+        settings = {**cfg.to_dict(), "data": os.path.abspath(cfg.data)}
+        self.config_json.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
         self.preprocessing_json.write_text(json.dumps(preprocessing, indent=2) + "\n")
         self.metrics_jsonl.write_text("")
 
