@@ -199,6 +199,23 @@ def _warning_line(command: str) -> Callable[..., None]:
     return show
 
 
+def _lost_contact(err: RuntimeError) -> str | None:
+    """One line for a collective that failed under torchrun (another process killed, stopped or stuck:
+    gloo's or NCCL's timeout or reset), which names what this rank saw; None for any other error."""
+    from supemb.train.world import World
+
+    text = " ".join(str(err).split())
+    dist = sys.modules.get("torch.distributed")
+    known = isinstance(err, getattr(dist, "DistError", ())) or any(
+        mark in text for mark in ("gloo", "NCCL", "Timed out", "Connection reset", "Connection closed by peer"))
+    if not (World.from_env().active and known):
+        return None
+    seen = text.split("] ", 1)[-1] if text.startswith("[") else text  # gloo's "[file:line] " prefix
+    return (f"lost contact with the other processes ({seen[:200]}); another process was stopped, killed or is "
+            "stuck (torchrun names the first rank to fail, which may be this one: see every rank's line); "
+            "an epoch's checkpoint saved before this is intact: `torchrun ... supemb train --resume --out RUN`")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
@@ -228,6 +245,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"supemb: {rank_prefix()}interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as err:
+        lost = _lost_contact(err)
+        if args.debug or lost is None:
+            raise
+        print(f"supemb {args.command}: error: {rank_prefix()}{lost}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         # The reader went away (`supemb predict ... | head`): stop quietly, as
         # Unix tools do. Point stdout at /dev/null so the flush at exit does not fail again.

@@ -81,6 +81,28 @@ def test_error_line_names_the_rank_under_torchrun(monkeypatch, capsys) -> None:
     assert _call(["viz", "RUN"], capsys) == (130, "", "supemb: rank 1: interrupted\n")
 
 
+GLOO = "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:28823: Connection reset by peer"
+
+
+def test_a_collective_that_lost_its_peer_is_one_line_under_torchrun(monkeypatch, capsys) -> None:
+    """Another rank killed or stopped: gloo's RuntimeError becomes one line naming this rank (no traceback);
+    outside torchrun, or with --debug, or for any other RuntimeError (a bug), the traceback stays."""
+    _with_handler(monkeypatch, _raises(RuntimeError(GLOO)))
+    with pytest.raises(RuntimeError):
+        main(["viz", "RUN"])  # one process: not a lost peer
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    code, out, err = _call(["viz", "RUN"], capsys)
+    assert (code, out) == (1, "") and err.count("\n") == 1
+    assert err.startswith("supemb viz: error: rank 0: lost contact with the other processes (Read error "
+                          "[127.0.0.1]:28823: Connection reset by peer); another process")
+    with pytest.raises(RuntimeError):
+        main(["--debug", "viz", "RUN"])
+    _with_handler(monkeypatch, _raises(RuntimeError("mat1 and mat2 shapes cannot be multiplied")))
+    with pytest.raises(RuntimeError, match="shapes"):
+        main(["viz", "RUN"])
+
+
 def test_debug_raises_the_error_instead_of_the_line(monkeypatch, capsys) -> None:
     """--debug: the UserError (or UsageError) propagates, so Python prints its traceback; no line."""
     for err in (UserError("broken bundle"), UsageError("--k must be >= 1")):
