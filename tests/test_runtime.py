@@ -483,6 +483,9 @@ def test_index_rebuild_and_append(reg_bundle: Path, tmp_path: Path, webcam: Path
     assert cli(["index", str(b_dir), "--data", str(webcam), "--append"]) == 0
     b = load_bundle(b_dir)
     assert b.index.ntotal == 120 and n0 < 60
+    # the same data twice: the added ids, which the gallery holds already, are told apart by the data's folder
+    tag = (webcam.parent if webcam.is_file() else webcam).name
+    assert len(set(b.ids)) == 120 and b.ids[60:] == [f"{tag}/{i}" for i in b.ids[:60]]
     assert b.metric == b.index.metric == "l2"  # appending keeps the bundle's metric
     assert cli(["index", str(b_dir), "--data", str(webcam), "--index", "hnsw"]) == 0
     b = load_bundle(b_dir)
@@ -896,3 +899,13 @@ def test_runs_and_bundles_with_flat_preprocessing_still_work(which: str, work: P
     mf.seal(old_bundle, v_next)
     with pytest.raises(UserError, match="newer than this supemb reads"):
         load_bundle(old_bundle, device="cpu")
+
+
+def test_appended_ids_that_collide_get_the_added_datas_folder_and_then_a_number() -> None:
+    from supemb.export.gallery import append_gallery_json
+
+    old = {"ids": ["a.png", "b.png", "more/b.png"], "groups": [0, 0, 1], "recordings": ["r1.edf", "r2.edf"]}
+    new = {"ids": ["b.png", "c.png", "b.png"], "groups": [0, 0, 1], "recordings": ["r2.edf", "r3.edf"]}
+    got = append_gallery_json(old, new, tag="more")
+    assert got["ids"] == ["a.png", "b.png", "more/b.png", "more-2/b.png", "c.png", "more-3/b.png"]
+    assert got["recordings"] == ["r1.edf", "r2.edf", "more/r2.edf", "r3.edf"] and got["groups"] == [0, 0, 1, 2, 2, 3]

@@ -238,8 +238,9 @@ def read_folder_table(
         raise UserError(f"{root}: a folder-per-class dataset has one target, 'class' (its sub-folders' names), "
                         f"not {target!r}{_named_hint(root)}")
     if task == "regression":
-        raise UserError(f"{root}: a folder-per-class dataset is a classification task: pass --loss supcon, tsc "
-                        f"or ce (the default rnc, like l1, learns values){_named_hint(root)}")
+        raise UserError(f"{root}: a folder-per-class dataset holds classes, not values: a bundle of values, or a "
+                        f"run of rnc (the default) or l1, cannot use it; train on it with --loss supcon, tsc or ce"
+                        f"{_named_hint(root)}")
     problems = RowProblems(on_error)
     splits = _split_folders(root, _class_dirs(root))
     groups = [(d, d.name.lower()) for d in splits] if splits else [(root, None)]

@@ -127,13 +127,27 @@ def embed_gallery(encoder: Encoder, gallery: Gallery, task: str, labels: list[st
                           list(gallery.skipped) + [f.message for f in failures])
 
 
-def append_gallery_json(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """gallery.json of an index extended by `new` rows (`supemb index --append`); recordings renumbered."""
-    out: dict[str, Any] = {"ids": list(old["ids"]) + list(new["ids"])}
+def append_gallery_json(old: dict[str, Any], new: dict[str, Any], tag: str = "added") -> dict[str, Any]:
+    """gallery.json of an index extended by `new` rows (`supemb index --append`); recordings renumbered.
+    Ids are paths relative to each data set, so an added id the gallery already holds (images/0001.png
+    of another folder) becomes "TAG/id" (TAG: the added data's folder name; "TAG-2/id" and so on if that
+    is taken too): every id names one item."""
+    def unique(names: list[str], known: list[str]) -> list[str]:
+        taken, out = set(known), []
+        for name in names:
+            n, candidate = 1, name
+            while candidate in taken:
+                n += 1
+                candidate = f"{tag}/{name}" if n == 2 else f"{tag}-{n - 1}/{name}"
+            taken.add(candidate)
+            out.append(candidate)
+        return out
+
+    out: dict[str, Any] = {"ids": list(old["ids"]) + unique(list(new["ids"]), old["ids"])}
     if "groups" in new:
         shift = len(old.get("recordings", []))
         out["groups"] = list(old["groups"]) + [g + shift for g in new["groups"]]
-        out["recordings"] = list(old["recordings"]) + list(new["recordings"])
+        out["recordings"] = list(old["recordings"]) + unique(list(new["recordings"]), old["recordings"])
     return out
 
 

@@ -231,7 +231,9 @@ def reindex(bundle_dir: str | Path, data: str | Path, *, append: bool = False, i
     for item in new.skipped if on_skip else ():
         on_skip(item)
     if append:
-        g_json = append_gallery_json(json.loads((root / "gallery.json").read_text()), new.gallery_json)
+        added = Path(data)  # its folder's name tells added ids from the gallery's own where they coincide
+        g_json = append_gallery_json(json.loads((root / "gallery.json").read_text()), new.gallery_json,
+                                     tag=(added.parent if added.is_file() else added).resolve().name or "added")
         thumbs = None
         if bundle.thumbnails is not None and new.thumbnails is not None:
             thumbs = np.concatenate([bundle.thumbnails, new.thumbnails])

@@ -155,13 +155,15 @@ def as_rgb_image(image: str | Path | Image.Image | np.ndarray) -> Image.Image:
         return to_rgb(upright(image))
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
-            raise UserError(f"image array must be uint8 [H, W, 3], not {image.dtype} {list(image.shape)}")
+            raise UserError(f"image array must be uint8 [H, W, 3] (or [H, W] grey, [H, W, 4] RGBA), "
+                            f"not {image.dtype} {list(image.shape)}")
         if image.ndim == 2 and min(image.shape) > 0:
             return Image.fromarray(image, "L").convert("RGB")
         if image.ndim == 3 and image.shape[2] in (3, 4) and min(image.shape[:2]) > 0:
             mode = "RGB" if image.shape[2] == 3 else "RGBA"
             return to_rgb(Image.fromarray(np.ascontiguousarray(image), mode))
-        raise UserError(f"image array must be uint8 [H, W, 3], not shape {list(image.shape)}")
+        raise UserError(f"image array must be uint8 [H, W, 3] (or [H, W] grey, [H, W, 4] RGBA), "
+                        f"not shape {list(image.shape)}")
     raise UserError(f"an image must be a path, a PIL.Image or a uint8 array, not {type(image).__name__}")
 
 
