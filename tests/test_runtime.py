@@ -267,8 +267,10 @@ def test_input_kinds_agree(reg_bundle: Path, webcam: Path) -> None:
     assert supemb.predict_temperature(arr, bundle=reg_bundle) == pytest.approx(one, abs=1e-6)
     many = supemb.predict_temperature([path, pil, arr], bundle=reg_bundle)
     assert isinstance(many, list) and np.allclose(many, one, atol=1e-6)
-    assert supemb.predict_age(path, bundle=reg_bundle, k=1) == pytest.approx(
+    assert supemb.predict_temperature(path, bundle=reg_bundle, k=1) == pytest.approx(
         float(load_bundle(reg_bundle).predict(path, k=1)[0].value))
+    with pytest.raises(UserError, match="predicts age, but this one predicts 'temperature'"):
+        supemb.predict_age(path, bundle=reg_bundle)  # a temperature bundle is not an age model
 
 
 def test_classification_round_trip(cls_bundle: Path, class_folder: Path) -> None:
