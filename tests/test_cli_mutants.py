@@ -81,7 +81,8 @@ def test_error_line_names_the_rank_under_torchrun(monkeypatch, capsys) -> None:
     assert _call(["viz", "RUN"], capsys) == (130, "", "supemb: rank 1: interrupted\n")
 
 
-GLOO = "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:28823: Connection reset by peer"
+GLOO = ("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:28823: "
+        "Connection reset by peer")
 
 
 def test_a_collective_that_lost_its_peer_is_one_line_under_torchrun(monkeypatch, capsys) -> None:

@@ -134,7 +134,7 @@ def test_index_with_two_processes_skips_and_matches(img_bundle: Path, damaged: t
     data, bad = damaged
     for name, extra in [("one", []), ("two", ["--processes", "2"])]:
         shutil.copytree(img_bundle, tmp_path / name)
-        assert cli(["index", str(tmp_path / name), "--data", str(data), "--on-error", "skip", *extra]) == 1  # 1: it left out two
+        assert cli(["index", str(tmp_path / name), "--data", str(data), "--on-error", "skip", *extra]) == 1  # skipped 2
     assert len(small_batches) == 1 and small_batches[0] == [(0, 28), (28, 60)]
     _same_files(tmp_path / "one", tmp_path / "two", (*GALLERY_FILES, "manifest.json"))
     g = (tmp_path / "two" / "gallery.json").read_text()

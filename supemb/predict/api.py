@@ -75,7 +75,8 @@ def get_bundle(bundle: str | Path | Bundle | None, default: str, device: str = "
     if isinstance(bundle, Bundle):
         return bundle
     if bundle is not None and not isinstance(bundle, (str, os.PathLike)):
-        raise UserError(f"bundle= is a path to a bundle folder or .zip, or a loaded Bundle, not {type(bundle).__name__}")
+        raise UserError(f"bundle= is a path to a bundle folder or .zip, or a loaded Bundle, "
+                        f"not {type(bundle).__name__}")
     path = default_bundle_path(default) if bundle is None else Path(bundle)
     key = (str(path.resolve()), device)
     with _lock:

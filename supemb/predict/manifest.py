@@ -276,14 +276,11 @@ def load_npy(path: Path) -> np.ndarray:
 
 
 def open_bundle_dir(path: str | Path) -> Path:
-    """A bundle directory, or a .zip of one extracted into a private temporary directory.
-
-    A zip is checked before anything is written (`_zip_plan`) and extracted
-    file by file, each capped at the size the manifest records; on any problem
-    the temporary directory is removed and a one-line UserError names the zip."""
+    """A bundle directory, or a .zip of one extracted into a private temporary directory (`Bundle` removes
+    it). A zip is checked before anything is written (`_zip_plan`) and extracted file by file, each capped
+    at the size the manifest records; on any problem the folder goes and a one-line UserError names the zip."""
     if not isinstance(path, (str, os.PathLike)):
-        raise UserError(f"a bundle is a path to a folder written by `supemb export` or a .zip of one, "
-                        f"not {type(path).__name__}")
+        raise UserError(f"a bundle is a path to a folder from `supemb export` or a .zip, not {type(path).__name__}")
     p = Path(path)
     if p.is_dir():
         return p
