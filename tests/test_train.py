@@ -484,3 +484,17 @@ def test_a_relative_data_path_is_recorded_absolute_so_export_works_from_elsewher
     monkeypatch.chdir(tmp_path / "elsewhere")
     m = export_run(tmp_path / "run", tmp_path / "bundle")  # the run's own gallery: its training split
     assert m["gallery"]["items"] > 0
+
+
+def test_a_bundle_exported_from_the_runs_folder_names_its_data_from_there(image_values: Path, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    """build_defaults.py trains and exports in a scratch folder: the manifest must not hold that machine's path."""
+    from supemb.export.writer import export_run
+
+    import shutil
+
+    shutil.copytree(image_values, tmp_path / "values")
+    monkeypatch.chdir(tmp_path)
+    train(_cfg(Path("values"), Path("run"), target="value", loss="rnc"))
+    m = export_run(Path("run"), Path("bundle"))
+    assert m["gallery"]["source"] == "values (training split)"

@@ -14,6 +14,7 @@ recording ("groups", "recordings").
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,10 @@ def run_training_gallery(plugin: Modality, cfg: Any) -> Gallery:
                  f" (a path relative to the folder the run was trained from, not to {Path.cwd()})")
         raise UserError(f"{data}: the run's training data is not there any more{where}; "
                         "pass --gallery PATH to index another labelled set")
-    return _gallery(plugin.training_gallery(cfg), data, f"{data} (training split)")
+    # runs record their data as an absolute path; the manifest names it from here when it is below here,
+    # so a bundle built in a scratch folder (export/build_defaults.py) holds no machine's path
+    shown = os.path.relpath(data) if data.is_absolute() and data.is_relative_to(Path.cwd()) else str(data)
+    return _gallery(plugin.training_gallery(cfg), data, f"{shown} (training split)")
 
 
 def data_gallery(path: str | Path, plugin: Modality, task: str, target: str, fmt: str = "auto",
