@@ -371,7 +371,8 @@ def test_browser_upload_of_a_real_photo_shows_the_face_and_the_flag(served, tmp_
             page.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()
-    value, pred = _library("age", example.path, 10, detect=True)
+    k = api.get_bundle(None, "age").default_k  # the page's slider starts at the bundle's k
+    value, pred = _library("age", example.path, k, detect=True)
     assert shown == pytest.approx(value, abs=0.05)  # shown to 1 decimal
     assert pred.face is not None and f"From the face found at {[round(v) for v in pred.face['box']]}" in text
     assert pred.unfamiliar and "Unfamiliar input" in text  # a real face, unlike the synthetic gallery
