@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import stat
 import tempfile
@@ -291,6 +292,11 @@ def test_a_zips_extracted_copy_goes_with_its_bundle(bundle: Path, tmp_path: Path
     assert not list(private_tmp.iterdir())
     assert cli(["predict", str(z), "--digest", "0" * 64, "x.png"]) == 1
     assert not list(private_tmp.iterdir())
+    # a forked worker (gunicorn --preload) that exits normally runs the finalizer too: only the owner removes
+    b = load_bundle(z, device="cpu")
+    assert b._cleanup.peek()[1:3] == (mf.remove_extracted, (b.root, os.getpid()))
+    mf.remove_extracted(b.root, os.getpid() + 1)  # as a forked child would call it
+    assert b.root.is_dir()
 
 
 @pytest.mark.parametrize("path", [123, None, 1.5])

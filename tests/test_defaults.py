@@ -185,18 +185,27 @@ def test_a_bundle_of_another_quantity_is_refused_not_served_in_the_wrong_unit(ca
     assert says in str(err.value) and "\n" not in str(err.value)
 
 
-def test_a_bundle_of_its_quantity_is_known_by_the_targets_name_or_unit(monkeypatch) -> None:
-    b = load_bundle(api.default_bundle_path("temperature"), device="cpu")
-    for name, unit in [("air_temp", ""), ("t2m", "°C"), ("Temperature", "K")]:
-        monkeypatch.setattr(b, "target_name", name)
-        monkeypatch.setattr(b, "unit", unit)
-        api._check_task(b, "image", "predict_temperature", "temperature")  # accepted
-    monkeypatch.setattr(b, "target_name", "storage")  # "age" inside a word is no age
-    monkeypatch.setattr(b, "unit", "GB")
+def test_only_a_target_recognisably_of_another_quantity_is_refused(monkeypatch) -> None:
+    """Refused: a temperature for predict_age, an age for predict_temperature, known by a word of the target's
+    name (camelCase split) or its unit, however written. A target of unknown kind ('y', no unit) is served."""
     from supemb.errors import UserError
 
-    with pytest.raises(UserError, match="predicts 'storage' in GB"):
+    b = load_bundle(api.default_bundle_path("temperature"), device="cpu")
+    temperatures = [("air_temp", ""), ("t2m", "deg C"), ("tmax", "degrees Celsius"), ("t", "℃"), ("t", "ºC"),
+                    ("t", "° C"), ("Temperature", "K"), ("t", "°F")]
+    ages = [("PatientAge", ""), ("BrainAge", ""), ("age", "yrs."), ("y", "years")]
+    for (name, unit), call, other in [*((t, "temperature", "age") for t in temperatures),
+                                      *((a, "age", "temperature") for a in ages)]:
+        monkeypatch.setattr(b, "target_name", name)
+        monkeypatch.setattr(b, "unit", unit)
+        api._check_task(b, "image", f"predict_{call}", call)  # served
+        with pytest.raises(UserError, match=f"needs a bundle that predicts {other}"):
+            api._check_task(b, "image", f"predict_{other}", other)
+    for name, unit in [("y", ""), ("storage", "GB")]:  # unknown: served by either call
+        monkeypatch.setattr(b, "target_name", name)
+        monkeypatch.setattr(b, "unit", unit)
         api._check_task(b, "image", "predict_age", "age")
+        api._check_task(b, "image", "predict_temperature", "temperature")
 
 
 @pytest.mark.parametrize("bundle", [123, 4.5, ["b"]])

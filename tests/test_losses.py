@@ -398,8 +398,9 @@ def test_rnc_log_space_fallback_matches_bruteforce(similarity: str, monkeypatch)
     _assert_matches(ours, rnc_reference(x, targets, 0.8, "l1", similarity), x)
 
 
+@pytest.mark.parametrize("create_graph", [False, True], ids=["backward", "create_graph"])
 @pytest.mark.parametrize("offset, spread", [(0.0, 1e-3), (100.0, 1e-2)], ids=["close views", "large common part"])
-def test_rnc_float32_gradient_of_close_pairs_matches_float64(offset: float, spread: float) -> None:
+def test_rnc_float32_gradient_of_close_pairs_matches_float64(offset: float, spread: float, create_graph: bool) -> None:
     """Two views a thousandth apart in features of norm ~12, or features that share a large offset:
     the Gram form |a|^2 + |b|^2 - 2 a.b alone loses these pairs' digits in float32 (relative gradient
     error 3e-3 and 1, measured before close pairs were recomputed and the batch mean removed)."""
@@ -407,6 +408,29 @@ def test_rnc_float32_gradient_of_close_pairs_matches_float64(offset: float, spre
     base = torch.randn(32, 1, 16, generator=g, dtype=torch.float64) * 3 + offset
     x = torch.cat([base, base + spread * torch.randn(32, 1, 16, generator=g, dtype=torch.float64)], 1)
     y = torch.randint(0, 10, (32,), generator=g).to(torch.float64)
+    grads = []
+    for dtype in (torch.float64, torch.float32):  # create_graph: the differentiable path computes it the same way
+        t = x.to(dtype).requires_grad_()
+        (g,) = torch.autograd.grad(RnCLoss(temperature=2.0)(t, y), t, create_graph=create_graph)
+        grads.append(g.detach().double())
+    assert ((grads[1] - grads[0]).norm() / grads[0].norm()).item() < 2e-4
+
+
+def test_rnc_features_collapsed_into_clusters_use_float64_distances_and_stay_exact() -> None:
+    """Most pairs close (two tight clusters): more than CLOSE_PER_ITEM per item switches to float64 distances
+    instead of recomputing millions of pairs one by one."""
+    import supemb.losses.rnc as rnc
+
+    g = torch.Generator().manual_seed(23)
+    centres = torch.randn(2, 16, generator=g, dtype=torch.float64) * 5
+    x = centres[torch.randint(0, 2, (64,), generator=g)][:, None, :] + 1e-3 * torch.randn(64, 2, 16, generator=g,
+                                                                                           dtype=torch.float64)
+    y = torch.randint(0, 10, (64,), generator=g).to(torch.float64)
+    zc = x.float().flatten(0, 1)
+    zc = zc - zc.mean(0)
+    sq = zc.pow(2).sum(1)
+    _, pairs = rnc._refine_close_pairs(torch.addmm(sq[:, None] + sq[None, :], zc, zc.T, alpha=-2.0), zc, sq)
+    assert pairs is None  # the float64 path
     grads = []
     for dtype in (torch.float64, torch.float32):
         t = x.to(dtype).requires_grad_()

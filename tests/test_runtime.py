@@ -906,8 +906,12 @@ def test_runs_and_bundles_with_flat_preprocessing_still_work(which: str, work: P
 def test_appended_ids_that_collide_get_the_added_datas_folder_and_then_a_number() -> None:
     from supemb.export.gallery import append_gallery_json
 
-    old = {"ids": ["a.png", "b.png", "more/b.png"], "groups": [0, 0, 1], "recordings": ["r1.edf", "r2.edf"]}
-    new = {"ids": ["b.png", "c.png", "b.png"], "groups": [0, 0, 1], "recordings": ["r2.edf", "r3.edf"]}
+    old = {"ids": ["a.png", "b.png", "more/b.png"]}
+    got = append_gallery_json(old, {"ids": ["b.png", "c.png"]}, tag="more")
+    assert got["ids"] == ["a.png", "b.png", "more/b.png", "more-2/b.png", "c.png"]
+    # EEG: every window of a recording carries its id; the windows keep one name, a new one only if it collides
+    old = {"ids": ["r1.edf", "r1.edf", "r2.edf"], "groups": [0, 0, 1], "recordings": ["r1.edf", "r2.edf"]}
+    new = {"ids": ["r3.edf", "r3.edf", "r2.edf", "r2.edf"], "groups": [0, 0, 1, 1], "recordings": ["r3.edf", "r2.edf"]}
     got = append_gallery_json(old, new, tag="more")
-    assert got["ids"] == ["a.png", "b.png", "more/b.png", "more-2/b.png", "c.png", "more-3/b.png"]
-    assert got["recordings"] == ["r1.edf", "r2.edf", "more/r2.edf", "r3.edf"] and got["groups"] == [0, 0, 1, 2, 2, 3]
+    assert got["ids"] == ["r1.edf", "r1.edf", "r2.edf", "r3.edf", "r3.edf", "more/r2.edf", "more/r2.edf"]
+    assert got["recordings"] == ["r1.edf", "r2.edf", "r3.edf", "more/r2.edf"] and got["groups"] == [0, 0, 1, 2, 2, 3, 3]

@@ -14,7 +14,6 @@ recording ("groups", "recordings").
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,10 +65,9 @@ def run_training_gallery(plugin: Modality, cfg: Any) -> Gallery:
                  f" (a path relative to the folder the run was trained from, not to {Path.cwd()})")
         raise UserError(f"{data}: the run's training data is not there any more{where}; "
                         "pass --gallery PATH to index another labelled set")
-    # runs record their data as an absolute path; the manifest names it from here when it is below here,
-    # so a bundle built in a scratch folder (export/build_defaults.py) holds no machine's path
-    shown = os.path.relpath(data) if data.is_absolute() and data.is_relative_to(Path.cwd()) else str(data)
-    return _gallery(plugin.training_gallery(cfg), data, f"{shown} (training split)")
+    # RunDir.config names the data from here when it is below here: a bundle built in a scratch folder
+    # (export/build_defaults.py) holds no machine's path
+    return _gallery(plugin.training_gallery(cfg), data, f"{data} (training split)")
 
 
 def data_gallery(path: str | Path, plugin: Modality, task: str, target: str, fmt: str = "auto",
@@ -137,15 +135,15 @@ def append_gallery_json(old: dict[str, Any], new: dict[str, Any], tag: str = "ad
     of another folder) becomes "TAG/id" (TAG: the added data's folder name; "TAG-2/id" and so on if that
     is taken too): every id names one item."""
     def unique(names: list[str], known: list[str]) -> list[str]:
-        taken, out = set(known), []
-        for name in names:
+        taken, renamed = set(known), {}
+        for name in dict.fromkeys(names):  # a recording's windows share its id: one name per distinct id
             n, candidate = 1, name
             while candidate in taken:
                 n += 1
                 candidate = f"{tag}/{name}" if n == 2 else f"{tag}-{n - 1}/{name}"
             taken.add(candidate)
-            out.append(candidate)
-        return out
+            renamed[name] = candidate
+        return [renamed[name] for name in names]
 
     out: dict[str, Any] = {"ids": list(old["ids"]) + unique(list(new["ids"]), old["ids"])}
     if "groups" in new:

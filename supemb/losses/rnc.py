@@ -228,7 +228,7 @@ class _RnCL2(torch.autograd.Function):
     """Logits -||z_i - z_j|| / τ fused in: one matmul backward instead of two."""
 
     @staticmethod
-    def forward(ctx, z: Tensor, centred: Tensor, dist: Tensor, pairs: Tensor, core: _Core, s: RankStructure,
+    def forward(ctx, z: Tensor, centred: Tensor, dist: Tensor, pairs: Tensor | None, core: _Core, s: RankStructure,
                 temperature: float) -> Tensor:
         ctx.save_for_backward(z, centred, dist, pairs)  # z less the batch mean: the same gradient, less cancellation
         ctx.core, ctx.s, ctx.temperature = core, s, temperature
@@ -238,17 +238,18 @@ class _RnCL2(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         z, centred, dist, pairs = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: a gradient that can be differentiated again
-            return (_graph_grad(lambda x: _rnc_log_space(-safe_sqrt(pairwise_sq_l2(x - x.mean(0))) / ctx.temperature,
-                                                         ctx.s), z, grad_out), None, None, None, None, None, None)
+            return (_graph_grad(lambda x: _rnc_log_space(_l2_logits(x, pairs, ctx.temperature), ctx.s), z, grad_out),
+                    None, None, None, None, None, None)
         # logits = -dist / τ, d(dist)/d(d2) = 1 / (2 dist); 0 where dist = 0
         # (the diagonal, duplicate points), where the distance has no gradient.
         g = _grad_logits(ctx.core, ctx.s, float(grad_out) / (-2.0 * ctx.temperature))
-        g_d2 = g.div_(dist).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0).to(z.dtype)
-        g_sym = g_d2 + g_d2.T
-        # d2_ij = |z_i|^2 + |z_j|^2 - 2 z_i·z_j
-        close = _close_pairs_grad(g_sym, centred, pairs)
-        grad_z = 2.0 * (g_sym.sum(1, keepdim=True) * centred - g_sym @ centred + close)
-        return grad_z, None, None, None, None, None, None
+        # d2_ij = |z_i|^2 + |z_j|^2 - 2 z_i·z_j; pairs None: many close pairs, all done in float64 instead
+        work = centred.dtype if pairs is not None else torch.float64
+        g_d2 = g.div_(dist).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0).to(work)
+        g_sym, c = g_d2 + g_d2.T, centred.to(work)
+        close = _close_pairs_grad(g_sym, c, pairs) if pairs is not None else 0.0
+        grad_z = 2.0 * (g_sym.sum(1, keepdim=True) * c - g_sym @ c + close)
+        return grad_z.to(z.dtype), None, None, None, None, None, None
 
 
 def _raise_if_nonfinite(x: Tensor) -> None:
@@ -267,22 +268,41 @@ def rnc_from_logits(logits: Tensor, s: RankStructure) -> Tensor:
 
 
 _CHUNK = 1 << 16  # close pairs done at once: memory CHUNK x D
+CLOSE_PER_ITEM = 8  # more close pairs than this per item: float64 distances instead
 
 
-def _refine_close_pairs(d2: Tensor, z: Tensor, sq: Tensor, rel: float = 1e-2) -> tuple[Tensor, Tensor]:
+def _refine_close_pairs(d2: Tensor, z: Tensor, sq: Tensor, rel: float = 1e-2) -> tuple[Tensor, Tensor | None]:
     """Squared distances `d2` (from the Gram form) with close pairs recomputed as |z_i - z_j|^2,
     and those pairs `[2, m]`.
 
     The Gram form's rounding error is about eps (|z_i|^2 + |z_j|^2), so a pair closer than `rel`
     of that (two views RnC has pulled together) keeps at most eps / rel relative error this way,
-    instead of losing all its digits. There are few such pairs; they are done in chunks."""
+    instead of losing all its digits. Usually there are about n such pairs; when there are more than
+    CLOSE_PER_ITEM * n (features collapsed into tight clusters) the whole Gram form runs in float64
+    instead, and the pairs are None."""
     close = d2 < rel * (sq[:, None] + sq[None, :])
     close.diagonal().fill_(False)
     pairs = close.nonzero().T
+    if d2.dtype != torch.float64 and pairs.shape[1] > CLOSE_PER_ITEM * len(z):
+        z64 = z.double()
+        sq64 = z64.pow(2).sum(1)
+        return torch.addmm(sq64[:, None] + sq64[None, :], z64, z64.T, alpha=-2.0).to(d2.dtype), None
     for k in range(0, pairs.shape[1], _CHUNK):
         a, b = pairs[:, k:k + _CHUNK]
         d2[a, b] = (z[a] - z[b]).pow(2).sum(1)
     return d2, pairs
+
+
+def _l2_logits(z: Tensor, pairs: Tensor | None, temperature: float) -> Tensor:
+    """-|z_i - z_j| / τ by autograd, computed as the fast path computes it (centred; close pairs
+    directly, or in float64 when `pairs` is None): for create_graph=True and the log-space path."""
+    c = z - z.mean(0)
+    if pairs is None:
+        return (-safe_sqrt(pairwise_sq_l2(c.double())) / temperature).to(z.dtype)
+    d2 = pairwise_sq_l2(c)
+    if pairs.shape[1]:
+        d2 = d2.index_put((pairs[0], pairs[1]), (c[pairs[0]] - c[pairs[1]]).pow(2).sum(1))
+    return -safe_sqrt(d2) / temperature
 
 
 def _close_pairs_grad(g: Tensor, z: Tensor, pairs: Tensor) -> Tensor:
@@ -309,7 +329,7 @@ def rnc_l2(z: Tensor, s: RankStructure, temperature: float) -> Tensor:
         core = _core(dist.mul(-1.0 / temperature), s)
     if core is None:  # underflow, or NaN/Inf (every comparison with NaN fails)
         _raise_if_nonfinite(z)
-        return _rnc_log_space(-safe_sqrt(pairwise_sq_l2(z)) / temperature, s)
+        return _rnc_log_space(_l2_logits(z, pairs, temperature), s)
     return _RnCL2.apply(z, zd, dist, pairs, core, s, temperature)
 
 

@@ -91,9 +91,18 @@ def get_bundle(bundle: str | Path | Bundle | None, default: str, device: str = "
     return b
 
 
-# what each call's value is: a word in the target's name, or one of these units
-QUANTITIES = {"age": ("age", {"years", "year", "yrs", "yr", "y"}),
-              "temperature": ("temp", {"°c", "c", "degc", "celsius", "°f", "f", "fahrenheit", "k", "kelvin"})}
+# the quantities the calls serve, recognised by a word of the target's name (camelCase split) or its unit
+QUANTITIES = {"age": ("age", {"years", "year", "yrs", "yr", "y", "months", "month"}),
+              "temperature": ("temp", {"°c", "c", "degc", "°celsius", "celsius", "°f", "f", "degf", "fahrenheit",
+                                       "k", "kelvin"})}
+
+
+def _is(b: Bundle, quantity: str) -> bool:
+    stem, units = QUANTITIES[quantity]
+    words = re.split(r"[^a-z]+", re.sub(r"([a-z])([A-Z])", r"\1 \2", b.target_name).lower())
+    unit = b.unit.lower().replace("℃", "°c").replace("℉", "°f").replace("º", "°").replace("degrees", "°")
+    unit = re.sub(r"[\s.]+", "", unit).replace("deg", "°").replace("°°", "°")
+    return any(w.startswith(stem) for w in words) or unit in units or unit.lstrip("°") in units
 
 
 def _check_task(b: Bundle, want_modality: str, what: str, quantity: str) -> None:
@@ -101,9 +110,8 @@ def _check_task(b: Bundle, want_modality: str, what: str, quantity: str) -> None
         article = "an" if want_modality[0] in "aeiou" else "a"
         raise UserError(f"{b.source}: {what} needs {article} {want_modality} regression bundle, "
                         f"but this one does {b.modality} {b.task}")
-    stem, units = QUANTITIES[quantity]
-    words = re.split(r"[^a-z]+", b.target_name.lower())
-    if not any(w.startswith(stem) for w in words) and b.unit.strip().lower() not in units:
+    other = [q for q in QUANTITIES if q != quantity and _is(b, q)]  # a target of unknown kind is served
+    if other and not _is(b, quantity):
         unit = f" in {b.unit}" if b.unit else ""
         raise UserError(f"{b.source}: {what} needs a bundle that predicts {quantity}, but this one predicts "
                         f"{b.target_name!r}{unit}; serve it with supemb.load_bundle(path).predict(inputs)")
@@ -129,7 +137,8 @@ def predict_age(image: Any, bundle: str | Path | Bundle | None = None, k: int | 
 
 def predict_temperature(image: Any, bundle: str | Path | Bundle | None = None,
                         k: int | None = None) -> float | list[float]:
-    """Outdoor temperature (°C) from a webcam frame (path, PIL image or HxWx3 uint8 array), or a list."""
+    """Outdoor temperature (in the bundle's unit: °C for the default one) from a webcam frame (path, PIL
+    image or HxWx3 uint8 array), or a list."""
     b = get_bundle(bundle, "temperature")
     _check_task(b, "image", "predict_temperature", "temperature")
     return _values(b, image, k)

@@ -38,7 +38,7 @@ A `Bundle` is safe to use from several threads at once: ONNX Runtime's
 
 from __future__ import annotations
 
-import shutil
+import os
 import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -147,7 +147,8 @@ class Bundle:
         root = mf.open_bundle_dir(path)
         self.source, self.root = Path(path), root
         # a zip's private extracted copy goes with the bundle (or at exit), at once if the bundle is refused
-        cleanup = weakref.finalize(self, shutil.rmtree, root, True) if root != self.source else None
+        self._cleanup = cleanup = (weakref.finalize(self, mf.remove_extracted, root, os.getpid())
+                                   if root != self.source else None)
         try:
             self._open(root, device, digest)
         except BaseException:

@@ -6,27 +6,21 @@ A bundle is a directory (or a .zip of one) holding
                      size, metric, labels or target name/unit, kNN settings,
                      index settings, training summary, and the sha256 and size
                      of every other file
-    encoder.onnx     one file, dynamic batch axis, outputs the embedding in the
-                     geometry its loss shaped (L2-normalised for a cosine loss,
-                     the raw encoder output for an L2-distance loss); the
-                     manifest's "metric" ("cosine" or "l2"; absent = cosine)
-                     says which, and the FAISS index, kNN weights and
-                     uncertainty use that same metric
+    encoder.onnx     dynamic batch axis; the embedding in the geometry its loss shaped (unit length
+                     for a cosine loss, raw for an L2 one): the manifest's "metric" ("cosine" or
+                     "l2"; absent = cosine), which the index, kNN weights and uncertainty use too
     index.faiss      the labelled gallery's embeddings (a FAISS index)
     targets.npy      gallery labels: float64 [G] (regression) or int64 [G] (class ids)
-    gallery.json     per gallery item: an id (file name) and, for EEG windows,
-                     the recording it came from
+    gallery.json     per gallery item: an id (file name); for EEG windows, their recording
     thumbnails.npy   optional: uint8 [G, t, t, 3] small pictures of image galleries
 
 Nothing is pickled: JSON, .npy read with allow_pickle=False, ONNX, FAISS.
 This module writes and checks manifests; `supemb.predict.bundle` loads them.
 
-A bundle's digest is the sha256 of its canonical manifest (`manifest_digest`:
-the JSON with sorted keys and no spaces); since the manifest records every
-other file's sha256, the digest pins all of it. Everything read is treated as
-hostile: file names in "files" must be plain names, a zip may hold only the
-manifest and the files it lists (flat, or all in one top-level folder), with
-no links, no absolute or ".." paths, and the sizes the manifest records.
+A bundle's digest is the sha256 of its canonical manifest (`manifest_digest`: sorted keys, no
+spaces); the manifest records every other file's sha256, so the digest pins all of it. Everything
+read is treated as hostile: "files" holds plain names; a zip holds only the manifest and the files it
+lists (flat, or in one top-level folder), no links, no absolute or ".." paths, the recorded sizes.
 """
 
 from __future__ import annotations
@@ -307,6 +301,12 @@ def open_bundle_dir(path: str | Path) -> Path:
         shutil.rmtree(out, ignore_errors=True)
         raise
     return out
+
+
+def remove_extracted(root: Path, owner: int) -> None:
+    """Remove a zip's extracted copy, in the process that made it only (a forked worker's exit must not)."""
+    if os.getpid() == owner:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def as_named(check: Callable[..., Any], root: Path, source: Path, *args: Any) -> Any:
