@@ -226,8 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if isinstance(getattr(args, "inputs", None), list) and not any(e.startswith("-") for e in extra):
-            args.inputs.extend(extra)  # `predict B a.png --k 2 b.png`: the files after an option are inputs too
+        cut = extra.index("--") if "--" in extra else len(extra)  # after "--" even "-x.png" is a file
+        words, files = extra[:cut], extra[cut + 1:]
+        if isinstance(getattr(args, "inputs", None), list) and not any(e.startswith("-") for e in words):
+            args.inputs.extend(words + files)  # `predict B a.png --k 2 b.png`: the files after an option are inputs too
         else:
             getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:

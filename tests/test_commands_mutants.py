@@ -294,6 +294,8 @@ def test_predict_flags_reach_the_bundle(loaded, capsys) -> None:
 def test_predict_takes_files_on_both_sides_of_an_option_in_their_order(loaded, capsys) -> None:
     assert _call(["predict", "b", "x.png", "--k", "2", "y.png", "--json", "z.png"], capsys)[0] == 0
     assert [(inputs, kw["k"]) for inputs, kw in loaded.predicts] == [(["x.png", "y.png", "z.png"], 2)]
+    assert _call(["predict", "b", "x.png", "--k", "2", "y.png", "--", "-z.png", "--k"], capsys)[0] == 0
+    assert loaded.predicts[-1][0] == ["x.png", "y.png", "-z.png", "--k"]  # after "--", every word is a file
 
 
 @pytest.mark.parametrize("argv, rest", [
