@@ -498,3 +498,18 @@ def test_a_bundle_exported_from_the_runs_folder_names_its_data_from_there(image_
     train(_cfg(Path("values"), Path("run"), target="value", loss="rnc"))
     m = export_run(Path("run"), Path("bundle"))
     assert m["gallery"]["source"] == "values (training split)"
+
+
+def test_a_runs_missing_data_is_named_by_its_absolute_path(image_values: Path, tmp_path: Path, monkeypatch) -> None:
+    import shutil
+
+    from supemb.errors import UserError
+    from supemb.export.writer import export_run
+
+    shutil.copytree(image_values, tmp_path / "values")
+    monkeypatch.chdir(tmp_path)
+    train(_cfg(Path("values"), Path("run"), target="value", loss="rnc"))
+    shutil.rmtree(tmp_path / "values")
+    with pytest.raises(UserError) as err:
+        export_run(Path("run"), Path("bundle"))
+    assert str(err.value).startswith(f"{tmp_path / 'values'}: the run's training data is not there any more; ")

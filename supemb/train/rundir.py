@@ -176,7 +176,8 @@ class RunDir:
         d = self.read_json(self.config_json)
         d["out"] = str(self.path)
         data = d.get("data")  # absolute since 2026-12-08; named from here when below here, as when it was given
-        if isinstance(data, str) and os.path.isabs(data) and Path(data).is_relative_to(Path.cwd()):
+        if isinstance(data, str) and os.path.isabs(data) and Path(data).is_relative_to(Path.cwd()) \
+                and os.path.exists(data):  # missing data keeps its absolute name, for the message that says so
             d["data"] = os.path.relpath(data)
         if "augment" not in d:
             # Runs from before the presets: what the modality used then (images: the SimCLR recipe).
