@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from supemb.preprocess.eeg_augment import as_window
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # benchmarks/_machine.py
 from _machine import cpu_model  # noqa: E402  (one definition, shared with the benchmarks)
 
@@ -182,8 +184,8 @@ class LoadedRun:
         xs = []
         for i in range(len(s)):
             raw = s.load(i)
-            if corrupt is not None:
-                raw = corrupt(raw, i, int(s.groups[i]))
+            if corrupt is not None:  # on the item itself (an EEG window, not the stretch around it)
+                raw = corrupt(as_window(raw), i, int(s.groups[i]))
             xs.append(self.data.eval_transform(raw))
         feats = self.encode(xs)
         if corrupt is None:

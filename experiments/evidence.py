@@ -56,6 +56,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
 
+from supemb import modalities  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # experiments/_common.py, however this file is loaded
 import _common as C  # noqa: E402
 
@@ -659,6 +661,7 @@ def write_markdown(results: dict, docs: Path) -> Path:
 
     temperatures = ", ".join([*(f"{k} {LOSSES[k].temperature:g}" for k in ("supcon", "rnc")),
                               *(f"except {o}" for o in C.temperature_overrides())])
+    eeg = modalities.get("eeg")  # the plug-in's presets for each side (supemb.modalities.eeg)
     lines = ["# Evidence: contrastive against plain training", ""]
     if results.get("quick"):
         lines += ["**SMOKE RUN (--quick): tiny data, 1 epoch; these figures mean nothing.**", ""]
@@ -667,7 +670,8 @@ def write_markdown(results: dict, docs: Path) -> Path:
               "Every contrastive run and its baseline use the same data, split, encoder, epochs, seed and the "
               "package's default recipe (batch size, learning rate, augmentation, stage 2: chosen on validation "
               "splits for both; the augmentation is each side's own where validation chose differently for "
-              "it: on EEG RnC trains with eeg-light and L1 with eeg, docs/recipe.md; the contrastive loss at its "
+              f"it: on EEG RnC trains with {eeg.contrastive_augment['regression']} and L1 with "
+              f"{eeg.default_augment['regression']}, docs/recipe.md; the contrastive loss at its "
               f"default temperature: {temperatures}, docs/temperature.md, docs/temperature-check.md); the figures "
               "are on the test splits. Each main table trains both with several "
               "training seeds on one fixed data set and split and gives seed 0 and the mean (min–max) over the "

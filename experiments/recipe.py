@@ -96,7 +96,9 @@ VARIANTS = {
     "digits": [{"augment": "light", **OLD}, {"augment": "simclr", **OLD}, {"augment": "light", **NEW}],
     "eeg": [{"lr": 1e-3}, {"lr": 3e-3}, {"lr": 1e-3, "epochs": 20},
             # at the default 20 epochs: the baseline's own lr (3e-3 was its best at 10), and the milder augmentation
-            {"lr": 3e-3, "epochs": 20}, {"lr": 1e-3, "epochs": 20, "augment": "eeg-light"}],
+            {"lr": 3e-3, "epochs": 20}, {"lr": 1e-3, "epochs": 20, "augment": "eeg-light"},
+            # views cut from anywhere within one window of the item in its recording, each side's preset
+            {"lr": 1e-3, "epochs": 20, "augment": "eeg-light-context"}, {"lr": 1e-3, "epochs": 20, "augment": "eeg-context"}],
 }
 
 
@@ -159,6 +161,13 @@ images), and the baseline is trained with it too:
   `supemb.modalities.eeg`); each side gets the augmentation its own
   validation figure prefers, and the comparison stays fair (6.68 against
   7.13, ratio 0.94 on validation).
+- EEG views from around the window (`eeg-context`, `eeg-light-context`: each
+  view cut from up to one window before or after the item's window in its
+  recording, so two views are two stretches of one recording, not two shifts
+  of one signal). L1 is better with `eeg-light-context` (7.02 years against
+  7.13 with `eeg`), RnC is not (6.95 against 6.68 with `eeg-light`), so the
+  plain losses now default to `eeg-light-context` and the contrastive ones
+  keep `eeg-light` (6.68 against 7.02, ratio 0.95 on validation).
 - kNN size and weighting, the baselines' geometry, and the linear heads'
   regularisation are not part of the recipe: every run chooses them on its own
   validation split (docs/DESIGN.md). The runs recorded before the kNN

@@ -54,7 +54,7 @@ def _views(preset: str, image: Image.Image, n: int = 40) -> list[np.ndarray]:
 
 def test_every_preset_resolves_by_name_and_from_its_record() -> None:
     assert set(IMAGE_AUGMENTS) == {"simclr", "colour", "light", "none"}
-    assert set(EEG_AUGMENTS) == {"eeg", "eeg-light", "none"}
+    assert set(EEG_AUGMENTS) == {"eeg", "eeg-light", "eeg-context", "eeg-light-context", "none"}
     assert IMAGE_AUGMENTS["simclr"] == AugmentSpec() and EEG_AUGMENTS["eeg"] == EEGAugment()
     for table, modality in ((IMAGE_AUGMENTS, "image"), (EEG_AUGMENTS, "eeg")):
         for name, spec in table.items():
@@ -66,13 +66,15 @@ def test_every_preset_resolves_by_name_and_from_its_record() -> None:
     assert (colour.hue, colour.saturation, colour.grey_p, colour.flip_p, colour.scale) == (0, 0, 0, 0.5, (0.6, 1.0))
     assert light == AugmentSpec(**{**colour.to_dict(), "flip_p": 0.0})
     assert EEG_AUGMENTS["eeg-light"] == EEGAugment(0.5, 0.9, 1.1, 0.05, 0.0)
+    for name in ("eeg", "eeg-light"):  # the context presets: the same, with views cut from around the window
+        assert EEG_AUGMENTS[f"{name}-context"] == EEGAugment(**{**EEG_AUGMENTS[name].to_dict(), "context_frac": 1.0})
 
 
 def test_defaults_by_task() -> None:
     # the defaults chosen on validation (docs/recipe.md): no flips for classes, colour kept for values
     assert resolve_augment(None, "image", "classification")[1]["preset"] == "light"
     assert resolve_augment(None, "image", "regression")[1]["preset"] == "colour"
-    assert resolve_augment(None, "eeg", "regression")[0] == EEG_AUGMENTS["eeg"]
+    assert resolve_augment(None, "eeg", "regression")[0] == EEG_AUGMENTS["eeg-light-context"]
     # chosen on validation for each side (docs/recipe.md): contrastive EEG takes the milder preset
     assert resolve_augment(None, "eeg", "regression", contrastive=True)[1]["preset"] == "eeg-light"
     assert resolve_augment(None, "image", "regression", contrastive=True)[1]["preset"] == "colour"
@@ -97,9 +99,9 @@ def test_mapping_overrides() -> None:
     [
         ("bogus", "image", "presets: simclr, colour, light, none"),
         ("eeg-light", "image", "EEG preset.*image presets: simclr, colour, light, none"),
-        ("colour", "eeg", "image preset.*EEG presets: eeg, eeg-light, none"),
+        ("colour", "eeg", "image preset.*EEG presets: eeg, eeg-light, eeg-context, eeg-light-context, none"),
         ({"preset": "colour", "blur": 1}, "image", "unknown field.*blur"),
-        ({"preset": "nope"}, "eeg", "presets: eeg, eeg-light, none"),
+        ({"preset": "nope"}, "eeg", "presets: eeg, eeg-light, eeg-context, eeg-light-context, none"),
         ({"brightness": 0.3}, "image", "needs 'preset'"),
         ({"preset": "colour", "hue": 0.7}, "image", "hue must be in"),
         ({"preset": "colour", "hue": "x"}, "image", "hue must be a number"),

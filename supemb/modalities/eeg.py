@@ -126,7 +126,7 @@ class EEGModality(Modality):
     recipe = {"encoder": "shallow", "encoder_kwargs": {}, "batch_size": 64, "lr": 1e-3, "temperatures": {"rnc": 5.0}}
     # supemb.preprocess.eeg_augment.EEG_AUGMENTS; chosen on validation for each side (docs/recipe.md):
     # RnC does better with the milder one, L1 with the stronger.
-    default_augment = {"regression": "eeg"}
+    default_augment = {"regression": "eeg-light-context"}
     contrastive_augment = {"regression": "eeg-light"}
 
     def legacy_steps(self, flat: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
@@ -200,6 +200,7 @@ class EEGModality(Modality):
 
     def training_data(self, cfg: Any, data: Path) -> Any:
         from supemb.train.data import PreparedData, Split, resolve_augment, splits_of
+        from supemb.preprocess.eeg_augment import as_window
         from supemb.train.eeg_windows import EEGWindowDataset
 
         check_task(self, cfg.task, data)
@@ -231,14 +232,16 @@ class EEGModality(Modality):
                 return None
             ds = datasets[name] = EEGWindowDataset(arrays, [r.target for r in chosen], spec,
                                                    paths=[r.path for r in chosen])
-            return Split(load=lambda i: ds[i][0], targets=np.asarray(ds.window_targets, dtype=np.float32),
+            margin = int(augment.context_frac * spec.window_samples)  # views from around the window
+            load = (lambda i: ds.in_context(i, margin)) if margin else (lambda i: ds[i][0])
+            return Split(load=load, targets=np.asarray(ds.window_targets, dtype=np.float32),
                          groups=np.asarray(ds.recording_index), names=[str(p) for p in (ds.paths or [])])
 
         splits = splits_of(split_of, data)
         counts = {name: {"recordings": len(ds.arrays), "windows": len(ds)} for name, ds in datasets.items()}
         return PreparedData(
             modality=self.name, task="regression", target_name=cfg.target, classes=(), splits=splits,
-            preprocessing=pipe.to_record(), augment=lambda x, g: augment(x, g), eval_transform=lambda x: x,
+            preprocessing=pipe.to_record(), augment=lambda x, g: augment(x, g), eval_transform=as_window,
             encoder_kwargs=self.encoder_kwargs(pipe),
             summary={"source": str(data), "target": cfg.target, "task": "regression", "splits": counts,
                      "augment": aug_record, "n_skipped": len(skipped or []), "skipped": skipped or []},

@@ -11,7 +11,13 @@ into each worker would repeat the same draws in every worker, while torch's
 global RNG is seeded per worker.
 
 `EEG_AUGMENTS` names presets of `EEGAugment` ("eeg": the defaults,
-"eeg-light": milder, "none": identity); `eeg_augment(value)` resolves a setting.
+"eeg-light": milder, "none": identity, and "eeg-context" / "eeg-light-context",
+whose views come from anywhere near the item's window in its recording);
+`eeg_augment(value)` resolves a setting.
+
+A training item may be a `WindowInContext` (the window and the stretch of its
+recording around it); `EEGAugment` then first crops its view from that stretch
+(`context_frac`), and `as_window` gives the window itself for evaluation.
 """
 
 from __future__ import annotations
@@ -122,15 +128,49 @@ def channel_dropout(x: torch.Tensor, p: float = 0.1, generator: torch.Generator 
 
 
 @dataclass(frozen=True)
+class WindowInContext:
+    """A window and the stretch of its recording around it: signal [C, L], the window at
+    signal[:, start : start + length]. Every view cropped from it has the window's
+    recording, so its subject and label."""
+
+    signal: torch.Tensor
+    start: int
+    length: int
+
+    def window(self) -> torch.Tensor:
+        return self.signal[:, self.start : self.start + self.length]
+
+
+def as_window(x: torch.Tensor | WindowInContext) -> torch.Tensor:
+    """The item's own window (evaluation, embedding): a `WindowInContext` -> its window."""
+    return x.window() if isinstance(x, WindowInContext) else x
+
+
+def context_crop(x: WindowInContext, frac: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A window-length view starting up to frac x window before or after the item's window,
+    uniformly, inside the stretch held (so inside the recording): [C, length]."""
+    lo = max(0, x.start - int(frac * x.length))
+    hi = min(x.signal.shape[1] - x.length, x.start + int(frac * x.length))
+    s = lo + int(_randint(hi - lo + 1, (1,), x.signal, generator)[0])
+    return x.signal[:, s : s + x.length]
+
+
+@dataclass(frozen=True)
 class EEGAugment:
     """The default EEG view: time shift -> amplitude scale -> noise -> channel dropout.
 
     max_shift_frac: largest circular shift as a fraction of the window.
+    context_frac: given a `WindowInContext`, the view is first cropped from the
+    recording, starting up to context_frac x window before or after the item's
+    window: two views of one item are then two stretches of one recording (same
+    subject, same label), not two shifts of the same signal. On a plain window
+    it does nothing.
     Dropout comes last so dropped channels are exactly zero.
-    Call: aug(x [C, W] or [B, C, W], generator=None) -> same shape and dtype.
+    Call: aug(x [C, W], [B, C, W] or a WindowInContext, generator=None) -> [C, W] / [B, C, W].
     Every step draws its numbers whatever its setting (a zero shift, unit
     scale, zero noise or dropout included), so the draw count never depends
-    on the preset; with all of them off the output equals the input.
+    on the preset; with all of them off the output equals the input. The
+    context crop draws one number first, for a `WindowInContext` only.
     """
 
     max_shift_frac: float = 0.5
@@ -138,6 +178,7 @@ class EEGAugment:
     scale_high: float = 1.2
     noise_rel_std: float = 0.1
     channel_drop_p: float = 0.1
+    context_frac: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -154,10 +195,16 @@ class EEGAugment:
             raise UserError(f"EEG augmentation: noise_rel_std must be >= 0, not {self.noise_rel_std}")
         if not 0 <= self.channel_drop_p <= 1:
             raise UserError(f"EEG augmentation: channel_drop_p must be in [0, 1], not {self.channel_drop_p}")
+        if not 0 <= self.context_frac <= 100:
+            raise UserError(f"EEG augmentation: context_frac must be in [0, 100], not {self.context_frac}")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly; `from_dict(to_dict())` gives an equal augmentation."""
-        return asdict(self)
+        """JSON-friendly; `from_dict(to_dict())` gives an equal augmentation. A zero
+        context_frac is left out, so records of the presets without it read as before."""
+        d = asdict(self)
+        if not d["context_frac"]:
+            del d["context_frac"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EEGAugment:
@@ -168,7 +215,9 @@ class EEGAugment:
             raise UserError(f"EEG augmentation: unknown keys {unknown} (known: {known})")
         return cls(**d)
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor | WindowInContext, generator: torch.Generator | None = None) -> torch.Tensor:
+        if isinstance(x, WindowInContext):
+            x = context_crop(x, self.context_frac, generator)
         w = x.shape[-1]
         y = time_shift(x, int(self.max_shift_frac * w), generator)
         y = amplitude_scale(y, self.scale_low, self.scale_high, generator)
@@ -182,6 +231,11 @@ EEG_AUGMENTS: dict[str, EEGAugment] = {
     # Milder: amplitude 0.9-1.1, half the noise, no channel dropout.
     "eeg-light": EEGAugment(max_shift_frac=0.5, scale_low=0.9, scale_high=1.1, noise_rel_std=0.05,
                             channel_drop_p=0.0),
+    # As "eeg" and "eeg-light", each view cropped from up to one window before or after the item's window in
+    # its recording (training items carry that stretch: supemb.modalities.eeg).
+    "eeg-context": EEGAugment(context_frac=1.0),
+    "eeg-light-context": EEGAugment(max_shift_frac=0.5, scale_low=0.9, scale_high=1.1, noise_rel_std=0.05,
+                                    channel_drop_p=0.0, context_frac=1.0),
     # Identity (a control).
     "none": EEGAugment(max_shift_frac=0.0, scale_low=1.0, scale_high=1.0, noise_rel_std=0.0, channel_drop_p=0.0),
 }

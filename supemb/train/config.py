@@ -232,8 +232,9 @@ def resolve_defaults(cfg: TrainConfig, recipe: Mapping[str, Any], augment: dict[
 # (torch); tests/test_augment_presets.py keeps them in step.
 AUGMENT_HELP = ("augmentation preset; images: simclr (SupCon recipe: crops, flips, colour jitter with hue, "
                 "greyscale), colour (crops, flips, brightness/contrast only: keeps colour), light (colour "
-                "without flips: digits, text), none; EEG: eeg, eeg-light, none. Default: by task "
-                "(image classes: light, image values: colour, EEG: eeg; EEG with a contrastive loss: eeg-light). "
+                "without flips: digits, text), none; EEG: eeg, eeg-light, eeg-context, eeg-light-context (views cut "
+                "from up to a window around the item in its recording), none. Default: by task (image classes: "
+                "light, image values: colour, EEG: eeg-light-context; EEG with a contrastive loss: eeg-light). "
                 "A YAML config may give {preset: NAME, field: value, ...}")
 
 

@@ -20,6 +20,7 @@ from supemb.data.eeg_files import EEGRecord
 from supemb.data.splits import SPLITS
 from supemb.errors import UserError
 from supemb.preprocess.eeg import EEGSpec, make_windows, preprocess_recording
+from supemb.preprocess.eeg_augment import WindowInContext
 
 
 class EEGWindowDataset(Dataset):
@@ -102,6 +103,12 @@ class EEGWindowDataset(Dataset):
         if self.transform is not None:
             x = self.transform(x)
         return x, torch.tensor(self.targets[r]), r
+
+    def in_context(self, i: int, margin: int) -> WindowInContext:
+        """Window i with up to `margin` samples of its recording on each side (fewer at its ends)."""
+        r, s, w = int(self.recording_index[i]), int(self.starts[i]), self.spec.window_samples
+        lo, hi = max(0, s - margin), min(self.arrays[r].shape[1], s + w + margin)
+        return WindowInContext(torch.from_numpy(self.arrays[r][:, lo:hi]), s - lo, w)
 
 
 def split_datasets(
