@@ -167,7 +167,9 @@ images), and the baseline is trained with it too:
   of one signal). L1 is better with `eeg-light-context` (7.02 years against
   7.13 with `eeg`), RnC is not (6.95 against 6.68 with `eeg-light`), so the
   plain losses now default to `eeg-light-context` and the contrastive ones
-  keep `eeg-light` (6.68 against 7.02, ratio 0.95 on validation).
+  keep `eeg-light` (6.68 against 7.02, ratio 0.95 on validation). On the
+  evidence's test split (docs/evidence.md, never used to choose) L1 did worse
+  with it than with `eeg`: best figure 8.37 against 8.03 years, 3 seeds.
 - kNN size and weighting, the baselines' geometry, and the linear heads'
   regularisation are not part of the recipe: every run chooses them on its own
   validation split (docs/DESIGN.md). The runs recorded before the kNN
