@@ -93,7 +93,7 @@ def main() -> None:
     docs, work = Path(args.docs_dir), C.fresh_work(Path(args.work))
     docs.mkdir(parents=True, exist_ok=True)
     seeds_record = C.load_json(docs / "temperature-seeds.json")
-    earlier = TS.merged(seeds_record)[0] if seeds_record else {}
+    earlier = TS.merged(seeds_record, "rnc-eeg")[0] if seeds_record else {}
     machine = C.machine()
     data_kw = H.make_data("eeg", DATA, work / "data")
     temps = [f"{t:g}" for t in args.temps]

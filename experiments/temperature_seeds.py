@@ -25,58 +25,76 @@ import _common as C  # noqa: E402
 import temperature as T  # noqa: E402
 
 
-def seed_rows(study: str, temps: list[float], seeds: list[int], work: Path, seed0: dict) -> dict[str, Any]:
-    """{temperature: {seed: {val, test}}} for `seeds` (trained here) and seed 0 (from `seed0`, the record)."""
-    loss = T.STUDIES[study][0]
+def _figures(p: dict, loss: str) -> dict[str, float]:
+    """One study point's figures: validation (and, for SupCon, its tie-break MAP@R) and test."""
     key = "val_knn_acc" if loss == "supcon" else "val_knn_mae"
+    out = {"val": p[key], "test": p[key.replace("val", "test")]}
+    if loss == "supcon":  # validation accuracy ties are broken by MAP@R (experiments/temperature.py)
+        out["map"] = p["val_map_at_r"]
+    return out
+
+
+def seed_rows(study: str, temps: list[float], seeds: list[int], work: Path, seed0: dict) -> dict[str, Any]:
+    """{temperature: {seed: {val, test (, map)}}} for `seeds` (trained here) and seed 0 (from `seed0`)."""
+    loss = T.STUDIES[study][0]
     rows: dict[str, dict[str, dict[str, float]]] = {f"{t:g}": {} for t in temps}
     for p in seed0.get(study, {}).get("points", []):
         if f"{p['temperature']:g}" in rows:
-            rows[f"{p['temperature']:g}"]["0"] = {"val": p[key], "test": p[key.replace("val", "test")]}
+            rows[f"{p['temperature']:g}"]["0"] = _figures(p, loss)
     data_kw = T._data(study, work, quick=False)
     for seed in seeds:
         r = T.study(loss, work / f"seed{seed}", tuple(temps), None, data_kw, seed=seed)
         for p in r["points"]:
-            rows[f"{p['temperature']:g}"][str(seed)] = {"val": p[key], "test": p[key.replace("val", "test")]}
+            rows[f"{p['temperature']:g}"][str(seed)] = _figures(p, loss)
     return rows
 
 
-def merged(record: dict) -> tuple[dict, list[str], dict]:
-    """The latest run's study over every recorded run of it: ({temperature: {seed: figures}}, the seeds
-    in order, those runs); a seed trained again is the later run's."""
-    study = record["runs"][-1]["study"]
+def merged(record: dict, study: str) -> tuple[dict, list[str], list[dict]]:
+    """One study over every recorded run of it: ({temperature: {seed: figures}}, the seeds in order,
+    those runs); a seed trained again is the later run's."""
     runs = [r for r in record["runs"] if r["study"] == study]
     rows: dict[str, dict[str, dict[str, float]]] = {}
     for r in runs:
         for t, per_seed in r["rows"].items():
             rows.setdefault(t, {}).update(per_seed)
     seeds = sorted({s for per_seed in rows.values() for s in per_seed}, key=int)
-    return rows, seeds, {"study": study, "runs": runs}
+    return rows, seeds, runs
+
+
+def _mean_range(values: list[float]) -> str:
+    return f"{np.mean(values):.3f} ({min(values):.3f}–{max(values):.3f})"
+
+
+def study_section(record: dict, study: str) -> list[str]:
+    rows, seeds, runs = merged(record, study)
+    supcon = T.STUDIES[study][0] == "supcon"
+    figure = ("val kNN accuracy, and val MAP@R, the study's tie-break" if supcon
+              else f"val kNN MAE ({T.UNITS[study]})")
+    commands = "; ".join(f"`{r['machine']['command']}`" for r in runs)
+    lines = [f"## {T.STUDIES[study][1]}", "", f"Reproduce with {commands} (seed 0 from docs/temperature.json, "
+             "the study's own run).", *(C.machine_line(r["machine"]) for r in runs), "",
+             f"Same data, split and defaults as docs/temperature.md; only the training seed changes. {figure}; "
+             "the test column is reported, never used to choose.", "",
+             "| τ | " + " | ".join(f"val, seed {s}" for s in seeds) + " | val mean (min–max) | "
+             + ("val MAP@R mean (min–max) | " if supcon else "") + "test mean |",
+             "|---:|" + "---:|" * (len(seeds) + 2 + supcon)]
+    for t, per_seed in rows.items():
+        have = [s for s in seeds if s in per_seed]
+        cells = [f"{per_seed[s]['val']:.3f}" if s in per_seed else "–" for s in seeds]
+        maps = [_mean_range([per_seed[s]["map"] for s in have])] if supcon else []
+        lines.append(f"| {t} | " + " | ".join([*cells, _mean_range([per_seed[s]["val"] for s in have]), *maps,
+                                               f"{np.mean([per_seed[s]['test'] for s in have]):.3f}"]) + " |")
+    return lines + [""]
 
 
 def write_markdown(record: dict, docs: Path) -> Path:
-    rows, seeds, what = merged(record)
-    run = what["runs"][-1]
-    unit = T.UNITS[run["study"]]
-    figure = "val kNN accuracy" if run["study"] == "supcon" else f"val kNN MAE ({unit})"
-    commands = "; ".join(f"`{r['machine']['command']}`" for r in what["runs"])
-    lines = ["# Temperature: the study's pick over more training seeds", "",
-             f"Reproduce with {commands} (figures below from those runs; seed 0 from "
-             "docs/temperature.json, the study's own run). Every run is appended to docs/temperature-seeds.json.",
-             *(C.machine_line(r["machine"]) for r in what["runs"]), "",
-             f"## {T.STUDIES[run['study']][1]}", "",
-             f"Same data, split and defaults as docs/temperature.md; only the training seed changes. {figure}; "
-             "the test column is reported, never used to choose.", "",
-             "| τ | " + " | ".join(f"val, seed {s}" for s in seeds) + " | val mean (min–max) | test mean |",
-             "|---:|" + "---:|" * (len(seeds) + 2)]
-    for t, per_seed in rows.items():
-        vals = [per_seed[s]["val"] for s in seeds if s in per_seed]
-        tests = [per_seed[s]["test"] for s in seeds if s in per_seed]
-        cells = [f"{per_seed[s]['val']:.3f}" if s in per_seed else "–" for s in seeds]
-        lines.append(f"| {t} | " + " | ".join(cells)
-                     + f" | {np.mean(vals):.3f} ({min(vals):.3f}–{max(vals):.3f}) | {np.mean(tests):.3f} |")
-    lines += ["", "A temperature is clearly ahead only where its validation range does not overlap the "
-              "other's; otherwise the difference is within the seed spread.", ""]
+    studies = list(dict.fromkeys(r["study"] for r in record["runs"]))
+    lines = ["# Temperature: the studies' picks over more training seeds", "",
+             "Every run is appended to docs/temperature-seeds.json (`experiments/temperature_seeds.py`). A "
+             "temperature is clearly ahead only where its validation range does not overlap the other's; "
+             "otherwise the difference is within the seed spread.", ""]
+    for study in studies:
+        lines += study_section(record, study)
     return C.write_doc(docs / "temperature-seeds.md", lines)
 
 

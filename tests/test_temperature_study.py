@@ -60,7 +60,7 @@ def test_seed_check_table_sets_each_temperature_over_its_seeds(tmp_path):
            "rows": {"1": {"0": {"val": 8.0, "test": 7.0}, "1": {"val": 9.0, "test": 8.0},
                           "2": {"val": 10.0, "test": 9.0}},
                     "5": {"1": {"val": 7.0, "test": 6.0}, "2": {"val": 7.5, "test": 6.5}}}}  # no seed 0 here
-    text = seeds_mod.write_markdown({"runs": [{"study": "old"}, run]}, tmp_path).read_text()
+    text = seeds_mod.write_markdown({"runs": [run]}, tmp_path).read_text()
     assert "| 1 | 8.000 | 9.000 | 10.000 | 9.000 (8.000–10.000) | 8.000 |" in text
     assert "| 5 | – | 7.000 | 7.500 | 7.250 (7.000–7.500) | 6.250 |" in text
 
@@ -77,3 +77,20 @@ def test_seed_check_sets_every_recorded_run_of_the_study_together(tmp_path):
     text = seeds_mod.write_markdown({"runs": [first, other, later]}, tmp_path).read_text()
     assert "| 1 | 8.000 | 9.000 | 10.000 | 9.000 (8.000–10.000) | 8.000 |" in text  # seeds 0, 1, 3; not seed 5
     assert "`cmd`; `cmd2`" in text
+    # every study has its own section, with its own seeds
+    webcam = text.index("## RnC on the synthetic webcam frames")
+    assert text.index("## RnC on the synthetic resting EEG") < webcam
+    assert "| 1 | 1.000 | 1.000 (1.000–1.000) | 1.000 |" in text[webcam:]
+
+
+def test_seed_check_shows_supcons_tie_break(tmp_path):
+    seeds_mod = pytest.importorskip("temperature_seeds")
+    machine = {"command": "cmd", "cpu": "c", "cpu_count": 2, "torch_threads": 2, "torch": "t", "python": "p",
+               "platform": "l", "date": "d"}
+    run = {"machine": machine, "study": "supcon", "seeds": ["0", "1"],
+           "rows": {"1": {"0": {"val": 1.0, "test": 0.99, "map": 0.9}, "1": {"val": 0.98, "test": 0.97, "map": 0.8}}}}
+    text = seeds_mod.write_markdown({"runs": [run]}, tmp_path).read_text()
+    assert "val MAP@R mean (min–max)" in text
+    assert "| 1 | 1.000 | 0.980 | 0.990 (0.980–1.000) | 0.850 (0.800–0.900) | 0.980 |" in text
+    p = {"temperature": 1.0, "val_knn_acc": 1.0, "test_knn_acc": 0.99, "val_map_at_r": 0.9}
+    assert seeds_mod._figures(p, "supcon") == {"val": 1.0, "test": 0.99, "map": 0.9}
