@@ -239,7 +239,7 @@ def evaluate_bundle(bundle: Any, data: str | Path, *, target: str | None = None,
     kNN accuracy, balanced accuracy, P@1 and MAP@R against the gallery (EEG per recording,
     "rec_" keys, as the trainer names them).
     Everything compares embeddings in the bundle's metric (cosine or l2)."""
-    from supemb.export.gallery import data_gallery
+    from supemb.export.gallery import append_tag, data_gallery, same_item
     from supemb.predict import retrieval
     from supemb.predict.calibration import coverage_of
     from supemb.predict.neighbours import recording_embeddings
@@ -252,12 +252,14 @@ def evaluate_bundle(bundle: Any, data: str | Path, *, target: str | None = None,
     ok = [i for i, p in enumerate(preds) if p.ok]
     if not ok:
         raise UserError(f"{data}: none of the items could be predicted")
+    tag = append_tag(data)
     # a grouped input (recording) is scored whole; a value is named for what is served (plain or residual kNN)
     prefix = "served" if bundle.task == "regression" else "rec_knn" if bundle.plugin.grouped else "knn"
     out: dict[str, Any] = {"items": len(ok), "skipped": [f.message for f in failures] + list(src.skipped),
                            "k": k, "gallery": bundle.index.ntotal,
-                           # items whose nearest neighbour is the gallery's item of the same name: itself
-                           "in_gallery": sum(preds[i].neighbours[0].id == src.ids[i] for i in ok)}
+                           # items whose nearest neighbour is the gallery's item of the same name (as added
+                           # by index --append too): itself
+                           "in_gallery": sum(same_item(preds[i].neighbours[0].id, src.ids[i], tag) for i in ok)}
     if bundle.task == "regression":
         out["served"] = "residual kNN" if bundle.residual else "kNN"  # the manifest's knn.residual, or none
         y = np.array([src.targets[i] for i in ok], dtype=np.float64)

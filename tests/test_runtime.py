@@ -128,6 +128,16 @@ def _median_by_hand(y: np.ndarray, w: np.ndarray) -> float:
     return 0.5 * (best.min() + best.max())
 
 
+def _served_pm(b, preds: list, spread: np.ndarray, scale: float | None = None) -> np.ndarray:
+    """The ± served for spreads [R]: times the calibrated scale; for an input flagged unfamiliar, at
+    least the 68.27 % quantile of the gallery targets' distance to their median (what knowing only
+    them would give)."""
+    t = np.asarray(b.targets, np.float64)
+    prior = np.quantile(np.abs(t - np.median(t)), 0.6827)
+    pm = np.asarray(spread) * (b.uncertainty_scale if scale is None else scale)
+    return np.where([bool(p.unfamiliar) for p in preds], np.maximum(pm, prior), pm)
+
+
 def _knn_by_hand(b, rows: np.ndarray, k: int, reduce: str = "mean",
                  knn: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Each row's kNN value and spread [R] from the manifest's settings: softmax weights
@@ -182,7 +192,8 @@ def test_image_regression_round_trip(reg_bundle: Path, webcam: Path) -> None:
     assert np.abs(median - value).max() > 0.1  # the two reductions differ here, so reduce= is exercised
     scale = b.manifest["knn"]["uncertainty_scale"]  # the spread calibrated on validation
     assert scale == b.uncertainty_scale != 1.0
-    for p, pm, v, sp, med in zip(preds, medians, value, scale * spread, median):
+    assert any(p.unfamiliar for p in preds) and not all(p.unfamiliar for p in preds)  # both kinds of ± below
+    for p, pm, v, sp, med in zip(preds, medians, value, _served_pm(b, preds, spread), median):
         assert isinstance(p, Prediction) and p.ok
         assert p.value == pytest.approx(v, abs=1e-3) and p.uncertainty == pytest.approx(sp, abs=1e-3)
         assert pm.value == pytest.approx(med, abs=1e-3) and pm.uncertainty == pytest.approx(sp, abs=1e-3)
@@ -216,7 +227,7 @@ def test_served_value_with_and_without_a_residual_head(residual: bool, reg_bundl
     value, spread = _knn_by_hand(b, b.embed(unseen), 4)
     preds = b.predict(unseen, k=4)
     assert [p.value for p in preds] == pytest.approx(value, abs=1e-3)
-    assert [p.uncertainty for p in preds] == pytest.approx(spread * b.uncertainty_scale, abs=1e-3)
+    assert [p.uncertainty for p in preds] == pytest.approx(_served_pm(b, preds, spread), abs=1e-3)
     if residual:  # the residual path really differs from plain kNN of the targets
         plain, _ = _knn_by_hand(b, b.embed(unseen), 4, knn={k: v for k, v in knn.items() if k != "residual"})
         assert np.abs(np.array([p.value for p in preds]) - plain).max() > 1.0
@@ -534,8 +545,9 @@ def test_eval_cli(reg_bundle: Path, cls_bundle: Path, eeg_bundle: Path, webcam: 
     assert m["served_r2"] == pytest.approx(1 - np.sum(err**2) / np.sum((y - y.mean()) ** 2), abs=1e-4)
     scale = b.manifest["knn"]["uncertainty_scale"]  # the served ± is the spread calibrated on validation
     assert scale > 0 and scale != 1.0
-    assert m["served_spread"] == pytest.approx(scale * spread.mean(), abs=1e-3)
-    assert m["served_coverage"] == pytest.approx(np.mean(np.abs(err) <= scale * spread), abs=1e-9)
+    served = _served_pm(b, b.predict(paths), spread)  # an input flagged unfamiliar: at least the targets' own ±
+    assert m["served_spread"] == pytest.approx(served.mean(), abs=1e-3)
+    assert m["served_coverage"] == pytest.approx(np.mean(np.abs(err) <= served), abs=1e-9)
     i, j = np.triu_indices(len(y), k=1)
     rho = spearmanr(np.linalg.norm(emb[i] - emb[j], axis=1), np.abs(y[i] - y[j])).statistic
     assert m["ordinality"] == pytest.approx(rho, abs=1e-6)
@@ -810,6 +822,7 @@ def test_manifest_without_an_uncertainty_scale_serves_the_plain_spread(reg_bundl
     new, legacy = load_bundle(reg_bundle, device="cpu"), load_bundle(b_dir, device="cpu")
     assert legacy.uncertainty_scale == 1.0 != new.uncertainty_scale
     unseen = _held_out(webcam)
+    new.familiarity = legacy.familiarity = None  # the spreads alone (no floor for unfamiliar inputs)
     for p, q in zip(new.predict(unseen), legacy.predict(unseen)):
         assert p.value == q.value and p.uncertainty == pytest.approx(q.uncertainty * new.uncertainty_scale)
 
@@ -901,6 +914,39 @@ def test_runs_and_bundles_with_flat_preprocessing_still_work(which: str, work: P
     mf.seal(old_bundle, v_next)
     with pytest.raises(UserError, match="newer than this supemb reads"):
         load_bundle(old_bundle, device="cpu")
+
+
+def test_eval_counts_appended_items_under_their_new_names(reg_bundle: Path, tmp_path: Path, webcam: Path,
+                                                         capsys) -> None:
+    """Other images under the same relative names, appended: the gallery renames them "TAG/id", and eval
+    on that data still sees each item's nearest neighbour is the item itself."""
+    from PIL import Image, ImageOps
+
+    b_dir = _copy(reg_bundle, tmp_path)
+    assert cli(["index", str(b_dir), "--data", str(webcam)]) == 0
+    other = tmp_path / "other"
+    shutil.copytree(webcam.parent, other)
+    for png in other.rglob("*.png"):
+        ImageOps.invert(Image.open(png).convert("RGB")).save(png)
+    assert cli(["index", str(b_dir), "--data", str(other / webcam.name), "--append"]) == 0
+    b = load_bundle(b_dir)
+    assert b.index.ntotal == 120 and b.ids[60:] == [f"other/{i}" for i in b.ids[:60]]
+    capsys.readouterr()
+    assert cli(["eval", str(b_dir), "--data", str(other / webcam.name), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["in_gallery"] == 60
+
+
+def test_same_item_knows_the_names_append_gives(tmp_path: Path) -> None:
+    from supemb.export.gallery import append_tag, same_item
+
+    assert same_item("a/b.png", "a/b.png", "more") and same_item("more/a/b.png", "a/b.png", "more")
+    assert same_item("more-2/a/b.png", "a/b.png", "more") and same_item("more-13/a/b.png", "a/b.png", "more")
+    assert not same_item("less/a/b.png", "a/b.png", "more") and not same_item("more-x/a/b.png", "a/b.png", "more")
+    assert not same_item("more/a/c.png", "a/b.png", "more") and not same_item("a/b.png", "b.png", "c")
+    assert not same_item("morer/a/b.png", "a/b.png", "more") and not same_item("b.png", "more/b.png", "more")
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "labels.csv").write_text("path,y\n")
+    assert append_tag(tmp_path / "more" / "labels.csv") == append_tag(tmp_path / "more") == "more"
 
 
 def test_appended_ids_that_collide_get_the_added_datas_folder_and_then_a_number() -> None:

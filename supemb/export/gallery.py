@@ -129,6 +129,24 @@ def embed_gallery(encoder: Encoder, gallery: Gallery, task: str, labels: list[st
                           list(gallery.skipped) + [f.message for f in failures])
 
 
+def append_tag(data: str | Path) -> str:
+    """The prefix `index --append` gives added ids the gallery already holds: the data's folder name."""
+    added = Path(data)
+    return (added.parent if added.is_file() else added).resolve().name or "added"
+
+
+def same_item(gallery_id: str, data_id: str, tag: str) -> bool:
+    """Whether a gallery id names the data item `data_id` of the data tagged `tag` (`append_tag`):
+    the same id, or the id as `append_gallery_json` renamed it ("TAG/id", "TAG-2/id", ...)."""
+    if gallery_id == data_id:
+        return True
+    head, sep, rest = gallery_id.partition("/")
+    if not sep or rest != data_id:
+        return False
+    n = head[len(tag) + 1:] if head.startswith(tag + "-") else ""
+    return head == tag or n.isdigit()
+
+
 def append_gallery_json(old: dict[str, Any], new: dict[str, Any], tag: str = "added") -> dict[str, Any]:
     """gallery.json of an index extended by `new` rows (`supemb index --append`); recordings renumbered.
     Ids are paths relative to each data set, so an added id the gallery already holds (images/0001.png

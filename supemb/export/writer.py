@@ -42,7 +42,14 @@ import numpy as np
 from supemb import __version__, modalities
 from supemb.embed.onnx import Encoder
 from supemb.errors import UserError
-from supemb.export.gallery import append_gallery_json, data_gallery, embed_gallery, run_training_gallery, write_gallery
+from supemb.export.gallery import (
+    append_gallery_json,
+    append_tag,
+    data_gallery,
+    embed_gallery,
+    run_training_gallery,
+    write_gallery,
+)
 from supemb.predict import familiarity
 from supemb.predict import manifest as mf
 from supemb.predict.bundle import load_bundle
@@ -231,9 +238,9 @@ def reindex(bundle_dir: str | Path, data: str | Path, *, append: bool = False, i
     for item in new.skipped if on_skip else ():
         on_skip(item)
     if append:
-        added = Path(data)  # its folder's name tells added ids from the gallery's own where they coincide
+        # the data's folder name tells added ids from the gallery's own where they coincide
         g_json = append_gallery_json(json.loads((root / "gallery.json").read_text()), new.gallery_json,
-                                     tag=(added.parent if added.is_file() else added).resolve().name or "added")
+                                     tag=append_tag(data))
         thumbs = None
         if bundle.thumbnails is not None and new.thumbnails is not None:
             thumbs = np.concatenate([bundle.thumbnails, new.thumbnails])
