@@ -55,14 +55,19 @@ def measure(name: str, items: list, targets: np.ndarray) -> dict[str, Any]:
 
     bundle = load_bundle(api.default_bundle_path(name))
     # synthetic face crops: the detector would refuse about half of them (the gallery skipped it too)
-    preds = bundle.predict(items, **({"detect": False} if bundle.detects_faces else {}))
+    kw = {"detect": False} if bundle.detects_faces else {}
+    preds = bundle.predict(items, **kw)
     err = np.abs(np.array([p.value for p in preds]) - targets)
     unc = np.array([p.uncertainty for p in preds])
+    flagged = np.array([bool(p.unfamiliar) for p in preds])
+    bundle.familiarity = None  # the same predictions without the table: no input flagged, so no floor
+    raw = np.array([p.uncertainty for p in bundle.predict(items, **kw)])
     scale = bundle.uncertainty_scale
     return {"n": len(err), "mae": float(err.mean()), "median_abs_error": float(np.median(err)),
             "uncertainty_scale": scale, "median_uncertainty": float(np.median(unc)),
-            "coverage": coverage_of(err, unc), "median_plain_spread": float(np.median(unc / scale)),
-            "coverage_plain_spread": coverage_of(err, unc / scale)}
+            "coverage": coverage_of(err, unc), "flagged": float(flagged.mean()),
+            "coverage_without_floor": coverage_of(err, raw),
+            "median_plain_spread": float(np.median(raw / scale)), "coverage_plain_spread": coverage_of(err, raw / scale)}
 
 
 def write_markdown(record: dict, docs: Path) -> Path:
@@ -71,14 +76,17 @@ def write_markdown(record: dict, docs: Path) -> Path:
     lines = C.record_header(title, "calibration", record) + [
              "Held-out inputs of each bundle's own kind (a seed no bundle was built from). *As served*: the kNN "
              "spread times the manifest's `knn.uncertainty_scale`, the scale that put 68.27 % of the run's "
-             "validation errors inside it (docs/DESIGN.md). *Plain spread*: the neighbours' weighted spread "
-             "alone (scale 1), what bundles served before. A calibrated ± covers about 68 %.", "",
-             "| bundle | inputs | n | MAE | median \\|error\\| | scale | median ± as served | inside ± as served "
-             "| median plain spread | inside plain spread |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "validation errors inside it (docs/DESIGN.md), and for an input flagged unfamiliar at least the ± "
+             "of knowing only the gallery's targets (`supemb.predict.calibration.prior_halfwidth`); *without the "
+             "floor*: the scaled spread alone. *Plain spread*: the neighbours' weighted spread alone (scale 1, "
+             "no floor), what bundles served before. A calibrated ± covers about 68 %.", "",
+             "| bundle | inputs | n | MAE | median \\|error\\| | scale | flagged | median ± as served "
+             "| inside ± as served | inside ± without the floor | median plain spread | inside plain spread |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in last["bundles"].items():
         lines.append(f"| {name} | {r['inputs']} | {r['n']} | {r['mae']:.2f} | {r['median_abs_error']:.2f} | "
-                     f"{r['uncertainty_scale']:.2f} | {r['median_uncertainty']:.2f} | {r['coverage'] * 100:.0f} % | "
+                     f"{r['uncertainty_scale']:.2f} | {r['flagged'] * 100:.1f} % | {r['median_uncertainty']:.2f} | "
+                     f"{r['coverage'] * 100:.0f} % | {r['coverage_without_floor'] * 100:.0f} % | "
                      f"{r['median_plain_spread']:.2f} | {r['coverage_plain_spread'] * 100:.0f} % |")
     out = docs / "calibration.md"
     out.write_text("\n".join(lines) + "\n")

@@ -322,6 +322,24 @@ def test_predict_functions_warn_naming_the_input(three_digits_and_a_face: list[P
     assert "familiarity 0.0" in text and flagged[0].filename == __file__  # points at the caller
 
 
+def test_an_unfamiliar_inputs_plus_minus_is_at_least_the_gallerys_own_spread(tmp_path: Path) -> None:
+    """White noise far from the brain-age gallery used to get a ± near 0 (one neighbour carries the kernel);
+    flagged inputs are served at least the ± of knowing only the gallery's targets, the rest as calibrated."""
+    from supemb.data.synthetic_eeg import make_eeg_dataset
+    from supemb.predict.calibration import prior_halfwidth
+
+    bundle = load_bundle(api.default_bundle_path("brain_age"))
+    prior = prior_halfwidth(bundle.targets)
+    t = np.asarray(bundle.targets, dtype=np.float64)
+    assert 0.6 <= np.mean(np.abs(t - np.median(t)) <= prior) <= 0.75 and prior > 5  # years
+    noise = bundle.predict(_noise_recordings(tmp_path, 6))
+    assert all(p.unfamiliar for p in noise) and all(p.uncertainty >= prior for p in noise)
+    held = bundle.predict(sorted(make_eeg_dataset(tmp_path / "held", 12, duration_s=30.0, sfreq=100.0,
+                                                  seed=11).glob("*.edf")))
+    familiar = [p for p in held if not p.unfamiliar]
+    assert familiar and any(p.uncertainty < prior for p in familiar)  # calibrated, not floored
+
+
 def test_cli_line_and_json_carry_familiarity(three_digits_and_a_face: list[Path], capsys) -> None:
     from supemb.cli import main as cli
 

@@ -18,19 +18,19 @@ w_j ∝ exp(s_j / t), t the manifest's kNN temperature, in s's units):
   probability;
 - values: the weighted mean (or median) of the neighbours' targets (t = 0.1
   unless the manifest says otherwise), with the weighted standard deviation
-  of those targets, times the manifest's knn.uncertainty_scale (calibrated on
-  the run's validation split, `supemb.predict.calibration`; 1 if absent), as
-  the uncertainty. Where the run's validation chose it (the manifest's
-  knn.residual, a linear head on the embedding: weight, bias), the neighbours'
-  residuals (target minus the head's value for them) are averaged instead and
-  the query's head value added: the head carries the global trend, the
-  neighbours the rest (`supemb.train.selection.choose_residual`);
+  of those targets, times the manifest's knn.uncertainty_scale (calibrated on the
+  run's validation split, `supemb.predict.calibration`; 1 if absent), as the
+  uncertainty; for an input flagged unfamiliar at least the ± of knowing only the
+  gallery's targets (`prior_halfwidth`). Where the run's validation chose it (the
+  manifest's knn.residual, a linear head on the embedding: weight, bias), the
+  neighbours' residuals (target minus the head's value for them) are averaged
+  instead and the query's head value added (the head carries the global trend,
+  the neighbours the rest: `supemb.train.selection.choose_residual`);
 - EEG: every window of a recording is predicted and the recording gets the
-  mean (class probabilities averaged); its uncertainty pools the windows'
-  spreads and their disagreement (law of total variance), and its neighbours
-  are the gallery recordings most similar to any of its windows.
-The arithmetic is `supemb.predict.neighbours` (`predict_inputs`), the same
-functions the trainer evaluates with.
+  mean (class probabilities averaged); its uncertainty pools the windows' spreads
+  and their disagreement (law of total variance), and its neighbours are the
+  gallery recordings most similar to any of its windows.
+The arithmetic is `supemb.predict.neighbours` (`predict_inputs`), as in training.
 
 A `Bundle` is safe to use from several threads at once: ONNX Runtime's
 `run` and the index's `search` are thread-safe and predict keeps no state.
@@ -53,6 +53,7 @@ from supemb.embed.onnx import Device, Encoder
 from supemb.errors import UserError
 from supemb.predict import manifest as mf
 from supemb.predict import neighbours
+from supemb.predict.calibration import prior_halfwidth
 from supemb.predict.familiarity import Familiarity, query_statistic
 from supemb.predict.neighbours import recording_embeddings, rows_by_owner
 
@@ -72,22 +73,19 @@ class Neighbour:
 
 @dataclass
 class Prediction:
-    """One input's prediction. Regression: `value`; classification: `label`
-    and `probabilities`. `uncertainty`: the neighbours' weighted spread (of their
-    residuals where the manifest has knn.residual) scaled on
-    validation so about 68 % of errors fall inside it (values, in target units;
-    `supemb.predict.calibration`) or 1 - top probability (classes). `error` is set, and the
-    rest empty, for an input that could not be read (on_error="skip").
-    `embedding` (only with `Bundle.predict(..., embeddings=True)`): the
-    input's embedding [D] in the bundle's metric, the row `Bundle.embed`
-    gives (EEG: `recording_embeddings` of the windows); float32 values as a
-    plain list, so `to_dict()` stays JSON-able. `familiarity`: the percentile
-    (0..1) of the input's nearest-neighbour similarity (EEG: the median over
-    its windows) within the gallery's own leave-one-out distribution, and
-    `unfamiliar`: it is below the manifest's threshold, the input is unlike the
-    gallery (`supemb.predict.familiarity`); both None for a bundle whose
-    manifest has no familiarity table. `face` (a bundle whose preprocessing
-    finds faces): the face it predicted from, {"box": [x0, y0, x1, y1] in the
+    """One input's prediction. Regression: `value`; classification: `label` and `probabilities`.
+    `uncertainty`: the neighbours' weighted spread (of their residuals where the manifest has
+    knn.residual) scaled on validation so about 68 % of errors fall inside it (values, in target
+    units, at least `prior_halfwidth` if `unfamiliar`; `supemb.predict.calibration`) or 1 - top
+    probability (classes). `error` is set, and the rest empty, for an input that could not be read.
+    `embedding` (only with `Bundle.predict(..., embeddings=True)`): the input's embedding [D] in
+    the bundle's metric, the row `Bundle.embed` gives (EEG: `recording_embeddings` of the
+    windows); float32 values as a plain list, so `to_dict()` stays JSON-able. `familiarity`: the
+    percentile (0..1) of the input's nearest-neighbour similarity (EEG: the median over its
+    windows) within the gallery's own leave-one-out distribution, and `unfamiliar`: it is below
+    the manifest's threshold, the input is unlike the gallery (`supemb.predict.familiarity`);
+    both None for a bundle whose manifest has no familiarity table. `face` (a bundle whose
+    preprocessing finds faces): the face it predicted from, {"box": [x0, y0, x1, y1] in the
     photo's pixels, "score": the detector's confidence}."""
 
     source: str
@@ -348,6 +346,8 @@ class Bundle:
                     p.windows = len(rows)
                 if fam is not None:
                     p.familiarity, p.unfamiliar = float(fam[0][pos]), bool(fam[1][pos])
+                    if p.unfamiliar and p.value is not None:  # the ± is calibrated for the gallery's like only
+                        p.uncertainty = max(p.uncertainty, prior_halfwidth(self.targets))
                 out[pos] = p
         return [p if p is not None else Prediction(source=describe(items[i], i), error="no prediction")
                 for i, p in enumerate(out)]

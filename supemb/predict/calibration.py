@@ -45,6 +45,16 @@ def uncertainty_scale(errors: npt.ArrayLike, uncertainty: npt.ArrayLike, coverag
     return s * (1 + 1e-9) if s > 0 else 1.0  # a hair above: s * u of that item is not below its error
 
 
+def prior_halfwidth(targets: npt.ArrayLike, coverage: float = COVERAGE) -> float:
+    """The ± of knowing only the gallery's targets [n]: the `coverage` quantile of |target - their median|.
+
+    A bundle serves at least this for an input flagged unfamiliar: far from the gallery the kNN
+    weights sharpen onto one neighbour and the calibrated spread can shrink to 0, while the input
+    could have any of the gallery's values."""
+    t = np.asarray(targets, dtype=np.float64).ravel()
+    return float(np.quantile(np.abs(t - np.median(t)), coverage)) if len(t) else 0.0
+
+
 def coverage_of(errors: npt.ArrayLike, uncertainty: npt.ArrayLike) -> float:
     """The share of |errors| [n] within their uncertainty [n] (NaN for no items)."""
     e, u = _pair(errors, uncertainty)
