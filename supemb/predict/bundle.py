@@ -32,8 +32,8 @@ w_j ∝ exp(s_j / t), t the manifest's kNN temperature, in s's units):
   gallery recordings most similar to any of its windows.
 The arithmetic is `supemb.predict.neighbours` (`predict_inputs`), as in training.
 
-A `Bundle` is safe to use from several threads at once: ONNX Runtime's
-`run` and the index's `search` are thread-safe and predict keeps no state.
+A `Bundle` is safe to use from several threads at once: ONNX Runtime's `run` and
+the index's `search` are thread-safe and predict keeps no state.
 """
 
 from __future__ import annotations
@@ -161,8 +161,7 @@ class Bundle:
         self.digest: str = mf.manifest_digest(m) if digest is None else mf.check_digest(self.source, m, digest)
         mf.as_named(mf.verify_files, root, self.source, m)
         self.manifest = m
-        self.task: str = m["task"]
-        self.modality: str = m["modality"]
+        self.task, self.modality = str(m["task"]), str(m["modality"])
         self.embedding_dim = int(m["embedding_dim"])
         self.labels: list[str] = list(m.get("labels") or [])
         target = m.get("target") or {}
@@ -329,9 +328,10 @@ class Bundle:
                 n_classes=len(self.labels), temperature=None if t is None else float(t),
                 weighting=self.knn.get("weighting", "softmax"), reduce=reduce or self.knn.get("reduce", "mean"),
                 offset=emb.astype(np.float64) @ self._head_weight + float(self.residual["bias"]) if residual else 0.0)
-            fam = None  # (familiarity [n], unfamiliar [n]) from each input's nearest-neighbour similarity
+            fam, floor = None, 0.0  # (familiarity [n], unfamiliar [n]) from each input's nearest neighbour
             if self.familiarity is not None:
                 fam = self.familiarity.score(query_statistic(sim[:, 0], owner, len(items)))
+                floor = prior_halfwidth(self.targets) if per_input.values is not None and fam[1].any() else 0.0
             for pos, rows in rows_by_owner(owner):
                 p = Prediction(source=describe(items[pos], int(pos)),
                                uncertainty=float(per_input.uncertainty[pos]) * self.uncertainty_scale)
@@ -347,7 +347,7 @@ class Bundle:
                 if fam is not None:
                     p.familiarity, p.unfamiliar = float(fam[0][pos]), bool(fam[1][pos])
                     if p.unfamiliar and p.value is not None:  # the ± is calibrated for the gallery's like only
-                        p.uncertainty = max(p.uncertainty, prior_halfwidth(self.targets))
+                        p.uncertainty = max(p.uncertainty, floor)
                 out[pos] = p
         return [p if p is not None else Prediction(source=describe(items[i], i), error="no prediction")
                 for i, p in enumerate(out)]
