@@ -67,7 +67,8 @@ def measure(name: str, items: list, targets: np.ndarray) -> dict[str, Any]:
             "uncertainty_scale": scale, "median_uncertainty": float(np.median(unc)),
             "coverage": coverage_of(err, unc), "flagged": float(flagged.mean()),
             "coverage_without_floor": coverage_of(err, raw),
-            "median_plain_spread": float(np.median(raw / scale)), "coverage_plain_spread": coverage_of(err, raw / scale)}
+            "median_plain_spread": float(np.median(raw / scale)),
+            "coverage_plain_spread": coverage_of(err, raw / scale)}
 
 
 def write_markdown(record: dict, docs: Path) -> Path:

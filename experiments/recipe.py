@@ -98,7 +98,8 @@ VARIANTS = {
             # at the default 20 epochs: the baseline's own lr (3e-3 was its best at 10), and the milder augmentation
             {"lr": 3e-3, "epochs": 20}, {"lr": 1e-3, "epochs": 20, "augment": "eeg-light"},
             # views cut from anywhere within one window of the item in its recording, each side's preset
-            {"lr": 1e-3, "epochs": 20, "augment": "eeg-light-context"}, {"lr": 1e-3, "epochs": 20, "augment": "eeg-context"}],
+            {"lr": 1e-3, "epochs": 20, "augment": "eeg-light-context"},
+            {"lr": 1e-3, "epochs": 20, "augment": "eeg-context"}],
 }
 
 

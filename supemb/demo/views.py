@@ -229,8 +229,8 @@ def summary_markdown(bundle: Bundle, pred: Prediction, k: int, what: str) -> str
     if pred.unfamiliar:
         q = bundle.familiarity.threshold_quantile if bundle.familiarity is not None else 0.0
         return (f"{text}\n\n⚠️ **Unfamiliar input: unlike the gallery.** {closeness} Below {q:.0%} an input is "
-                f"flagged: the model may not have seen its like, so treat the value above as an extrapolation (its ± is "
-                f"at least the spread of the gallery's own values).")
+                f"flagged: the model may not have seen its like, so treat the value above as an extrapolation "
+                f"(its ± is at least the spread of the gallery's own values).")
     return f"{text}\n\n{closeness}"
 
 
