@@ -386,6 +386,18 @@ def test_losses_reject_bad_inputs(tmp_path, monkeypatch) -> None:
         SupConLoss(temperature=0.0)
 
 
+def test_rnc_cosine_keeps_no_square_logits_for_backward() -> None:
+    """The cosine path's backward needs the unit features [n, D] only (plus the loss's own exp terms),
+    not the [n, n] similarity logits autograd would keep for zn @ zn.T."""
+    x = _feats(24, 2, 3, seed=30)
+    n = x.shape[0] * x.shape[1]
+    shapes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
+        loss = RnCLoss(temperature=0.5, similarity="cosine")(x, torch.arange(24.0))
+    assert shapes and (n, n) not in shapes, shapes
+    _assert_matches(loss, rnc_reference(x, list(range(24)), 0.5, "l1", "cosine"), x)
+
+
 @pytest.mark.parametrize("similarity", ["l2", "cosine"])
 def test_rnc_log_space_fallback_matches_bruteforce(similarity: str, monkeypatch) -> None:
     # Force the path taken when exp() sums underflow (features very far apart).

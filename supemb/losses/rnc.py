@@ -94,8 +94,7 @@ class RnCLoss(nn.Module):
             z = flatten_views(promote(features))  # [n, D]
             structure = rank_structure(label_distances(y, self.label_distance), views)
             if self.similarity == "cosine":
-                zn = F.normalize(z, dim=-1)
-                loss = rnc_from_logits(zn @ zn.T / self.temperature, structure)
+                loss = rnc_cosine(F.normalize(z, dim=-1), structure, self.temperature)
             else:
                 loss = rnc_l2(F.normalize(z, dim=-1) if self.normalize else z, structure, self.temperature)
             return finite_or_raise(loss, features)
@@ -209,21 +208,6 @@ def _grad_logits(core: _Core, s: RankStructure, scale: float) -> Tensor:
     return grad.mul_(scale / (n * (n - 1)))
 
 
-class _RnCFromLogits(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits: Tensor, core: _Core, s: RankStructure) -> Tensor:
-        ctx.save_for_backward(logits)
-        ctx.core, ctx.s = core, s
-        return core.loss.to(logits.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        if torch.is_grad_enabled():  # create_graph=True: a gradient that can be differentiated again
-            (logits,) = ctx.saved_tensors
-            return _graph_grad(lambda x: _rnc_log_space(x, ctx.s), logits, grad_out), None, None
-        return _grad_logits(ctx.core, ctx.s, float(grad_out)).to(grad_out.dtype), None, None
-
-
 class _RnCL2(torch.autograd.Function):
     """Logits -||z_i - z_j|| / τ fused in: one matmul backward instead of two."""
 
@@ -252,19 +236,38 @@ class _RnCL2(torch.autograd.Function):
         return grad_z.to(z.dtype), None, None, None, None, None, None
 
 
+class _RnCCosine(torch.autograd.Function):
+    """Logits zn_i·zn_j / τ fused in: keeps zn [n, D] for the backward, not the [n, n] logits."""
+
+    @staticmethod
+    def forward(ctx, zn: Tensor, core: _Core, s: RankStructure, temperature: float) -> Tensor:
+        ctx.save_for_backward(zn)
+        ctx.core, ctx.s, ctx.temperature = core, s, temperature
+        return core.loss.to(zn.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        (zn,) = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a gradient that can be differentiated again
+            return (_graph_grad(lambda x: _rnc_log_space(x @ x.T / ctx.temperature, ctx.s), zn, grad_out),
+                    None, None, None)
+        g = _grad_logits(ctx.core, ctx.s, float(grad_out) / ctx.temperature)  # dL/d(zn_i·zn_j)
+        return ((g + g.T) @ zn).to(zn.dtype), None, None, None
+
+
+def rnc_cosine(zn: Tensor, s: RankStructure, temperature: float) -> Tensor:
+    """The RnC loss with similarity zn_i·zn_j; zn: `[n, D]`, unit rows."""
+    with torch.no_grad():
+        core = _core(zn.detach() @ zn.detach().T / temperature, s)
+    if core is None:  # underflow, or NaN/Inf (every comparison with NaN fails)
+        _raise_if_nonfinite(zn)
+        return _rnc_log_space(zn @ zn.T / temperature, s)
+    return _RnCCosine.apply(zn, core, s, temperature)
+
+
 def _raise_if_nonfinite(x: Tensor) -> None:
     if not bool(torch.isfinite(x).all()):
         raise ValueError("features contains NaN or Inf values")
-
-
-def rnc_from_logits(logits: Tensor, s: RankStructure) -> Tensor:
-    """The RnC loss from similarity logits `[n, n]` (s / τ; the diagonal is ignored)."""
-    with torch.no_grad():
-        core = _core(logits.detach().clone(), s)
-    if core is None:  # underflow, or NaN/Inf (every comparison with NaN fails)
-        _raise_if_nonfinite(logits)
-        return _rnc_log_space(logits, s)
-    return _RnCFromLogits.apply(logits, core, s)
 
 
 _CHUNK = 1 << 16  # close pairs done at once: memory CHUNK x D
