@@ -20,16 +20,12 @@ from supemb.preprocess.eeg_augment import (
     context_crop,
 )
 from supemb.train.eeg_windows import EEGWindowDataset
+from test_eeg import _tagged  # x[r][ch, t] = 1000 r + t: a view's first value tells its recording and start
 
 # Every step but the crop off, so a view's values tell where it was cut from.
 CROP_ONLY = EEGAugment(max_shift_frac=0.0, scale_low=1.0, scale_high=1.0, noise_rel_std=0.0, channel_drop_p=0.0,
                        context_frac=1.0)
 SPEC = EEGSpec(channels=("C3", "C4"), sfreq=10, l_freq=None, h_freq=None, window_s=2.0, stride_s=1.0)
-
-
-def _tagged(lengths: list[int], c: int = 2) -> list[np.ndarray]:
-    """x[r][ch, t] = 1000 r + t: a view's first value tells its recording and start."""
-    return [np.tile(1000.0 * r + np.arange(n), (c, 1)).astype(np.float32) for r, n in enumerate(lengths)]
 
 
 def test_views_start_within_one_window_of_the_item_and_inside_its_recording() -> None:
